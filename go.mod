@@ -1,0 +1,3 @@
+module github.com/iot-hsm/iot-hsm
+
+go 1.26

@@ -1,0 +1,86 @@
+// Package hsm is what every key backend offers the appliance: tokens (a YubiKey, a
+// PKCS#11 token, a Cloud KMS key ring), their key slots, a crypto.Signer per slot key,
+// and the typed errors callers test with errors.Is. Backends live in sub-packages and
+// know nothing of MQTT or of the slot lifecycle.
+package hsm
+
+import (
+	"context"
+	"crypto"
+	"crypto/x509"
+)
+
+// Kind names a backend, as the protocol spells it.
+type Kind string
+
+const (
+	KindPKCS11   Kind = "pkcs11"
+	KindYubiKey  Kind = "yubikey"
+	KindCloudKMS Kind = "cloudkms"
+)
+
+// Info describes one token.
+type Info struct {
+	ID      string // stable across restarts and re-plugs: derived from the serial
+	Kind    Kind
+	Model   string
+	Serial  string
+	Present bool
+	PIN     PINStatus
+}
+
+// PINStatus says whether the appliance holds a PIN that the token accepted, and how
+// many tries the token still allows (-1 when it does not say).
+type PINStatus struct {
+	Set     bool
+	Retries int
+}
+
+// SlotInfo is one occupied key position on a token.
+type SlotInfo struct {
+	Slot     string // backend-specific name: CKA_ID hex, PIV slot, KMS key/version
+	KeyType  KeyType
+	Label    string
+	HasCert  bool
+	Occupied bool
+}
+
+// KeyOptions tunes key creation.
+type KeyOptions struct {
+	Label string
+	// Overwrite replaces a key already in the slot; without it an occupied slot is
+	// ErrExists, so a retried request can never silently destroy a CA key.
+	Overwrite bool
+}
+
+// Token is one HSM. Implementations serialise their own operations (one session or
+// card handle per token) and are safe for concurrent use; a token that disappears
+// answers ErrOffline until it comes back.
+type Token interface {
+	Info() Info
+	// Login checks pin against the token and keeps it for later sessions. A rejected
+	// PIN is returned as *PINError and is never retried.
+	Login(ctx context.Context, pin string) error
+	Slots(ctx context.Context) ([]SlotInfo, error)
+	Generate(ctx context.Context, slot string, kt KeyType, opts KeyOptions) (crypto.PublicKey, error)
+	// Import stores key on the token as a non-extractable key. The caller wipes its copy.
+	Import(ctx context.Context, slot string, key crypto.Signer, opts KeyOptions) (crypto.PublicKey, error)
+	PublicKey(ctx context.Context, slot string) (crypto.PublicKey, error)
+	// Signer returns a signer for the slot key; its Sign honours crypto.SignerOpts
+	// (hash, *rsa.PSSOptions) and fails with ErrOffline when the token is gone.
+	Signer(ctx context.Context, slot string) (crypto.Signer, error)
+	// StoreCertificate writes cert next to the slot key, replacing any earlier one.
+	// Tokens that cannot hold certificates return ErrUnsupported.
+	StoreCertificate(ctx context.Context, slot string, cert *x509.Certificate) error
+	Certificate(ctx context.Context, slot string) (*x509.Certificate, error)
+	// DeleteKey destroys the slot key and its certificate.
+	DeleteKey(ctx context.Context, slot string) error
+	Close() error
+}
+
+// Provider finds the tokens of one backend (a PKCS#11 module, pcscd, a KMS project).
+type Provider interface {
+	// Tokens rescans and returns every token the backend can see now.
+	Tokens(ctx context.Context) ([]Token, error)
+	Close() error
+}

@@ -52,13 +52,15 @@ func curveParams(kt hsm.KeyType) ([]byte, error) {
 
 // keyTemplates are the attributes every CA key pair gets: on the token, private,
 // sensitive and never extractable, so the key cannot be read out even by the
-// appliance itself.
+// appliance itself, and usable for signing only.
 func keyTemplates(id []byte, label string) (pub, priv []*pkcs11.Attribute) {
 	pub = []*pkcs11.Attribute{
 		pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_PUBLIC_KEY),
 		pkcs11.NewAttribute(pkcs11.CKA_TOKEN, true),
 		pkcs11.NewAttribute(pkcs11.CKA_PRIVATE, false),
 		pkcs11.NewAttribute(pkcs11.CKA_VERIFY, true),
+		pkcs11.NewAttribute(pkcs11.CKA_ENCRYPT, false),
+		pkcs11.NewAttribute(pkcs11.CKA_WRAP, false),
 		pkcs11.NewAttribute(pkcs11.CKA_ID, id),
 		pkcs11.NewAttribute(pkcs11.CKA_LABEL, label),
 	}
@@ -69,6 +71,10 @@ func keyTemplates(id []byte, label string) (pub, priv []*pkcs11.Attribute) {
 		pkcs11.NewAttribute(pkcs11.CKA_SENSITIVE, true),
 		pkcs11.NewAttribute(pkcs11.CKA_EXTRACTABLE, false),
 		pkcs11.NewAttribute(pkcs11.CKA_SIGN, true),
+		// A CA key signs and does nothing else.
+		pkcs11.NewAttribute(pkcs11.CKA_DECRYPT, false),
+		pkcs11.NewAttribute(pkcs11.CKA_UNWRAP, false),
+		pkcs11.NewAttribute(pkcs11.CKA_DERIVE, false),
 		pkcs11.NewAttribute(pkcs11.CKA_ID, id),
 		pkcs11.NewAttribute(pkcs11.CKA_LABEL, label),
 	}
@@ -157,12 +163,18 @@ func (t *Token) Import(ctx context.Context, slot string, key crypto.Signer, opts
 	case *ecdsa.PrivateKey:
 		kt, _ := hsm.KeyTypeOf(k.Public())
 		params, _ := curveParams(kt)
-		point, err := asn1.Marshal(ecPointBytes(&k.PublicKey))
+		raw, err := k.PublicKey.Bytes()
 		if err != nil {
 			return nil, err
 		}
-		d := make([]byte, (k.Curve.Params().BitSize+7)/8)
-		k.D.FillBytes(d)
+		point, err := asn1.Marshal(raw)
+		if err != nil {
+			return nil, err
+		}
+		d, err := k.Bytes()
+		if err != nil {
+			return nil, err
+		}
 		secrets = [][]byte{d}
 		pubT = append(pubT,
 			pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_EC),
@@ -202,11 +214,6 @@ func (t *Token) Import(ctx context.Context, slot string, key crypto.Signer, opts
 		return nil, err
 	}
 	return key.Public(), nil
-}
-
-func ecPointBytes(pub *ecdsa.PublicKey) []byte {
-	//lint:ignore SA1019 the uncompressed point is exactly what CKA_EC_POINT holds; crypto/ecdh would need a conversion for the same bytes
-	return elliptic.Marshal(pub.Curve, pub.X, pub.Y)
 }
 
 func labelOr(label, slot string) string {
@@ -362,12 +369,11 @@ func parseECPublic(params, point []byte) (*ecdsa.PublicKey, error) {
 	if rest, err := asn1.Unmarshal(point, &raw); err != nil || len(rest) != 0 {
 		raw = point
 	}
-	//lint:ignore SA1019 parsing an uncompressed point on a named curve; the result is checked to be on the curve
-	x, y := elliptic.Unmarshal(curve, raw)
-	if x == nil {
+	pub, err := ecdsa.ParseUncompressedPublicKey(curve, raw)
+	if err != nil {
 		return nil, fmt.Errorf("pkcs11: CKA_EC_POINT is not a point on %s", curve.Params().Name)
 	}
-	return &ecdsa.PublicKey{Curve: curve, X: x, Y: y}, nil
+	return pub, nil
 }
 
 // bytesToUint reads a CK_ULONG attribute, which the module writes in host byte order.

@@ -19,14 +19,14 @@ import (
 	"time"
 
 	"github.com/iot-hsm/iot-hsm/hsm"
-	"github.com/iot-hsm/iot-hsm/internal/softhsmtest"
+	"github.com/iot-hsm/iot-hsm/internal/softhsm"
 	"github.com/miekg/pkcs11"
 )
 
 // open makes a fresh SoftHSM2 token and returns it logged in.
-func open(t *testing.T) (*softhsmtest.Token, *Module, *Token) {
+func open(t *testing.T) (*softhsm.Token, *Module, *Token) {
 	t.Helper()
-	st := softhsmtest.New(t, "test-ca")
+	st := softhsm.New(t, "test-ca")
 	m, err := Open(st.Module)
 	if err != nil {
 		t.Fatal(err)
@@ -138,15 +138,16 @@ func privateAttrs(t *testing.T, tok *Token, slot string, types ...uint) ([]*pkcs
 
 func assertNotExtractable(t *testing.T, tok *Token, slot string, generated bool) {
 	t.Helper()
-	a, err := privateAttrs(t, tok, slot, pkcs11.CKA_SENSITIVE, pkcs11.CKA_EXTRACTABLE, pkcs11.CKA_TOKEN, pkcs11.CKA_PRIVATE, pkcs11.CKA_NEVER_EXTRACTABLE, pkcs11.CKA_ALWAYS_SENSITIVE)
+	a, err := privateAttrs(t, tok, slot, pkcs11.CKA_SENSITIVE, pkcs11.CKA_EXTRACTABLE, pkcs11.CKA_TOKEN, pkcs11.CKA_PRIVATE,
+		pkcs11.CKA_SIGN, pkcs11.CKA_DECRYPT, pkcs11.CKA_UNWRAP, pkcs11.CKA_NEVER_EXTRACTABLE, pkcs11.CKA_ALWAYS_SENSITIVE)
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := []bool{true, false, true, true, true, true}
+	want := []bool{true, false, true, true, true, false, false, true, true}
 	if !generated {
-		want = want[:4] // an imported key was, by definition, once outside the token
+		want = want[:7] // an imported key was, by definition, once outside the token
 	}
-	names := []string{"SENSITIVE", "EXTRACTABLE", "TOKEN", "PRIVATE", "NEVER_EXTRACTABLE", "ALWAYS_SENSITIVE"}
+	names := []string{"SENSITIVE", "EXTRACTABLE", "TOKEN", "PRIVATE", "SIGN", "DECRYPT", "UNWRAP", "NEVER_EXTRACTABLE", "ALWAYS_SENSITIVE"}
 	for i, w := range want {
 		if got := len(a[i].Value) == 1 && a[i].Value[0] == 1; got != w {
 			t.Errorf("CKA_%s = %v, want %v", names[i], got, w)
@@ -306,7 +307,7 @@ func TestCertificateIsPairedWithKey(t *testing.T) {
 }
 
 func TestWrongPINIsReportedAndNotKept(t *testing.T) {
-	st := softhsmtest.New(t, "pin-test")
+	st := softhsm.New(t, "pin-test")
 	m, err := Open(st.Module)
 	if err != nil {
 		t.Fatal(err)

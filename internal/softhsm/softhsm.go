@@ -1,7 +1,8 @@
-// Package softhsmtest makes real SoftHSM2 tokens for tests: each test gets its own
-// token directory and its own copy of the SoftHSM2 module, so tests never share
-// library state (SoftHSM2 reads its configuration once, in C_Initialize).
-package softhsmtest
+// Package softhsm makes real SoftHSM2 tokens for tests, the demo and the daemon's
+// --dev mode. Each token gets its own directory and its own copy of the SoftHSM2
+// module, so tests never share library state (SoftHSM2 reads its configuration in
+// C_Initialize).
+package softhsm
 
 import (
 	"fmt"
@@ -79,7 +80,7 @@ func Create(dir, label string) (*Token, error) {
 	if err := copyFile(src, mod); err != nil {
 		return nil, err
 	}
-	tok := &Token{Dir: dir, Conf: conf, Module: mod, Label: label, PIN: "1234", SOPIN: "5678"}
+	tok := &Token{Dir: dir, Conf: conf, Module: mod, Label: label, PIN: DevPIN, SOPIN: DevSOPIN}
 	out, err := tok.util("--init-token", "--free", "--label", label, "--pin", tok.PIN, "--so-pin", tok.SOPIN)
 	if err != nil {
 		return nil, fmt.Errorf("softhsm2-util --init-token: %v: %s", err, out)
@@ -93,6 +94,26 @@ func Create(dir, label string) (*Token, error) {
 		return nil, err
 	}
 	tok.Serial = serial
+	return tok, nil
+}
+
+// Open returns the token that Create made under dir earlier, or an error wrapping
+// os.ErrNotExist when there is none.
+func Open(dir, label string) (*Token, error) {
+	tok := &Token{Dir: dir, Conf: filepath.Join(dir, "softhsm2.conf"), Module: filepath.Join(dir, "libsofthsm2.so"),
+		Label: label, PIN: DevPIN, SOPIN: DevSOPIN}
+	for _, f := range []string{tok.Conf, tok.Module} {
+		if _, err := os.Stat(f); err != nil {
+			return nil, err
+		}
+	}
+	out, err := tok.util("--show-slots")
+	if err != nil {
+		return nil, fmt.Errorf("softhsm2-util --show-slots: %v: %s", err, out)
+	}
+	if tok.Serial, err = serialOf(out, label); err != nil {
+		return nil, err
+	}
 	return tok, nil
 }
 
@@ -143,3 +164,10 @@ func copyFile(src, dst string) error {
 	}
 	return out.Close()
 }
+
+// The PINs of tokens made here. They guard lab and test keys only: a production
+// token has its own PINs, set by its operator.
+const (
+	DevPIN   = "1234"
+	DevSOPIN = "5678"
+)

@@ -1,0 +1,43 @@
+# iot-hsm build, test and demo. `make test` on a fresh Debian machine installs what the
+# tests need (make deps) and runs every test with the race detector.
+
+GO        ?= go
+BIN       ?= bin/iot-hsm
+VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo devel)
+LDFLAGS   := -X main.version=$(VERSION)
+STATICCHECK_VERSION := v0.7.0
+
+# Debian packages the tests use: SoftHSM2 (the PKCS#11 token), OpenSC's pkcs11-tool
+# (to read the token as another program would), openssl (to verify what we issue).
+DEB_PACKAGES := softhsm2 opensc openssl
+
+.PHONY: build test lint deps demo clean
+
+build:
+	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) .
+
+# Installs only what is missing; apt-get update runs only when something is.
+deps:
+	@missing=""; for p in $(DEB_PACKAGES); do \
+		dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing:$$missing"; \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+test: deps
+	$(GO) vet ./...
+	$(GO) test -race -count=1 -timeout 20m ./...
+
+lint:
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+	$(GO) run honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION) ./...
+
+demo: deps
+	$(GO) run ./internal/demo
+
+clean:
+	rm -rf bin

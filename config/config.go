@@ -1,0 +1,107 @@
+// Package config reads the appliance configuration (/etc/iot-hsm/config.toml).
+package config
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+
+	"github.com/BurntSushi/toml"
+)
+
+// Config is the whole configuration file. README.md documents every field.
+type Config struct {
+	DeviceID string   `toml:"device_id"`
+	StateDir string   `toml:"state_dir"`
+	LogLevel string   `toml:"log_level"`
+	PKCS11   []PKCS11 `toml:"pkcs11"`
+}
+
+// PKCS11 is one PKCS#11 module and, optionally, which of its tokens to use and their PIN.
+type PKCS11 struct {
+	Module string `toml:"module"`
+	// Token is an RFC 7512 URI selecting tokens (pkcs11:token=ca;serial=...); empty
+	// means every initialised token of the module.
+	Token   string `toml:"token"`
+	PIN     string `toml:"pin"`
+	PINFile string `toml:"pin_file"`
+}
+
+// Defaults used when the file leaves a field out.
+const (
+	DefaultStateDir = "/var/lib/iot-hsm"
+	DefaultLogLevel = "info"
+)
+
+// ErrInvalid marks a configuration that cannot be used; the message names the field.
+var ErrInvalid = errors.New("invalid configuration")
+
+// Load reads and checks the file at path. Unknown keys are errors: a misspelt key
+// would otherwise silently leave a default in place on a CA appliance.
+func Load(path string) (*Config, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrInvalid, err)
+	}
+	return Parse(data)
+}
+
+// Parse reads a configuration from TOML text.
+func Parse(data []byte) (*Config, error) {
+	var c Config
+	md, err := toml.NewDecoder(bytes.NewReader(data)).Decode(&c)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrInvalid, err)
+	}
+	if und := md.Undecoded(); len(und) > 0 {
+		keys := make([]string, len(und))
+		for i, k := range und {
+			keys[i] = k.String()
+		}
+		return nil, fmt.Errorf("%w: unknown keys: %s", ErrInvalid, strings.Join(keys, ", "))
+	}
+	c.applyDefaults()
+	return &c, c.check()
+}
+
+func (c *Config) applyDefaults() {
+	if c.StateDir == "" {
+		c.StateDir = DefaultStateDir
+	}
+	if c.LogLevel == "" {
+		c.LogLevel = DefaultLogLevel
+	}
+}
+
+func (c *Config) check() error {
+	switch c.LogLevel {
+	case "debug", "info", "warn", "error":
+	default:
+		return fmt.Errorf("%w: log_level %q (want debug, info, warn or error)", ErrInvalid, c.LogLevel)
+	}
+	for i, p := range c.PKCS11 {
+		if p.Module == "" {
+			return fmt.Errorf("%w: pkcs11[%d]: module is required", ErrInvalid, i)
+		}
+		if p.PIN != "" && p.PINFile != "" {
+			return fmt.Errorf("%w: pkcs11[%d]: set pin or pin_file, not both", ErrInvalid, i)
+		}
+	}
+	return nil
+}
+
+// ReadPIN returns the PIN of a PKCS#11 entry: inline, or the first line of pin_file.
+// An empty result means no PIN is configured.
+func (p PKCS11) ReadPIN() (string, error) {
+	if p.PINFile == "" {
+		return p.PIN, nil
+	}
+	data, err := os.ReadFile(p.PINFile)
+	if err != nil {
+		return "", fmt.Errorf("%w: pin_file: %v", ErrInvalid, err)
+	}
+	pin, _, _ := strings.Cut(string(data), "\n")
+	return strings.TrimSpace(pin), nil
+}

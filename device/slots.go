@@ -1,0 +1,329 @@
+package device
+
+import (
+	"context"
+	"crypto"
+	"crypto/x509"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/iot-hsm/iot-hsm/ca"
+	"github.com/iot-hsm/iot-hsm/hsm"
+	"github.com/iot-hsm/iot-hsm/hsm/pemkey"
+	"github.com/iot-hsm/iot-hsm/store"
+)
+
+// Slots runs the slot lifecycle of the seed's provisioning wizard:
+//
+//	empty --provision--> key_ready --selfsign--> provisioned
+//	key_ready --csr--> csr_pending --import_cert--> provisioned --import_cert--> provisioned
+//	any --clear--> empty
+//
+// Each step checks the slot's state first and writes the new state in one store
+// transaction only after the token work succeeded, so a failed step leaves the slot as
+// it was.
+type Slots struct {
+	Store    *store.Store
+	Registry *Registry
+	Now      func() time.Time
+}
+
+func (s *Slots) now() time.Time {
+	if s.Now != nil {
+		return s.Now()
+	}
+	return time.Now()
+}
+
+// Provisioning modes.
+const (
+	ModeGenerate = "generate"
+	ModeImport   = "import"
+	ModeExisting = "existing"
+)
+
+// ProvisionArgs are the arguments of slot.provision.
+type ProvisionArgs struct {
+	HSM         string
+	Slot        string
+	Mode        string
+	KeyType     hsm.KeyType
+	KeyPEM      []byte
+	KeyPassword []byte
+	Label       string
+	Overwrite   bool
+}
+
+// SplitSlotID splits "<hsm-id>/<slot>". HSM ids never hold a slash; slot names may
+// (a Cloud KMS key/version), so the split is at the first one.
+func SplitSlotID(id string) (hsmID, slot string, err error) {
+	hsmID, slot, ok := strings.Cut(id, "/")
+	if !ok || hsmID == "" || slot == "" {
+		return "", "", fmt.Errorf("%w: slot_id %q is not <hsm-id>/<slot>", ErrBadRequest, id)
+	}
+	return hsmID, slot, nil
+}
+
+// Provision puts a key in a slot (generated on the token, imported from PEM, or one
+// already there) and records the slot as key_ready.
+func (s *Slots) Provision(ctx context.Context, a ProvisionArgs) (store.Slot, error) {
+	tok, err := s.Registry.Token(a.HSM)
+	if err != nil {
+		return store.Slot{}, err
+	}
+	if a.Slot == "" || strings.Contains(a.Slot, "/") && a.Mode != ModeExisting {
+		return store.Slot{}, fmt.Errorf("%w: slot %q", ErrBadRequest, a.Slot)
+	}
+	slotID := a.HSM + "/" + a.Slot
+	if rec, err := s.Store.Slot(slotID); err == nil && rec.State != store.Empty && !a.Overwrite {
+		return store.Slot{}, fmt.Errorf("%w: %s is %s (clear it, or provision with overwrite)", ErrConflict, slotID, rec.State)
+	}
+
+	var pub crypto.PublicKey
+	switch a.Mode {
+	case ModeGenerate:
+		if _, err := hsm.ParseKeyType(string(a.KeyType)); err != nil {
+			return store.Slot{}, fmt.Errorf("%w: %w", ErrBadRequest, err)
+		}
+		pub, err = tok.Generate(ctx, a.Slot, a.KeyType, hsm.KeyOptions{Label: a.Label, Overwrite: a.Overwrite})
+	case ModeImport:
+		var key crypto.Signer
+		key, err = pemkey.Parse(a.KeyPEM, a.KeyPassword)
+		if err != nil {
+			return store.Slot{}, fmt.Errorf("%w: key_pem: %w", ErrBadRequest, err)
+		}
+		defer pemkey.Wipe(key)
+		pub, err = tok.Import(ctx, a.Slot, key, hsm.KeyOptions{Label: a.Label, Overwrite: a.Overwrite})
+	case ModeExisting:
+		pub, err = tok.PublicKey(ctx, a.Slot)
+	default:
+		return store.Slot{}, fmt.Errorf("%w: mode %q (want generate, import or existing)", ErrBadRequest, a.Mode)
+	}
+	if err != nil {
+		return store.Slot{}, err
+	}
+	kt, err := hsm.KeyTypeOf(pub)
+	if err != nil {
+		return store.Slot{}, err
+	}
+	pubPEM, err := ca.EncodePublicKeyPEM(pub)
+	if err != nil {
+		return store.Slot{}, err
+	}
+	caID, err := ca.ID(pub)
+	if err != nil {
+		return store.Slot{}, err
+	}
+	now := s.now().UTC()
+	return s.Store.UpdateSlot(slotID, func(rec *store.Slot, _ bool) error {
+		*rec = store.Slot{
+			ID: slotID, HSM: a.HSM, Slot: a.Slot, State: store.KeyReady, KeyType: string(kt),
+			Label: a.Label, Mode: a.Mode, PublicKey: string(pubPEM), CAID: caID,
+			CreatedAt: now, UpdatedAt: now,
+		}
+		return nil
+	})
+}
+
+// slotSigner loads the record and the token signer for a slot in one of the states.
+func (s *Slots) slotSigner(ctx context.Context, slotID string, states ...store.State) (store.Slot, hsm.Token, crypto.Signer, error) {
+	rec, err := s.record(slotID, states...)
+	if err != nil {
+		return rec, nil, nil, err
+	}
+	tok, err := s.Registry.Token(rec.HSM)
+	if err != nil {
+		return rec, nil, nil, err
+	}
+	signer, err := tok.Signer(ctx, rec.Slot)
+	if err != nil {
+		return rec, nil, nil, err
+	}
+	// The token's key must still be the one the slot was provisioned with: a key
+	// replaced behind the appliance's back must not sign under the old CA's name.
+	if id, err := ca.ID(signer.Public()); err != nil || id != rec.CAID {
+		return rec, nil, nil, fmt.Errorf("%w: the key in %s is not the one provisioned (ca_id changed)", ErrConflict, slotID)
+	}
+	return rec, tok, signer, nil
+}
+
+func (s *Slots) record(slotID string, states ...store.State) (store.Slot, error) {
+	if _, _, err := SplitSlotID(slotID); err != nil {
+		return store.Slot{}, err
+	}
+	rec, err := s.Store.Slot(slotID)
+	if errors.Is(err, store.ErrNotFound) {
+		return rec, fmt.Errorf("%w: slot %s is not provisioned", hsm.ErrNotFound, slotID)
+	}
+	if err != nil {
+		return rec, err
+	}
+	for _, st := range states {
+		if rec.State == st {
+			return rec, nil
+		}
+	}
+	return rec, fmt.Errorf("%w: %s is %s", ErrConflict, slotID, rec.State)
+}
+
+// SelfSign makes the slot a self-signed root from the provisioning certificate.
+func (s *Slots) SelfSign(ctx context.Context, slotID string, provisioningPEM []byte) (*x509.Certificate, error) {
+	tmpl, err := ca.ParseCertificatePEM(provisioningPEM)
+	if err != nil {
+		return nil, fmt.Errorf("%w: provisioning_cert: %w", ErrBadRequest, err)
+	}
+	rec, tok, signer, err := s.slotSigner(ctx, slotID, store.KeyReady, store.CSRPending)
+	if err != nil {
+		return nil, err
+	}
+	cert, err := ca.SelfSign(tmpl, signer, s.now())
+	if err != nil {
+		return nil, err
+	}
+	if err := storeOnToken(ctx, tok, rec.Slot, cert); err != nil {
+		return nil, err
+	}
+	return cert, s.update(slotID, func(r *store.Slot) {
+		r.State, r.Certificate, r.Chain, r.CSR = store.Provisioned, string(ca.EncodeCertificatePEM(cert)), "", ""
+	})
+}
+
+// CSR makes a certificate request for an intermediate CA from the provisioning
+// certificate; the slot waits in csr_pending for the signed certificate.
+func (s *Slots) CSR(ctx context.Context, slotID string, provisioningPEM []byte) (*x509.CertificateRequest, error) {
+	tmpl, err := ca.ParseCertificatePEM(provisioningPEM)
+	if err != nil {
+		return nil, fmt.Errorf("%w: provisioning_cert: %w", ErrBadRequest, err)
+	}
+	_, _, signer, err := s.slotSigner(ctx, slotID, store.KeyReady, store.CSRPending)
+	if err != nil {
+		return nil, err
+	}
+	csr, err := ca.CSR(tmpl, signer)
+	if err != nil {
+		return nil, err
+	}
+	return csr, s.update(slotID, func(r *store.Slot) {
+		r.State, r.CSR = store.CSRPending, string(ca.EncodeCSRPEM(csr))
+	})
+}
+
+// ImportCert associates a signed CA certificate with the slot key: after a CSR, or
+// again after an update or a move to new hardware. It is checked before anything is
+// written: same key, a CA certificate, valid now, chain verifies (with the given chain
+// and the CA certificates of the other slots).
+func (s *Slots) ImportCert(ctx context.Context, slotID string, certPEM, chainPEM []byte) (*x509.Certificate, error) {
+	cert, err := ca.ParseCertificatePEM(certPEM)
+	if err != nil {
+		return nil, fmt.Errorf("%w: certificate: %w", ErrBadRequest, err)
+	}
+	var chain []*x509.Certificate
+	if len(strings.TrimSpace(string(chainPEM))) > 0 {
+		if chain, err = ca.ParseCertificatesPEM(chainPEM); err != nil {
+			return nil, fmt.Errorf("%w: chain: %w", ErrBadRequest, err)
+		}
+	}
+	rec, err := s.record(slotID, store.KeyReady, store.CSRPending, store.Provisioned)
+	if err != nil {
+		return nil, err
+	}
+	pub, err := parsePublicKeyPEM(rec.PublicKey)
+	if err != nil {
+		return nil, fmt.Errorf("slot %s: stored public key: %w", slotID, err)
+	}
+	known, err := s.knownCAs(slotID)
+	if err != nil {
+		return nil, err
+	}
+	if err := ca.CheckImport(cert, chain, known, pub, s.now()); err != nil {
+		return nil, err
+	}
+	tok, err := s.Registry.Token(rec.HSM)
+	if err != nil {
+		return nil, err
+	}
+	if err := storeOnToken(ctx, tok, rec.Slot, cert); err != nil {
+		return nil, err
+	}
+	return cert, s.update(slotID, func(r *store.Slot) {
+		r.State, r.Certificate, r.CSR = store.Provisioned, string(ca.EncodeCertificatePEM(cert)), ""
+		r.Chain = string(ca.EncodeCertificatesPEM(chain))
+	})
+}
+
+func (s *Slots) update(slotID string, fn func(*store.Slot)) error {
+	_, err := s.Store.UpdateSlot(slotID, func(r *store.Slot, _ bool) error {
+		fn(r)
+		r.UpdatedAt = s.now().UTC()
+		return nil
+	})
+	return err
+}
+
+// knownCAs are the certificates (and chains) of the other provisioned slots: a root
+// provisioned on this appliance lets its intermediates import without a chain.
+func (s *Slots) knownCAs(except string) ([]*x509.Certificate, error) {
+	recs, err := s.Store.Slots()
+	if err != nil {
+		return nil, err
+	}
+	var out []*x509.Certificate
+	for _, r := range recs {
+		if r.ID == except || r.State != store.Provisioned {
+			continue
+		}
+		for _, p := range []string{r.Certificate, r.Chain} {
+			if strings.TrimSpace(p) == "" {
+				continue
+			}
+			if certs, err := ca.ParseCertificatesPEM([]byte(p)); err == nil {
+				out = append(out, certs...)
+			}
+		}
+	}
+	return out, nil
+}
+
+// storeOnToken writes the certificate next to the key where the token can hold one.
+func storeOnToken(ctx context.Context, tok hsm.Token, slot string, cert *x509.Certificate) error {
+	err := tok.StoreCertificate(ctx, slot, cert)
+	if errors.Is(err, hsm.ErrUnsupported) {
+		return nil
+	}
+	return err
+}
+
+// Show returns the slot's record.
+func (s *Slots) Show(slotID string) (store.Slot, error) {
+	return s.record(slotID, store.Empty, store.KeyReady, store.CSRPending, store.Provisioned)
+}
+
+// Clear returns the slot to empty. The key is destroyed on the token only when asked:
+// clearing a record must never lose a CA key by accident.
+func (s *Slots) Clear(ctx context.Context, slotID string, destroyKey bool) error {
+	rec, err := s.Show(slotID)
+	if err != nil {
+		return err
+	}
+	if destroyKey {
+		tok, err := s.Registry.Token(rec.HSM)
+		if err != nil {
+			return err
+		}
+		if err := tok.DeleteKey(ctx, rec.Slot); err != nil && !errors.Is(err, hsm.ErrNotFound) {
+			return err
+		}
+	}
+	return s.Store.DeleteSlot(slotID)
+}
+
+func parsePublicKeyPEM(s string) (crypto.PublicKey, error) {
+	b, _ := pem.Decode([]byte(s))
+	if b == nil || b.Type != "PUBLIC KEY" {
+		return nil, errors.New("not a PUBLIC KEY PEM")
+	}
+	return x509.ParsePKIXPublicKey(b.Bytes)
+}

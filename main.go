@@ -1,0 +1,46 @@
+// Command iot-hsm is the HSM appliance for PKI: it keeps CA keys in hardware tokens,
+// provisions CA certificates for them and signs what the PKI asks for.
+//
+//	iot-hsm run --config /etc/iot-hsm/config.toml   the daemon
+//	iot-hsm run --dev [--state-dir DIR]              the daemon on a SoftHSM2 lab token
+//	iot-hsm console ...                              the operator's MQTT console
+//	iot-hsm version
+package main
+
+import (
+	"fmt"
+	"os"
+)
+
+const usage = `usage: iot-hsm <command> [flags]
+
+commands:
+  run       run the appliance daemon (run -h for flags)
+  console   the operator's MQTT console
+  version   print the version
+`
+
+func main() {
+	if len(os.Args) < 2 {
+		fmt.Fprint(os.Stderr, usage)
+		os.Exit(2)
+	}
+	var err error
+	switch cmd, args := os.Args[1], os.Args[2:]; cmd {
+	case "run":
+		err = runCmd(args)
+	case "console":
+		err = consoleCmd(args)
+	case "version", "--version", "-version":
+		fmt.Println("iot-hsm", version)
+	case "help", "-h", "--help":
+		fmt.Print(usage)
+	default:
+		fmt.Fprintf(os.Stderr, "iot-hsm: unknown command %q\n\n%s", cmd, usage)
+		os.Exit(2)
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "iot-hsm:", err)
+		os.Exit(1)
+	}
+}

@@ -8,8 +8,9 @@ LDFLAGS   := -X main.version=$(VERSION)
 STATICCHECK_VERSION := v0.7.0
 
 # Debian packages the tests use: SoftHSM2 (the PKCS#11 token), OpenSC's pkcs11-tool
-# (to read the token as another program would), openssl (to verify what we issue).
-DEB_PACKAGES := softhsm2 opensc openssl
+# (to read the token as another program would), openssl (to verify what we issue),
+# mosquitto (the tests start their own brokers; the service is not needed).
+DEB_PACKAGES := softhsm2 opensc openssl mosquitto
 
 .PHONY: build test lint deps demo clean
 
@@ -36,8 +37,9 @@ lint:
 	$(GO) vet ./...
 	$(GO) run honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION) ./...
 
-demo: deps
-	$(GO) run ./internal/demo
+# The seed's workflow through the console against the daemon on embedded defaults.
+demo: deps build
+	BIN=$(BIN) bash scripts/demo.sh
 
 clean:
 	rm -rf bin

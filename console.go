@@ -1,9 +1,15 @@
 package main
 
-import "errors"
+import (
+	"os"
 
-// consoleCmd is the operator's MQTT console. It arrives with the MQTT command API;
-// until then it says so instead of pretending.
+	"github.com/iot-hsm/iot-hsm/console"
+)
+
+// consoleCmd is the operator's MQTT console (package console).
 func consoleCmd(args []string) error {
-	return errors.New("console: not available yet: the MQTT command API is not part of this build")
+	if code := console.Run(args, os.Stdin, os.Stdout, os.Stderr); code != 0 {
+		os.Exit(code)
+	}
+	return nil
 }

@@ -10,23 +10,26 @@ import (
 	"os/signal"
 	"path/filepath"
 	"syscall"
+	"time"
 
 	"github.com/iot-hsm/iot-hsm/config"
 	"github.com/iot-hsm/iot-hsm/device"
 	"github.com/iot-hsm/iot-hsm/hsm"
 	"github.com/iot-hsm/iot-hsm/hsm/pkcs11"
 	"github.com/iot-hsm/iot-hsm/internal/softhsm"
+	"github.com/iot-hsm/iot-hsm/mqtt"
 	"github.com/iot-hsm/iot-hsm/store"
 )
 
 func runCmd(args []string) error {
 	fs := flag.NewFlagSet("run", flag.ExitOnError)
 	cfgPath := fs.String("config", "", "configuration file (TOML)")
-	dev := fs.Bool("dev", false, "development mode: a SoftHSM2 token in the state directory")
+	dev := fs.Bool("dev", false, "development mode: a SoftHSM2 token in the state directory and the embedded broker")
 	stateDir := fs.String("state-dir", "", "state directory (overrides the configuration)")
+	devListen := fs.String("dev-listen", "", "address of the embedded broker in --dev mode (default "+config.DefaultEmbeddedListen+")")
 	fs.Parse(args)
 
-	cfg := &config.Config{StateDir: config.DefaultStateDir, LogLevel: config.DefaultLogLevel}
+	cfg := config.Default()
 	switch {
 	case *cfgPath != "":
 		var err error
@@ -40,6 +43,9 @@ func runCmd(args []string) error {
 	}
 	if *stateDir != "" {
 		cfg.StateDir = *stateDir
+	}
+	if *devListen != "" {
+		cfg.MQTT.Broker, cfg.MQTT.EmbeddedListen = "", *devListen
 	}
 	setupLogging(cfg.LogLevel)
 	if *dev {
@@ -56,11 +62,90 @@ func runCmd(args []string) error {
 	}
 	defer core.close()
 	core.logInventory(ctx)
-	slog.Info("iot-hsm running", "version", version, "state_dir", cfg.StateDir)
+
+	d, client, stopNet, err := startNetwork(ctx, cfg, core)
+	if err != nil {
+		return err
+	}
+	slog.Info("iot-hsm running", "version", version, "device", d.Topics().Device, "state_dir", cfg.StateDir)
 	<-ctx.Done()
 	slog.Info("iot-hsm stopping")
+	d.Stop()
+	// A clean disconnect sends no Last Will, so the offline status goes out first.
+	pubCtx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	_ = client.Publish(pubCtx, d.Topics().Status(), device.OfflineStatus(d.Topics().Device), true)
+	cancel()
+	stopNet()
 	return nil
 }
+
+// startNetwork starts the embedded broker when none is configured, the broker
+// session, and the device core on it.
+func startNetwork(ctx context.Context, cfg *config.Config, c *core) (*device.Device, *mqtt.Client, func(), error) {
+	var broker *mqtt.Broker
+	mc := mqtt.Config{
+		Broker: cfg.MQTT.Broker, ClientID: cfg.MQTT.ClientID, Username: cfg.MQTT.Username,
+		CAFile: cfg.MQTT.CAFile, CertFile: cfg.MQTT.CertFile, KeyFile: cfg.MQTT.KeyFile,
+		AllowPlaintext: cfg.MQTT.AllowPlaintext,
+	}
+	pw, err := cfg.MQTT.ReadPassword()
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	mc.Password = pw
+	if cfg.MQTT.Broker == "" {
+		broker, err = mqtt.StartBroker(cfg.MQTT.EmbeddedListen)
+		if err != nil {
+			return nil, nil, nil, fmt.Errorf("embedded broker: %w", err)
+		}
+		slog.Warn("no broker configured: running the embedded development broker (no authentication)", "listen", broker.Addr())
+		mc.Broker, mc.AllowPlaintext = broker.URL(), true
+	}
+	dev := device.New(device.Options{
+		DeviceID: cfg.DeviceID, TopicRoot: cfg.TopicRoot, Version: version,
+		QueueSize: cfg.QueueSize, AllowDigest: cfg.AllowDigest,
+	}, c.slots)
+	if mc.ClientID == "" {
+		mc.ClientID = "iot-hsm-" + dev.Topics().Device
+	}
+	mc.Will = &mqtt.Message{Topic: dev.Topics().Status(), Payload: device.OfflineStatus(dev.Topics().Device), Retained: true}
+	client, err := mqtt.New(mc)
+	if err != nil {
+		if broker != nil {
+			broker.Close()
+		}
+		return nil, nil, nil, err
+	}
+	client.OnConnect(dev.Connected)
+	if err := dev.Start(ctx, transport{client}); err != nil {
+		return nil, nil, nil, err
+	}
+	startCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if err := client.Start(startCtx); err != nil {
+		// Not fatal: the session keeps retrying, and signing waits for it.
+		slog.Warn("broker not reachable yet; retrying in the background", "broker", mc.Broker, "err", err)
+	}
+	stop := func() {
+		client.Close(time.Second)
+		if broker != nil {
+			broker.Close()
+		}
+	}
+	return dev, client, stop, nil
+}
+
+// transport adapts the MQTT client to what the device core needs.
+type transport struct{ c *mqtt.Client }
+
+func (t transport) Publish(ctx context.Context, topic string, payload []byte, retained bool) error {
+	return t.c.Publish(ctx, topic, payload, retained)
+}
+func (t transport) Subscribe(filter string, h func(string, []byte)) error {
+	return t.c.Subscribe(filter, h)
+}
+func (t transport) Unsubscribe(filter string) error { return t.c.Unsubscribe(filter) }
+func (t transport) Connected() bool                 { return t.c.Connected() }
 
 func setupLogging(level string) {
 	var l slog.Level

@@ -1,6 +1,7 @@
 // Package ca turns an HSM provisioning certificate into a self-signed root
-// CA certificate or a CSR signed by the slot key, and checks certificates
-// before the appliance imports them.
+// CA certificate or a CSR signed by the slot key, checks certificates before
+// the appliance imports them, and makes the signatures of a provisioned CA
+// slot (certificates, CRLs, CMS, OCSP, raw digests) under the CA policy.
 //
 // Keys are only ever handled as crypto.Signer / crypto.PublicKey because the
 // private key lives in the HSM.
@@ -26,4 +27,11 @@ var (
 	// ErrUnsupportedKey means the key is not RSA 2048/3072/4096 or ECDSA
 	// P-256/P-384.
 	ErrUnsupportedKey = errors.New("ca: unsupported key")
+	// ErrPolicy means the signature would break the CA's policy (see
+	// Issuer); nothing was signed, or what was signed was discarded.
+	ErrPolicy = errors.New("ca: policy denied")
+	// ErrProfile means the request itself is malformed: an invalid profile,
+	// an unknown name, a bad CRL or OCSP entry, an undecodable TBS. The
+	// protocol answers it with bad_request, ErrPolicy with policy_denied.
+	ErrProfile = errors.New("ca: invalid profile")
 )

@@ -36,8 +36,13 @@ func isCA(c *x509.Certificate) bool {
 	if !c.BasicConstraintsValid || !c.IsCA {
 		return false
 	}
-	hasKeyUsage := c.KeyUsage != 0 || hasExtension(c.Extensions, oidExtKeyUsage)
-	return !hasKeyUsage || c.KeyUsage&x509.KeyUsageCertSign != 0
+	return !hasKeyUsage(c) || c.KeyUsage&x509.KeyUsageCertSign != 0
+}
+
+// hasKeyUsage reports whether c has a keyUsage extension; see isCA for why
+// the KeyUsage field alone does not tell.
+func hasKeyUsage(c *x509.Certificate) bool {
+	return c.KeyUsage != 0 || hasExtension(c.Extensions, oidExtKeyUsage)
 }
 
 // checkCATemplate rejects templates that cannot yield a CA certificate. The

@@ -13,10 +13,29 @@ import (
 
 // Config is the whole configuration file. README.md documents every field.
 type Config struct {
-	DeviceID string   `toml:"device_id"`
-	StateDir string   `toml:"state_dir"`
-	LogLevel string   `toml:"log_level"`
-	PKCS11   []PKCS11 `toml:"pkcs11"`
+	DeviceID    string   `toml:"device_id"`
+	StateDir    string   `toml:"state_dir"`
+	LogLevel    string   `toml:"log_level"`
+	TopicRoot   string   `toml:"topic_root"`
+	QueueSize   int      `toml:"queue_size"`
+	AllowDigest bool     `toml:"allow_digest"`
+	MQTT        MQTT     `toml:"mqtt"`
+	PKCS11      []PKCS11 `toml:"pkcs11"`
+}
+
+// MQTT is the broker session. With no broker the daemon runs an embedded broker on
+// EmbeddedListen: for development and the demo, never for production.
+type MQTT struct {
+	Broker         string `toml:"broker"` // ssl://host:8883, tcp://host:1883
+	ClientID       string `toml:"client_id"`
+	Username       string `toml:"username"`
+	Password       string `toml:"password"`
+	PasswordFile   string `toml:"password_file"`
+	CAFile         string `toml:"ca_file"`
+	CertFile       string `toml:"cert_file"`
+	KeyFile        string `toml:"key_file"`
+	AllowPlaintext bool   `toml:"allow_plaintext"`
+	EmbeddedListen string `toml:"embedded_listen"`
 }
 
 // PKCS11 is one PKCS#11 module and, optionally, which of its tokens to use and their PIN.
@@ -31,9 +50,19 @@ type PKCS11 struct {
 
 // Defaults used when the file leaves a field out.
 const (
-	DefaultStateDir = "/var/lib/iot-hsm"
-	DefaultLogLevel = "info"
+	DefaultStateDir       = "/var/lib/iot-hsm"
+	DefaultLogLevel       = "info"
+	DefaultTopicRoot      = "iot-hsm"
+	DefaultQueueSize      = 16
+	DefaultEmbeddedListen = "127.0.0.1:1883"
 )
+
+// Default is the configuration of an empty file.
+func Default() *Config {
+	c := &Config{}
+	c.applyDefaults()
+	return c
+}
 
 // ErrInvalid marks a configuration that cannot be used; the message names the field.
 var ErrInvalid = errors.New("invalid configuration")
@@ -73,6 +102,15 @@ func (c *Config) applyDefaults() {
 	if c.LogLevel == "" {
 		c.LogLevel = DefaultLogLevel
 	}
+	if c.TopicRoot == "" {
+		c.TopicRoot = DefaultTopicRoot
+	}
+	if c.QueueSize == 0 {
+		c.QueueSize = DefaultQueueSize
+	}
+	if c.MQTT.Broker == "" && c.MQTT.EmbeddedListen == "" {
+		c.MQTT.EmbeddedListen = DefaultEmbeddedListen
+	}
 }
 
 func (c *Config) check() error {
@@ -80,6 +118,21 @@ func (c *Config) check() error {
 	case "debug", "info", "warn", "error":
 	default:
 		return fmt.Errorf("%w: log_level %q (want debug, info, warn or error)", ErrInvalid, c.LogLevel)
+	}
+	if c.QueueSize < 1 || c.QueueSize > 4096 {
+		return fmt.Errorf("%w: queue_size %d (want 1..4096)", ErrInvalid, c.QueueSize)
+	}
+	if !validLevel(c.TopicRoot) {
+		return fmt.Errorf("%w: topic_root %q must be one topic level without / + #", ErrInvalid, c.TopicRoot)
+	}
+	if c.DeviceID != "" && !validLevel(c.DeviceID) {
+		return fmt.Errorf("%w: device_id %q must be one topic level without / + #", ErrInvalid, c.DeviceID)
+	}
+	if c.MQTT.Password != "" && c.MQTT.PasswordFile != "" {
+		return fmt.Errorf("%w: mqtt: set password or password_file, not both", ErrInvalid)
+	}
+	if (c.MQTT.CertFile == "") != (c.MQTT.KeyFile == "") {
+		return fmt.Errorf("%w: mqtt: cert_file and key_file go together", ErrInvalid)
 	}
 	for i, p := range c.PKCS11 {
 		if p.Module == "" {
@@ -104,4 +157,21 @@ func (p PKCS11) ReadPIN() (string, error) {
 	}
 	pin, _, _ := strings.Cut(string(data), "\n")
 	return strings.TrimSpace(pin), nil
+}
+
+func validLevel(s string) bool {
+	return s != "" && !strings.ContainsAny(s, "/+#\x00") && !strings.HasPrefix(s, "$")
+}
+
+// ReadPassword returns the broker password: inline, or the first line of password_file.
+func (m MQTT) ReadPassword() (string, error) {
+	if m.PasswordFile == "" {
+		return m.Password, nil
+	}
+	data, err := os.ReadFile(m.PasswordFile)
+	if err != nil {
+		return "", fmt.Errorf("%w: mqtt.password_file: %v", ErrInvalid, err)
+	}
+	pw, _, _ := strings.Cut(string(data), "\n")
+	return strings.TrimSpace(pw), nil
 }

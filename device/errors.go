@@ -1,6 +1,11 @@
 package device
 
-import "errors"
+import (
+	"errors"
+	"fmt"
+
+	"github.com/iot-hsm/iot-hsm/hsm"
+)
 
 // Errors of the device core, beside the hsm package's (offline, not found, PIN ...)
 // and the ca package's (key mismatch, not a CA, chain ...). The protocol layer maps
@@ -11,3 +16,6 @@ var (
 	// ErrConflict is a command that does not fit the slot's state.
 	ErrConflict = errors.New("conflict")
 )
+
+// ErrNotFoundCA is a ca_id that no provisioned slot holds; it matches hsm.ErrNotFound.
+var ErrNotFoundCA = fmt.Errorf("unknown CA: %w", hsm.ErrNotFound)

@@ -86,7 +86,7 @@ func (s *Slots) Provision(ctx context.Context, a ProvisionArgs) (store.Slot, err
 	switch a.Mode {
 	case ModeGenerate:
 		if _, err := hsm.ParseKeyType(string(a.KeyType)); err != nil {
-			return store.Slot{}, fmt.Errorf("%w: %w", ErrBadRequest, err)
+			return store.Slot{}, fmt.Errorf("%w: %v", ErrBadRequest, err)
 		}
 		pub, err = tok.Generate(ctx, a.Slot, a.KeyType, hsm.KeyOptions{Label: a.Label, Overwrite: a.Overwrite})
 	case ModeImport:

@@ -1,0 +1,189 @@
+package device
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"log/slog"
+	"os"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/iot-hsm/iot-hsm/protocol"
+	"github.com/iot-hsm/iot-hsm/store"
+)
+
+// Transport is what the device needs of its broker session (mqtt.Client through a
+// small adapter). Handlers given to Subscribe run on the transport's goroutine and
+// must return at once.
+type Transport interface {
+	Publish(ctx context.Context, topic string, payload []byte, retained bool) error
+	Subscribe(filter string, h func(topic string, payload []byte)) error
+	Unsubscribe(filter string) error
+	Connected() bool
+}
+
+// Options tune the device core.
+type Options struct {
+	DeviceID  string
+	TopicRoot string
+	Version   string
+	// QueueSize bounds each token's queue; a full queue answers busy.
+	QueueSize int
+	// ReplyRetention is how long replies are kept for redelivered requests.
+	ReplyRetention time.Duration
+	// AllowDigest enables sign kind digest (raw digests are refused by default: the
+	// appliance cannot apply CA policy to something it cannot read).
+	AllowDigest bool
+	Now         func() time.Time
+}
+
+// Device is the appliance core: it takes requests from the transport, runs them on
+// one worker per token, and publishes replies, status and events.
+type Device struct {
+	opts   Options
+	topics protocol.Topics
+	slots  *Slots
+	store  *store.Store
+	reg    *Registry
+	tr     Transport
+
+	started time.Time
+	ctx     context.Context
+	cancel  context.CancelFunc
+	wg      sync.WaitGroup
+
+	mu       sync.Mutex
+	workers  map[string]*worker   // by HSM id; "" is the control worker
+	inflight map[string]*inflight // by request id, while queued or running
+	caSubs   map[string]bool      // ca_ids subscribed
+	issuers  map[string]*issuerCache
+	present  map[string]bool // last published presence per HSM
+
+	outbox chan outMsg
+
+	requests, signatures, errors, dropped atomic.Uint64
+}
+
+type outMsg struct {
+	topic    string
+	payload  []byte
+	retained bool
+}
+
+// New makes a device over the slot lifecycle; Start connects it to a transport.
+func New(opts Options, slots *Slots) *Device {
+	if opts.QueueSize <= 0 {
+		opts.QueueSize = 16
+	}
+	if opts.ReplyRetention <= 0 {
+		opts.ReplyRetention = 24 * time.Hour
+	}
+	if opts.TopicRoot == "" {
+		opts.TopicRoot = protocol.DefaultRoot
+	}
+	if opts.DeviceID == "" {
+		opts.DeviceID = DefaultDeviceID()
+	}
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	slots.Now = opts.Now
+	return &Device{
+		opts: opts, topics: protocol.Topics{Root: opts.TopicRoot, Device: opts.DeviceID},
+		slots: slots, store: slots.Store, reg: slots.Registry,
+		workers: map[string]*worker{}, inflight: map[string]*inflight{}, caSubs: map[string]bool{},
+		issuers: map[string]*issuerCache{}, present: map[string]bool{},
+		outbox: make(chan outMsg, 256),
+	}
+}
+
+// DefaultDeviceID derives a stable id from the machine id, so a re-flashed appliance
+// with the same machine id keeps its topics.
+func DefaultDeviceID() string {
+	for _, f := range []string{"/etc/machine-id", "/var/lib/dbus/machine-id"} {
+		if b, err := os.ReadFile(f); err == nil && len(strings.TrimSpace(string(b))) > 0 {
+			sum := sha256.Sum256([]byte("iot-hsm:" + strings.TrimSpace(string(b))))
+			return "ihsm-" + hex.EncodeToString(sum[:3])
+		}
+	}
+	h, _ := os.Hostname()
+	return "ihsm-" + strings.ToLower(h)
+}
+
+// Topics returns the device's topics.
+func (d *Device) Topics() protocol.Topics { return d.topics }
+
+// Start subscribes the command topics and the CA topics of provisioned slots, and
+// starts the workers, the outbox and the presence watch. It returns at once.
+func (d *Device) Start(ctx context.Context, tr Transport) error {
+	d.tr = tr
+	d.started = d.opts.Now().UTC()
+	d.ctx, d.cancel = context.WithCancel(ctx)
+	d.wg.Add(2)
+	go d.runOutbox()
+	go d.watch()
+	if err := tr.Subscribe(d.topics.CmdFilter(), d.Handle); err != nil {
+		return err
+	}
+	d.syncSubscriptions()
+	if n, err := d.store.PruneReplies(d.opts.Now().Add(-d.opts.ReplyRetention)); err == nil && n > 0 {
+		slog.Info("pruned cached replies", "count", n)
+	}
+	return nil
+}
+
+// Stop stops taking requests and waits for the workers to finish what they run.
+func (d *Device) Stop() {
+	if d.cancel == nil {
+		return
+	}
+	d.cancel()
+	d.mu.Lock()
+	for _, w := range d.workers {
+		close(w.queue)
+	}
+	d.workers = map[string]*worker{}
+	d.mu.Unlock()
+	d.wg.Wait()
+}
+
+// Connected is called by the transport after every (re)connect: the retained status
+// is republished there.
+func (d *Device) Connected() {
+	d.syncSubscriptions()
+	d.PublishStatus()
+}
+
+func (d *Device) runOutbox() {
+	defer d.wg.Done()
+	for {
+		select {
+		case <-d.ctx.Done():
+			return
+		case m := <-d.outbox:
+			d.publish(m)
+		}
+	}
+}
+
+func (d *Device) publish(m outMsg) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := d.tr.Publish(ctx, m.topic, m.payload, m.retained); err != nil {
+		slog.Warn("publish failed", "topic", m.topic, "err", err)
+	}
+}
+
+// send queues a message for the outbox without blocking the caller; when the outbox
+// is full the message is dropped and counted.
+func (d *Device) send(topic string, payload []byte, retained bool) {
+	select {
+	case d.outbox <- outMsg{topic, payload, retained}:
+	default:
+		d.dropped.Add(1)
+		slog.Warn("outbox full, message dropped", "topic", topic)
+	}
+}

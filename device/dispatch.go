@@ -1,0 +1,245 @@
+package device
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"log/slog"
+	"time"
+
+	"github.com/iot-hsm/iot-hsm/protocol"
+	"github.com/iot-hsm/iot-hsm/store"
+)
+
+// job is one accepted request on its way through a worker.
+type job struct {
+	cmd      string
+	req      protocol.Request
+	fp       []byte
+	caID     string // from the CA signing topic
+	slotID   string // resolved target slot, when there is one
+	run      handler
+	deadline time.Duration
+}
+
+type handler func(ctx context.Context, j *job) (any, error)
+
+// inflight is a request being worked on. Redeliveries that arrive meanwhile are not
+// run again; they get the reply, marked replayed, when it is ready.
+type inflight struct {
+	fp     []byte
+	dupsTo []string // reply topics of redeliveries
+}
+
+type worker struct {
+	id    string
+	queue chan *job
+}
+
+// Handle takes one message from the transport. It never blocks: it decodes, answers
+// what can be answered at once (malformed, expired, replayed, busy) through the
+// outbox, and queues the rest on the worker of the token the command needs.
+func (d *Device) Handle(topic string, payload []byte) {
+	if d.ctx == nil || d.ctx.Err() != nil {
+		return
+	}
+	d.requests.Add(1)
+	cmd, caID := "", ""
+	if c, ok := d.topics.ParseCmdTopic(topic); ok {
+		cmd = c
+	} else if id, ok := d.topics.ParseCASignTopic(topic); ok {
+		cmd, caID = protocol.CmdSign, id
+	} else {
+		d.dropped.Add(1)
+		return
+	}
+	req, perr := protocol.DecodeRequest(payload)
+	if perr != nil {
+		if req.ID == "" {
+			d.dropped.Add(1)
+			slog.Debug("message without a readable id dropped", "topic", topic)
+			return
+		}
+		d.replyNow(req, cmd, perr)
+		return
+	}
+	if d.expired(req) {
+		d.replyNow(req, cmd, protocol.Errorf(protocol.CodeExpired, "request expired at %s", req.ExpiresAt.UTC().Format(time.RFC3339)))
+		return
+	}
+	fp := protocol.Fingerprint(cmd, req.Args)
+	if d.replayed(req, cmd, fp) {
+		return
+	}
+	j := &job{cmd: cmd, req: req, fp: fp, caID: caID, deadline: 30 * time.Second}
+	hsmID, perr := d.route(j)
+	if perr != nil {
+		d.replyNow(req, cmd, perr)
+		return
+	}
+	d.enqueue(hsmID, j)
+}
+
+func (d *Device) expired(req protocol.Request) bool {
+	return req.ExpiresAt != nil && !d.opts.Now().Before(*req.ExpiresAt)
+}
+
+// replayed answers a request whose id was seen before: the stored reply again, or
+// conflict when the content differs. A request still in flight is not run twice; its
+// reply goes out when it finishes.
+func (d *Device) replayed(req protocol.Request, cmd string, fp []byte) bool {
+	d.mu.Lock()
+	if f, ok := d.inflight[req.ID]; ok {
+		same := bytes.Equal(f.fp, fp)
+		if same {
+			f.dupsTo = append(f.dupsTo, d.replyTopic(req))
+		}
+		d.mu.Unlock()
+		if !same {
+			d.replyNow(req, cmd, protocol.Errorf(protocol.CodeConflict, "id %s is in use by another request", req.ID))
+		}
+		return true
+	}
+	d.mu.Unlock()
+	stored, err := d.store.Reply(req.ID)
+	if errors.Is(err, store.ErrNotFound) {
+		return false
+	}
+	if err != nil {
+		slog.Error("reading the reply cache", "err", err)
+		return false
+	}
+	if !bytes.Equal(stored.Digest, fp) {
+		d.replyNow(req, cmd, protocol.Errorf(protocol.CodeConflict, "id %s was used for another request", req.ID))
+		return true
+	}
+	var rep protocol.Reply
+	if json.Unmarshal(stored.Payload, &rep) != nil {
+		return false
+	}
+	rep.Replayed = true
+	out, _ := json.Marshal(rep)
+	d.send(d.replyTopic(req), out, false)
+	return true
+}
+
+func (d *Device) replyTopic(req protocol.Request) string {
+	if req.ReplyTo != "" {
+		return req.ReplyTo
+	}
+	return d.topics.Reply()
+}
+
+// replyNow answers without running anything (and without caching: nothing was done,
+// so a retry may run).
+func (d *Device) replyNow(req protocol.Request, cmd string, e *protocol.Error) {
+	d.errors.Add(1)
+	out, _ := json.Marshal(protocol.Reply{ID: req.ID, Cmd: cmd, Error: e})
+	d.send(d.replyTopic(req), out, false)
+}
+
+// enqueue puts the job on its token's worker, or answers busy when the queue is full.
+func (d *Device) enqueue(hsmID string, j *job) {
+	d.mu.Lock()
+	if d.ctx.Err() != nil {
+		d.mu.Unlock()
+		return
+	}
+	w, ok := d.workers[hsmID]
+	if !ok {
+		w = &worker{id: hsmID, queue: make(chan *job, d.opts.QueueSize)}
+		d.workers[hsmID] = w
+		d.wg.Add(1)
+		go d.runWorker(w)
+	}
+	select {
+	case w.queue <- j:
+		d.inflight[j.req.ID] = &inflight{fp: j.fp}
+		d.mu.Unlock()
+	default:
+		d.mu.Unlock()
+		d.replyNow(j.req, j.cmd, protocol.Errorf(protocol.CodeBusy, "the queue of %s is full; retry later", nameOr(hsmID, "the device")))
+	}
+}
+
+func nameOr(s, def string) string {
+	if s == "" {
+		return def
+	}
+	return s
+}
+
+// runWorker runs one token's jobs, one at a time: PIV cards and PKCS#11 sessions are
+// not safe for concurrent use, and a token is as fast serial as it is parallel.
+func (d *Device) runWorker(w *worker) {
+	defer d.wg.Done()
+	for j := range w.queue {
+		d.runJob(j)
+	}
+}
+
+func (d *Device) runJob(j *job) {
+	// A request that waited in the queue past its expiry is stale: not run.
+	if d.expired(j.req) {
+		d.done(j)
+		d.replyNow(j.req, j.cmd, protocol.Errorf(protocol.CodeExpired, "request expired while queued"))
+		return
+	}
+	ctx, cancel := context.WithTimeout(d.ctx, j.deadline)
+	result, err := j.run(ctx, j)
+	cancel()
+	rep := protocol.Reply{ID: j.req.ID, Cmd: j.cmd, OK: err == nil}
+	if err != nil {
+		d.errors.Add(1)
+		rep.Error = toProtocolError(err)
+		if rep.Error.Code == protocol.CodeInternal {
+			slog.Error("command failed", "cmd", j.cmd, "id", j.req.ID, "err", err)
+		}
+	} else if rep.Result, err = json.Marshal(result); err != nil {
+		rep.OK, rep.Result, rep.Error = false, nil, protocol.Errorf(protocol.CodeInternal, "encoding the result failed")
+	}
+	out, _ := json.Marshal(rep)
+	if cacheable(rep) {
+		if err := d.store.PutReply(j.req.ID, store.Reply{Digest: j.fp, Payload: out, Stored: d.opts.Now()}); err != nil {
+			slog.Error("caching a reply", "id", j.req.ID, "err", err)
+		}
+	}
+	// Cached first, then out of the in-flight set, then published: a redelivery
+	// always finds the request either in flight or in the cache.
+	dups := d.done(j)
+	d.publish(outMsg{topic: d.replyTopic(j.req), payload: out})
+	if len(dups) > 0 {
+		rep.Replayed = true
+		again, _ := json.Marshal(rep)
+		for _, topic := range dups {
+			d.publish(outMsg{topic: topic, payload: again})
+		}
+	}
+}
+
+// done takes the job out of the in-flight set and returns where its redeliveries
+// want their replies.
+func (d *Device) done(j *job) []string {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	f := d.inflight[j.req.ID]
+	delete(d.inflight, j.req.ID)
+	if f == nil {
+		return nil
+	}
+	return f.dupsTo
+}
+
+// cacheable: replies are kept so that a redelivery never runs twice, except answers
+// that say nothing ran and a retry may succeed (busy, expired, token offline).
+func cacheable(rep protocol.Reply) bool {
+	if rep.Error == nil {
+		return true
+	}
+	switch rep.Error.Code {
+	case protocol.CodeBusy, protocol.CodeExpired, protocol.CodeHSMOffline, protocol.CodeInternal:
+		return false
+	}
+	return true
+}

@@ -1,0 +1,180 @@
+package device
+
+import (
+	"encoding/json"
+	"log/slog"
+	"time"
+
+	"github.com/iot-hsm/iot-hsm/protocol"
+	"github.com/iot-hsm/iot-hsm/store"
+)
+
+// watchInterval is how often token presence is checked. Hotplug events make this
+// faster where they exist; the poll catches what they miss.
+const watchInterval = 2 * time.Second
+
+// Status builds the status document.
+func (d *Device) Status() protocol.Status {
+	started := d.started
+	st := protocol.Status{
+		Online: true, Device: d.opts.DeviceID, Version: d.opts.Version, StartedAt: &started,
+		Time: d.opts.Now().UTC(), Broker: "disconnected", HSMs: []protocol.StatusHSM{}, Slots: []protocol.StatusSlot{},
+		Counters: protocol.Counters{Requests: d.requests.Load(), Signatures: d.signatures.Load(),
+			Errors: d.errors.Load(), Dropped: d.dropped.Load()},
+	}
+	if d.tr != nil && d.tr.Connected() {
+		st.Broker = "connected"
+	}
+	for _, t := range d.reg.Tokens() {
+		info := t.Info()
+		st.HSMs = append(st.HSMs, protocol.StatusHSM{ID: info.ID, Kind: string(info.Kind), Present: info.Present, PIN: pinStatus(info.PIN)})
+	}
+	recs, err := d.store.Slots()
+	if err != nil {
+		slog.Error("reading slots for status", "err", err)
+	}
+	for _, r := range recs {
+		s := protocol.StatusSlot{SlotID: r.ID, State: string(r.State), Connected: d.slotConnected(r), CAID: r.CAID, KeyType: r.KeyType}
+		if c, err := certOf(r.Certificate); err == nil {
+			s.Subject = c.Subject.String()
+			na := c.NotAfter.UTC()
+			s.NotAfter = &na
+		}
+		if s.Connected {
+			st.ConnectedSlots++
+		}
+		st.Slots = append(st.Slots, s)
+	}
+	st.SlotsTotal = len(st.Slots)
+	return st
+}
+
+// slotConnected is the seed dashboard's "connected": provisioned, its token present
+// and unlocked, and the broker session up.
+func (d *Device) slotConnected(r store.Slot) bool {
+	if r.State != store.Provisioned || d.tr == nil || !d.tr.Connected() {
+		return false
+	}
+	t, err := d.reg.Token(r.HSM)
+	if err != nil {
+		return false
+	}
+	info := t.Info()
+	return info.Present && info.PIN.Set
+}
+
+// PublishStatus publishes the retained status document.
+func (d *Device) PublishStatus() {
+	if d.tr == nil {
+		return
+	}
+	out, _ := json.Marshal(d.Status())
+	d.send(d.topics.Status(), out, true)
+}
+
+// OfflineStatus is the document for the Last Will and for a clean shutdown.
+func OfflineStatus(deviceID string) []byte {
+	out, _ := json.Marshal(protocol.Status{Online: false, Device: deviceID, Time: time.Now().UTC(),
+		HSMs: []protocol.StatusHSM{}, Slots: []protocol.StatusSlot{}})
+	return out
+}
+
+func (d *Device) event(e protocol.Event) {
+	if d.tr == nil {
+		return
+	}
+	e.Time = d.opts.Now().UTC()
+	out, _ := json.Marshal(e)
+	d.send(d.topics.Events(), out, false)
+}
+
+// slotChanged publishes the new state, drops what was cached for the slot and
+// follows the CA topics.
+func (d *Device) slotChanged(slotID string, state store.State) {
+	d.mu.Lock()
+	delete(d.issuers, slotID)
+	d.mu.Unlock()
+	d.event(protocol.Event{Type: "slot.state", SlotID: slotID, State: string(state)})
+	d.syncSubscriptions()
+	d.PublishStatus()
+}
+
+// syncSubscriptions subscribes (shared) to the signing topic of every provisioned CA
+// key and drops the topics of keys no longer held.
+func (d *Device) syncSubscriptions() {
+	if d.tr == nil {
+		return
+	}
+	recs, err := d.store.Slots()
+	if err != nil {
+		return
+	}
+	want := map[string]bool{}
+	for _, r := range recs {
+		if r.State == store.Provisioned && r.CAID != "" {
+			want[r.CAID] = true
+		}
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for id := range want {
+		if !d.caSubs[id] {
+			if err := d.tr.Subscribe(d.topics.CASignShared(id), d.Handle); err != nil {
+				slog.Warn("subscribing a CA topic", "ca_id", id, "err", err)
+				continue
+			}
+			d.caSubs[id] = true
+		}
+	}
+	for id := range d.caSubs {
+		if !want[id] {
+			if err := d.tr.Unsubscribe(d.topics.CASignShared(id)); err != nil {
+				slog.Warn("unsubscribing a CA topic", "ca_id", id, "err", err)
+			}
+			delete(d.caSubs, id)
+		}
+	}
+}
+
+// watch rescans the HSMs and republishes the status when a token comes or goes.
+func (d *Device) watch() {
+	defer d.wg.Done()
+	tick := time.NewTicker(watchInterval)
+	defer tick.Stop()
+	for {
+		select {
+		case <-d.ctx.Done():
+			return
+		case <-tick.C:
+			d.CheckPresence()
+		}
+	}
+}
+
+// CheckPresence rescans the HSMs, and publishes events and the status when one came
+// or went.
+func (d *Device) CheckPresence() {
+	_ = d.reg.Rescan(d.ctx)
+	changed := false
+	for _, t := range d.reg.Tokens() {
+		info := t.Info()
+		d.mu.Lock()
+		was, known := d.present[info.ID]
+		d.present[info.ID] = info.Present
+		d.mu.Unlock()
+		if known && was == info.Present {
+			continue
+		}
+		changed = true
+		if known {
+			typ := "hsm.absent"
+			if info.Present {
+				typ = "hsm.present"
+			}
+			d.event(protocol.Event{Type: typ, HSM: info.ID})
+		}
+	}
+	if changed {
+		d.PublishStatus()
+	}
+}

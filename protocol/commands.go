@@ -1,0 +1,251 @@
+package protocol
+
+import (
+	"encoding/json"
+	"time"
+)
+
+// Arguments and results of each command, as PROTOCOL.md names them.
+
+type HSMSetPINArgs struct {
+	HSM           string `json:"hsm"`
+	PIN           string `json:"pin"`
+	ManagementKey string `json:"management_key,omitempty"`
+	SOPIN         string `json:"so_pin,omitempty"`
+	Persist       bool   `json:"persist,omitempty"`
+}
+
+type ProvisionArgs struct {
+	HSM         string `json:"hsm"`
+	Slot        string `json:"slot"`
+	Mode        string `json:"mode"`
+	KeyType     string `json:"key_type,omitempty"`
+	KeyPEM      string `json:"key_pem,omitempty"`
+	KeyPassword string `json:"key_password,omitempty"`
+	Label       string `json:"label,omitempty"`
+	Overwrite   bool   `json:"overwrite,omitempty"`
+}
+
+type ProvisionResult struct {
+	SlotID      string `json:"slot_id"`
+	PublicKey   string `json:"public_key"`
+	KeyType     string `json:"key_type"`
+	CAID        string `json:"ca_id"`
+	Attestation string `json:"attestation,omitempty"`
+	Note        string `json:"note,omitempty"`
+}
+
+// ProvisioningCertArgs are the arguments of slot.selfsign and slot.csr.
+type ProvisioningCertArgs struct {
+	SlotID           string `json:"slot_id"`
+	ProvisioningCert string `json:"provisioning_cert"`
+}
+
+type CertificateResult struct {
+	Certificate string `json:"certificate"`
+}
+
+type CSRResult struct {
+	CSR string `json:"csr"`
+}
+
+type ImportCertArgs struct {
+	SlotID      string `json:"slot_id"`
+	Certificate string `json:"certificate"`
+	Chain       string `json:"chain,omitempty"`
+}
+
+type SlotIDArgs struct {
+	SlotID string `json:"slot_id"`
+}
+
+type ClearArgs struct {
+	SlotID     string `json:"slot_id"`
+	DestroyKey bool   `json:"destroy_key,omitempty"`
+}
+
+// SlotShow is the result of slot.show and of slot.import_cert.
+type SlotShow struct {
+	SlotID      string     `json:"slot_id"`
+	HSM         string     `json:"hsm"`
+	State       string     `json:"state"`
+	Connected   bool       `json:"connected"`
+	KeyType     string     `json:"key_type"`
+	Label       string     `json:"label,omitempty"`
+	CAID        string     `json:"ca_id"`
+	PublicKey   string     `json:"public_key"`
+	Certificate string     `json:"certificate,omitempty"`
+	Chain       string     `json:"chain,omitempty"`
+	CSR         string     `json:"csr,omitempty"`
+	Attestation string     `json:"attestation,omitempty"`
+	Subject     string     `json:"subject,omitempty"`
+	NotAfter    *time.Time `json:"not_after,omitempty"`
+}
+
+type ClearResult struct {
+	SlotID       string `json:"slot_id"`
+	State        string `json:"state"`
+	KeyDestroyed bool   `json:"key_destroyed"`
+}
+
+type HSMListResult struct {
+	HSMs []HSM `json:"hsms"`
+}
+
+type HSM struct {
+	ID      string    `json:"id"`
+	Kind    string    `json:"kind"`
+	Model   string    `json:"model"`
+	Serial  string    `json:"serial"`
+	Present bool      `json:"present"`
+	PIN     PINStatus `json:"pin"`
+	Slots   []HSMSlot `json:"slots"`
+	// SlotsError says why slots could not be listed (token absent, no PIN).
+	SlotsError string `json:"slots_error,omitempty"`
+}
+
+type PINStatus struct {
+	Set     bool `json:"set"`
+	Retries *int `json:"retries"` // null when the token does not say
+}
+
+type HSMSlot struct {
+	Slot     string `json:"slot"`
+	Occupied bool   `json:"occupied"`
+	KeyType  string `json:"key_type,omitempty"`
+	Label    string `json:"label,omitempty"`
+}
+
+type SetPINResult struct {
+	HSM string    `json:"hsm"`
+	PIN PINStatus `json:"pin"`
+}
+
+// SignArgs is the union of every sign kind's arguments; Kind says which apply.
+type SignArgs struct {
+	SlotID string `json:"slot_id,omitempty"`
+	CAID   string `json:"ca_id,omitempty"`
+	Kind   string `json:"kind"`
+
+	// certificate
+	CSR     string   `json:"csr,omitempty"`
+	Profile *Profile `json:"profile,omitempty"`
+	// crl
+	Number     json.Number  `json:"number,omitempty"`
+	ThisUpdate *time.Time   `json:"this_update,omitempty"`
+	NextUpdate *time.Time   `json:"next_update,omitempty"`
+	Revoked    []RevokedArg `json:"revoked,omitempty"`
+	// cms
+	Data     []byte `json:"data,omitempty"`
+	Detached bool   `json:"detached,omitempty"`
+	// ocsp (this_update, next_update shared with crl)
+	Responses []OCSPArg `json:"responses,omitempty"`
+	Nonce     []byte    `json:"nonce,omitempty"`
+	// tbs_certificate
+	TBS []byte `json:"tbs,omitempty"`
+	// digest
+	Digest []byte `json:"digest,omitempty"`
+	Hash   string `json:"hash,omitempty"`
+	PSS    bool   `json:"pss,omitempty"`
+}
+
+// Sign kinds.
+const (
+	KindCertificate = "certificate"
+	KindCRL         = "crl"
+	KindCMS         = "cms"
+	KindOCSP        = "ocsp"
+	KindTBS         = "tbs_certificate"
+	KindDigest      = "digest"
+)
+
+type Profile struct {
+	NotBefore              *time.Time `json:"not_before,omitempty"`
+	NotAfter               *time.Time `json:"not_after,omitempty"`
+	Validity               string     `json:"validity,omitempty"` // Go duration
+	Serial                 string     `json:"serial,omitempty"`   // hex
+	IsCA                   bool       `json:"is_ca,omitempty"`
+	MaxPathLen             *int       `json:"max_path_len,omitempty"`
+	KeyUsage               []string   `json:"key_usage,omitempty"`
+	ExtKeyUsage            []string   `json:"ext_key_usage,omitempty"`
+	DNSNames               []string   `json:"dns_names,omitempty"`
+	IPAddresses            []string   `json:"ip_addresses,omitempty"`
+	EmailAddresses         []string   `json:"email_addresses,omitempty"`
+	URIs                   []string   `json:"uris,omitempty"`
+	CRLDistributionPoints  []string   `json:"crl_distribution_points,omitempty"`
+	OCSPServers            []string   `json:"ocsp_servers,omitempty"`
+	IssuingCertificateURLs []string   `json:"issuing_certificate_urls,omitempty"`
+}
+
+type RevokedArg struct {
+	Serial    string    `json:"serial"`
+	RevokedAt time.Time `json:"revoked_at"`
+	Reason    string    `json:"reason,omitempty"`
+}
+
+type OCSPArg struct {
+	Serial    string     `json:"serial"`
+	Status    string     `json:"status"`
+	RevokedAt *time.Time `json:"revoked_at,omitempty"`
+	Reason    string     `json:"reason,omitempty"`
+}
+
+// SignResult carries the one field of the kind that was asked for.
+type SignResult struct {
+	SlotID      string `json:"slot_id"`
+	Certificate string `json:"certificate,omitempty"`
+	Serial      string `json:"serial,omitempty"`
+	CRL         string `json:"crl,omitempty"`
+	CMS         []byte `json:"cms,omitempty"`
+	OCSP        []byte `json:"ocsp,omitempty"`
+	Signature   []byte `json:"signature,omitempty"`
+}
+
+// Status is the retained status document.
+type Status struct {
+	Online         bool         `json:"online"`
+	Device         string       `json:"device"`
+	Version        string       `json:"version,omitempty"`
+	StartedAt      *time.Time   `json:"started_at,omitempty"`
+	Time           time.Time    `json:"time"`
+	Broker         string       `json:"broker,omitempty"`
+	ConnectedSlots int          `json:"connected_slots"`
+	SlotsTotal     int          `json:"slots_total"`
+	HSMs           []StatusHSM  `json:"hsms"`
+	Slots          []StatusSlot `json:"slots"`
+	Counters       Counters     `json:"counters"`
+}
+
+type StatusHSM struct {
+	ID      string    `json:"id"`
+	Kind    string    `json:"kind"`
+	Present bool      `json:"present"`
+	PIN     PINStatus `json:"pin"`
+}
+
+type StatusSlot struct {
+	SlotID    string     `json:"slot_id"`
+	State     string     `json:"state"`
+	Connected bool       `json:"connected"`
+	CAID      string     `json:"ca_id"`
+	Subject   string     `json:"subject,omitempty"`
+	NotAfter  *time.Time `json:"not_after,omitempty"`
+	KeyType   string     `json:"key_type"`
+}
+
+type Counters struct {
+	Requests   uint64 `json:"requests"`
+	Signatures uint64 `json:"signatures"`
+	Errors     uint64 `json:"errors"`
+	Dropped    uint64 `json:"dropped"`
+}
+
+// Event is one message on the events topic.
+type Event struct {
+	Time    time.Time `json:"time"`
+	Type    string    `json:"type"` // slot.state, hsm.present, hsm.absent
+	HSM     string    `json:"hsm,omitempty"`
+	SlotID  string    `json:"slot_id,omitempty"`
+	State   string    `json:"state,omitempty"`
+	Message string    `json:"message,omitempty"`
+}

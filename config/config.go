@@ -21,6 +21,33 @@ type Config struct {
 	AllowDigest bool     `toml:"allow_digest"`
 	MQTT        MQTT     `toml:"mqtt"`
 	PKCS11      []PKCS11 `toml:"pkcs11"`
+	YubiKey     YubiKey  `toml:"yubikey"`
+}
+
+// YubiKey configures the PIV backend (YubiKeys through pcscd).
+type YubiKey struct {
+	// Disabled turns the backend off (no pcscd on this machine).
+	Disabled bool `toml:"disabled"`
+	// PIN or PINFile: the PIN of every YubiKey not listed under cards.
+	PIN     string `toml:"pin"`
+	PINFile string `toml:"pin_file"`
+	// ManagementKeyFile holds an explicit management key in hex. Without it the
+	// PIN-protected management key stored on the card is used.
+	ManagementKeyFile string `toml:"management_key_file"`
+	// AllowDefaults lets the appliance use the factory PIN and management key.
+	AllowDefaults bool `toml:"allow_defaults"`
+	// AttestationRoots is a PEM bundle of attestation roots; default Yubico's.
+	AttestationRoots string        `toml:"attestation_roots"`
+	Cards            []YubiKeyCard `toml:"card"`
+}
+
+// YubiKeyCard is the configuration of one YubiKey, by serial.
+type YubiKeyCard struct {
+	Serial            uint32 `toml:"serial"`
+	PIN               string `toml:"pin"`
+	PINFile           string `toml:"pin_file"`
+	ManagementKeyFile string `toml:"management_key_file"`
+	AllowDefaults     bool   `toml:"allow_defaults"`
 }
 
 // MQTT is the broker session. With no broker the daemon runs an embedded broker on
@@ -134,6 +161,17 @@ func (c *Config) check() error {
 	if (c.MQTT.CertFile == "") != (c.MQTT.KeyFile == "") {
 		return fmt.Errorf("%w: mqtt: cert_file and key_file go together", ErrInvalid)
 	}
+	if c.YubiKey.PIN != "" && c.YubiKey.PINFile != "" {
+		return fmt.Errorf("%w: yubikey: set pin or pin_file, not both", ErrInvalid)
+	}
+	for i, card := range c.YubiKey.Cards {
+		if card.Serial == 0 {
+			return fmt.Errorf("%w: yubikey.card[%d]: serial is required", ErrInvalid, i)
+		}
+		if card.PIN != "" && card.PINFile != "" {
+			return fmt.Errorf("%w: yubikey.card[%d]: set pin or pin_file, not both", ErrInvalid, i)
+		}
+	}
 	for i, p := range c.PKCS11 {
 		if p.Module == "" {
 			return fmt.Errorf("%w: pkcs11[%d]: module is required", ErrInvalid, i)
@@ -174,4 +212,18 @@ func (m MQTT) ReadPassword() (string, error) {
 	}
 	pw, _, _ := strings.Cut(string(data), "\n")
 	return strings.TrimSpace(pw), nil
+}
+
+// ReadSecret returns an inline secret or the first line of its file ("" when neither
+// is set). field names the setting in errors; the secret itself never appears.
+func ReadSecret(field, inline, file string) (string, error) {
+	if file == "" {
+		return inline, nil
+	}
+	data, err := os.ReadFile(file)
+	if err != nil {
+		return "", fmt.Errorf("%w: %s: %v", ErrInvalid, field, err)
+	}
+	line, _, _ := strings.Cut(string(data), "\n")
+	return strings.TrimSpace(line), nil
 }

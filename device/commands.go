@@ -158,11 +158,8 @@ func (d *Device) provision(ctx context.Context, a protocol.ProvisionArgs) (any, 
 		return nil, err
 	}
 	d.slotChanged(rec.ID, rec.State)
-	res := protocol.ProvisionResult{SlotID: rec.ID, PublicKey: rec.PublicKey, KeyType: rec.KeyType, CAID: rec.CAID, Attestation: rec.Attestation}
-	if a.Mode == ModeImport {
-		res.Note = "an imported key has no attestation: the token cannot vouch that it was never outside"
-	}
-	return res, nil
+	return protocol.ProvisionResult{SlotID: rec.ID, PublicKey: rec.PublicKey, KeyType: rec.KeyType, CAID: rec.CAID,
+		Attestation: rec.Attestation, Note: rec.Note}, nil
 }
 
 func (d *Device) selfSign(ctx context.Context, a protocol.ProvisioningCertArgs) (any, error) {

@@ -243,3 +243,26 @@ func cacheable(rep protocol.Reply) bool {
 	}
 	return true
 }
+
+// failQueued answers hsm_offline to every request waiting for a token that went away:
+// they would only time out. The request running on it fails by itself.
+func (d *Device) failQueued(hsmID string) {
+	d.mu.Lock()
+	w := d.workers[hsmID]
+	d.mu.Unlock()
+	if w == nil {
+		return
+	}
+	for {
+		select {
+		case j, ok := <-w.queue:
+			if !ok {
+				return
+			}
+			d.done(j)
+			d.replyNow(j.req, j.cmd, protocol.Errorf(protocol.CodeHSMOffline, "%s is not present", hsmID))
+		default:
+			return
+		}
+	}
+}

@@ -7,6 +7,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"log/slog"
 	"strings"
 	"time"
 
@@ -117,15 +118,35 @@ func (s *Slots) Provision(ctx context.Context, a ProvisionArgs) (store.Slot, err
 	if err != nil {
 		return store.Slot{}, err
 	}
+	attestation, note := attest(ctx, tok, a)
 	now := s.now().UTC()
 	return s.Store.UpdateSlot(slotID, func(rec *store.Slot, _ bool) error {
 		*rec = store.Slot{
 			ID: slotID, HSM: a.HSM, Slot: a.Slot, State: store.KeyReady, KeyType: string(kt),
 			Label: a.Label, Mode: a.Mode, PublicKey: string(pubPEM), CAID: caID,
-			CreatedAt: now, UpdatedAt: now,
+			Attestation: attestation, Note: note, CreatedAt: now, UpdatedAt: now,
 		}
 		return nil
 	})
+}
+
+// attest fetches the attestation of a freshly generated key where the token can give
+// one. A failed attestation does not undo the key (it is on the token now); the slot
+// records why there is none, so the operator can decide.
+func attest(ctx context.Context, tok hsm.Token, a ProvisionArgs) (chainPEM, note string) {
+	at, ok := tok.(hsm.Attester)
+	switch {
+	case a.Mode == ModeImport:
+		return "", "an imported key has no attestation: the token cannot vouch that it was never outside"
+	case !ok || a.Mode != ModeGenerate:
+		return "", ""
+	}
+	chain, err := at.Attest(ctx, a.Slot)
+	if err != nil {
+		slog.Warn("attestation failed", "hsm", a.HSM, "slot", a.Slot, "err", err)
+		return "", "no attestation: " + err.Error()
+	}
+	return string(ca.EncodeCertificatesPEM(chain)), ""
 }
 
 // slotSigner loads the record and the token signer for a slot in one of the states.

@@ -170,6 +170,8 @@ func (d *Device) CheckPresence() {
 			typ := "hsm.absent"
 			if info.Present {
 				typ = "hsm.present"
+			} else {
+				d.failQueued(info.ID)
 			}
 			d.event(protocol.Event{Type: typ, HSM: info.ID})
 		}

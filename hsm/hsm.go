@@ -84,3 +84,10 @@ type Provider interface {
 	Tokens(ctx context.Context) ([]Token, error)
 	Close() error
 }
+
+// Attester is implemented by tokens that can prove a key was generated inside them
+// (a YubiKey's PIV attestation). The chain starts with the key's attestation
+// certificate and has been checked against the backend's attestation roots.
+type Attester interface {
+	Attest(ctx context.Context, slot string) ([]*x509.Certificate, error)
+}

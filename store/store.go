@@ -86,6 +86,7 @@ type Slot struct {
 	Certificate string    `json:"certificate,omitempty"`
 	Chain       string    `json:"chain,omitempty"`
 	Attestation string    `json:"attestation,omitempty"`
+	Note        string    `json:"note,omitempty"` // what the operator should know, e.g. why there is no attestation
 	CreatedAt   time.Time `json:"created_at"`
 	UpdatedAt   time.Time `json:"updated_at"`
 }

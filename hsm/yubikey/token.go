@@ -1,0 +1,546 @@
+package yubikey
+
+import (
+	"context"
+	"crypto"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+	"time"
+
+	"github.com/go-piv/piv-go/v2/piv"
+	"github.com/iot-hsm/iot-hsm/hsm"
+)
+
+// Token is one YubiKey. A mutex serialises its operations: the card runs one command
+// at a time, and piv-go holds a PC/SC transaction while the card is open. The card is
+// released after a short idle time so that other programs can use it.
+type Token struct {
+	p      *Provider
+	serial uint32
+	id     string
+
+	mu            sync.Mutex
+	reader        string
+	yk            *piv.YubiKey // nil while released
+	version       piv.Version
+	formFactor    string
+	present       bool
+	pin           string
+	pinSet        bool // the PIN was accepted by this card
+	pinFromConfig bool
+	retries       int
+	idle          *time.Timer
+}
+
+func (t *Token) holds(reader string) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.yk != nil && t.reader == reader
+}
+
+// stillThere checks an open card with one cheap command. A token busy with an
+// operation is there: the operation itself reports a pulled card.
+func (t *Token) stillThere() bool {
+	if !t.mu.TryLock() {
+		return true
+	}
+	defer t.mu.Unlock()
+	if t.yk == nil {
+		return false
+	}
+	if s, err := t.yk.Serial(); err == nil && s == t.serial {
+		return true
+	}
+	t.release()
+	return false
+}
+
+func (t *Token) seen(reader string, v piv.Version) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if !t.present {
+		logger().Info("YubiKey present", "hsm", t.id, "reader", reader)
+	}
+	t.reader, t.version, t.present = reader, v, true
+}
+
+func (t *Token) markAbsent(why string) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.markAbsentLocked(why)
+}
+
+func (t *Token) markAbsentLocked(why string) {
+	if t.present {
+		logger().Warn("YubiKey gone", "hsm", t.id, "reason", why)
+	}
+	t.present = false
+	t.release()
+}
+
+// release closes the card handle (t.mu held).
+func (t *Token) release() {
+	if t.yk != nil {
+		t.yk.Close()
+		t.yk = nil
+	}
+	if t.idle != nil {
+		t.idle.Stop()
+		t.idle = nil
+	}
+}
+
+// Info implements hsm.Token.
+func (t *Token) Info() hsm.Info {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	model := fmt.Sprintf("YubiKey (firmware %d.%d.%d)", t.version.Major, t.version.Minor, t.version.Patch)
+	if t.formFactor != "" {
+		model = fmt.Sprintf("YubiKey %s (firmware %d.%d.%d)", t.formFactor, t.version.Major, t.version.Minor, t.version.Patch)
+	}
+	return hsm.Info{ID: t.id, Kind: hsm.KindYubiKey, Model: model, Serial: fmt.Sprint(t.serial),
+		Present: t.present, PIN: hsm.PINStatus{Set: t.pinSet, Retries: t.retries}}
+}
+
+// open makes sure the card is open (t.mu held), finding it again by serial when it
+// moved to another reader (re-plugged, or pcscd restarted).
+func (t *Token) open() error {
+	if t.yk != nil {
+		return nil
+	}
+	yk, err := piv.Open(t.reader)
+	if err == nil {
+		if s, serr := yk.Serial(); serr != nil || s != t.serial {
+			yk.Close()
+			yk, err = nil, fmt.Errorf("another card in %s", t.reader)
+		}
+	}
+	if err != nil {
+		yk, err = t.find()
+	}
+	if err != nil {
+		t.markAbsentLocked(err.Error())
+		return fmt.Errorf("%w: %s is not present", hsm.ErrOffline, t.id)
+	}
+	t.yk, t.version, t.present = yk, yk.Version(), true
+	if ff, err := yk.FormFactor(); err == nil && ff != 0 {
+		t.formFactor = ff.String()
+	}
+	return nil
+}
+
+// find looks through every reader for this card's serial.
+func (t *Token) find() (*piv.YubiKey, error) {
+	readers, err := piv.Cards()
+	if err != nil {
+		return nil, err
+	}
+	for _, r := range readers {
+		yk, err := piv.Open(r)
+		if err != nil {
+			continue
+		}
+		if s, err := yk.Serial(); err == nil && s == t.serial {
+			t.reader = r
+			return yk, nil
+		}
+		yk.Close()
+	}
+	return nil, errors.New("not in any reader")
+}
+
+// do runs fn on the open card. When the card turns out to be gone (pulled, reset,
+// held by another process, pcscd restarted) the handle is dropped and, if the
+// operation may be repeated, the card is opened again once and fn retried: a read or
+// a signature can be repeated, a key generation must not be.
+func (t *Token) do(ctx context.Context, repeatable bool, fn func(yk *piv.YubiKey) error) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for attempt := 0; ; attempt++ {
+		if err := t.open(); err != nil {
+			return err
+		}
+		err := fn(t.yk)
+		if !isTransport(err) {
+			t.touch()
+			return t.mapErr(err)
+		}
+		logger().Warn("YubiKey transaction failed; reopening", "hsm", t.id, "err", err)
+		t.release()
+		if !repeatable || attempt > 0 {
+			if t.open() != nil {
+				return fmt.Errorf("%w: %s is not present", hsm.ErrOffline, t.id)
+			}
+			t.touch()
+			return fmt.Errorf("%w: %s: the card was reset during the operation; check its state before retrying", hsm.ErrOffline, t.id)
+		}
+	}
+}
+
+// touch re-arms the idle release (t.mu held).
+func (t *Token) touch() {
+	if t.idle != nil {
+		t.idle.Stop()
+	}
+	t.idle = time.AfterFunc(t.p.opts.IdleRelease, func() {
+		t.mu.Lock()
+		defer t.mu.Unlock()
+		t.release()
+	})
+}
+
+// mapErr turns card answers into the hsm package's errors (t.mu held). A rejected
+// PIN is forgotten, so it is never tried again.
+func (t *Token) mapErr(err error) error {
+	if err == nil {
+		return nil
+	}
+	var ae piv.AuthErr
+	if errors.As(err, &ae) {
+		t.pin, t.pinSet, t.retries = "", false, ae.Retries
+		return &hsm.PINError{Token: t.id, Retries: ae.Retries}
+	}
+	if errors.Is(err, piv.ErrNotFound) {
+		return fmt.Errorf("%w: %s: %v", hsm.ErrNotFound, t.id, err)
+	}
+	var sw interface{ Status() uint16 }
+	if errors.As(err, &sw) && sw.Status() == 0x6982 {
+		return fmt.Errorf("%w: %s: security status not satisfied", hsm.ErrPINRequired, t.id)
+	}
+	return fmt.Errorf("yubikey %s: %w", t.id, err)
+}
+
+// Login implements hsm.Token: the PIN is verified once, and kept only when the card
+// accepted it.
+func (t *Token) Login(ctx context.Context, pin string) error {
+	if pin == "" {
+		return fmt.Errorf("%w: %s: empty PIN", hsm.ErrPINRequired, t.id)
+	}
+	return t.do(ctx, false, func(yk *piv.YubiKey) error {
+		if err := yk.VerifyPIN(pin); err != nil {
+			return err
+		}
+		t.pin, t.pinSet = pin, true
+		if r, err := yk.Retries(); err == nil {
+			t.retries = r
+		}
+		return nil
+	})
+}
+
+// pinFor returns the PIN to use (t.mu held): the accepted one, or the configured one
+// not yet tried, or the factory PIN where the configuration allows it.
+func (t *Token) pinFor() (string, error) {
+	switch {
+	case t.pin != "":
+		return t.pin, nil
+	case t.p.options(t.serial).AllowDefaults:
+		return piv.DefaultPIN, nil
+	}
+	return "", fmt.Errorf("%w: no PIN set for %s", hsm.ErrPINRequired, t.id)
+}
+
+// managementKey finds the key for administrative commands (t.mu held): an explicit
+// one from the configuration, else the PIN-protected one in the card's metadata,
+// else (labs only) the factory key.
+func (t *Token) managementKey(yk *piv.YubiKey) ([]byte, error) {
+	o := t.p.options(t.serial)
+	if len(o.ManagementKey) > 0 {
+		return o.ManagementKey, nil
+	}
+	pin, err := t.pinFor()
+	if err != nil {
+		return nil, err
+	}
+	md, err := yk.Metadata(pin)
+	if err != nil {
+		var ae piv.AuthErr
+		if errors.As(err, &ae) {
+			return nil, err
+		}
+	}
+	if md != nil && md.ManagementKey != nil {
+		t.pinSet = true
+		return *md.ManagementKey, nil
+	}
+	if o.AllowDefaults {
+		return piv.DefaultManagementKey, nil
+	}
+	return nil, fmt.Errorf("%w: %s has no PIN-protected management key and none is configured", hsm.ErrPINRequired, t.id)
+}
+
+// Slots implements hsm.Token.
+func (t *Token) Slots(ctx context.Context) ([]hsm.SlotInfo, error) {
+	var out []hsm.SlotInfo
+	err := t.do(ctx, true, func(yk *piv.YubiKey) error {
+		out = out[:0]
+		for _, name := range SlotNames {
+			slot, _, _ := ParseSlot(name)
+			info := hsm.SlotInfo{Slot: name}
+			if ki, err := yk.KeyInfo(slot); err == nil {
+				info.Occupied = true
+				info.KeyType, _ = hsm.KeyTypeOf(ki.PublicKey)
+			} else if isTransport(err) {
+				return err
+			}
+			if c, err := yk.Certificate(slot); err == nil {
+				info.HasCert, info.Label = true, c.Subject.CommonName
+				if !info.Occupied {
+					info.Occupied = true // firmware before 5.3 has no key metadata
+					info.KeyType, _ = hsm.KeyTypeOf(c.PublicKey)
+				}
+			} else if isTransport(err) {
+				return err
+			}
+			if info.Occupied {
+				out = append(out, info)
+			}
+		}
+		return nil
+	})
+	return out, err
+}
+
+// keyPolicy is what every CA key gets: the PIN once per session, which the appliance
+// can satisfy unattended, and never a touch, which it cannot.
+var keyPolicy = piv.Key{PINPolicy: piv.PINPolicyOnce, TouchPolicy: piv.TouchPolicyNever}
+
+// occupied reports whether the slot holds a key (t.mu held).
+func occupied(yk *piv.YubiKey, slot piv.Slot) (bool, error) {
+	_, err := yk.KeyInfo(slot)
+	switch {
+	case err == nil:
+		return true, nil
+	case errors.Is(err, piv.ErrNotFound):
+		return false, nil
+	}
+	var sw interface{ Status() uint16 }
+	if errors.As(err, &sw) && (sw.Status() == 0x6d00 || sw.Status() == 0x6a81) {
+		// Firmware before 5.3 cannot say; a certificate is the best hint.
+		_, cerr := yk.Certificate(slot)
+		return cerr == nil, nil
+	}
+	return false, err
+}
+
+// prepareSlot refuses an occupied slot unless overwrite, and returns the management
+// key that writing a key needs (t.mu held).
+func (t *Token) prepareSlot(yk *piv.YubiKey, slot piv.Slot, name string, overwrite bool) ([]byte, error) {
+	used, err := occupied(yk, slot)
+	if err != nil {
+		return nil, err
+	}
+	if used && !overwrite {
+		return nil, fmt.Errorf("%w: %s/%s holds a key (use overwrite to replace it)", hsm.ErrExists, t.id, name)
+	}
+	return t.managementKey(yk)
+}
+
+// Generate implements hsm.Token.
+func (t *Token) Generate(ctx context.Context, name string, kt hsm.KeyType, opts hsm.KeyOptions) (crypto.PublicKey, error) {
+	slot, name, err := ParseSlot(name)
+	if err != nil {
+		return nil, err
+	}
+	var pub crypto.PublicKey
+	err = t.do(ctx, false, func(yk *piv.YubiKey) error {
+		alg, err := algorithm(kt, yk.Version())
+		if err != nil {
+			return err
+		}
+		mk, err := t.prepareSlot(yk, slot, name, opts.Overwrite)
+		if err != nil {
+			return err
+		}
+		k := keyPolicy
+		k.Algorithm = alg
+		pub, err = yk.GenerateKey(mk, slot, k)
+		return err
+	})
+	return pub, err
+}
+
+// Import implements hsm.Token.
+func (t *Token) Import(ctx context.Context, name string, key crypto.Signer, opts hsm.KeyOptions) (crypto.PublicKey, error) {
+	slot, name, err := ParseSlot(name)
+	if err != nil {
+		return nil, err
+	}
+	kt, err := hsm.KeyTypeOf(key.Public())
+	if err != nil {
+		return nil, err
+	}
+	err = t.do(ctx, false, func(yk *piv.YubiKey) error {
+		if _, err := algorithm(kt, yk.Version()); err != nil {
+			return err
+		}
+		mk, err := t.prepareSlot(yk, slot, name, opts.Overwrite)
+		if err != nil {
+			return err
+		}
+		return yk.SetPrivateKeyInsecure(mk, slot, key, keyPolicy)
+	})
+	if err != nil {
+		return nil, err
+	}
+	return key.Public(), nil
+}
+
+// PublicKey implements hsm.Token.
+func (t *Token) PublicKey(ctx context.Context, name string) (crypto.PublicKey, error) {
+	slot, name, err := ParseSlot(name)
+	if err != nil {
+		return nil, err
+	}
+	var pub crypto.PublicKey
+	err = t.do(ctx, true, func(yk *piv.YubiKey) error {
+		ki, err := yk.KeyInfo(slot)
+		if err == nil && ki.PublicKey != nil {
+			pub = ki.PublicKey
+			return nil
+		}
+		if c, cerr := yk.Certificate(slot); cerr == nil {
+			pub = c.PublicKey
+			return nil
+		}
+		if err != nil && !errors.Is(err, piv.ErrNotFound) {
+			return err
+		}
+		return fmt.Errorf("%w: no key in %s/%s", hsm.ErrNotFound, t.id, name)
+	})
+	return pub, err
+}
+
+// Signer implements hsm.Token.
+func (t *Token) Signer(ctx context.Context, name string) (crypto.Signer, error) {
+	slot, name, err := ParseSlot(name)
+	if err != nil {
+		return nil, err
+	}
+	pub, err := t.PublicKey(ctx, name)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := hsm.KeyTypeOf(pub); err != nil {
+		return nil, err
+	}
+	return &signer{t: t, slot: slot, pub: pub}, nil
+}
+
+type signer struct {
+	t    *Token
+	slot piv.Slot
+	pub  crypto.PublicKey
+}
+
+func (s *signer) Public() crypto.PublicKey { return s.pub }
+
+// Sign signs inside the card, verifying the PIN first when the card's session needs
+// it (PIN policy once).
+func (s *signer) Sign(rand io.Reader, digest []byte, opts crypto.SignerOpts) ([]byte, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	var sig []byte
+	err := s.t.do(ctx, true, func(yk *piv.YubiKey) error {
+		pin, err := s.t.pinFor()
+		if err != nil {
+			return err
+		}
+		priv, err := yk.PrivateKey(s.slot, s.pub, piv.KeyAuth{PIN: pin, PINPolicy: piv.PINPolicyOnce})
+		if err != nil {
+			return err
+		}
+		ps, ok := priv.(crypto.Signer)
+		if !ok {
+			return fmt.Errorf("%w: the key in %s cannot sign", hsm.ErrUnsupported, s.slot)
+		}
+		sig, err = ps.Sign(rand, digest, opts)
+		if err == nil {
+			s.t.pinSet = true
+		}
+		return err
+	})
+	return sig, err
+}
+
+// StoreCertificate implements hsm.Token: the certificate goes into the slot's data
+// object, so yubico-piv-tool and ykman show what the appliance provisioned.
+func (t *Token) StoreCertificate(ctx context.Context, name string, cert *x509.Certificate) error {
+	slot, _, err := ParseSlot(name)
+	if err != nil {
+		return err
+	}
+	return t.do(ctx, false, func(yk *piv.YubiKey) error {
+		mk, err := t.managementKey(yk)
+		if err != nil {
+			return err
+		}
+		return yk.SetCertificate(mk, slot, cert)
+	})
+}
+
+// Certificate implements hsm.Token.
+func (t *Token) Certificate(ctx context.Context, name string) (*x509.Certificate, error) {
+	slot, _, err := ParseSlot(name)
+	if err != nil {
+		return nil, err
+	}
+	var c *x509.Certificate
+	err = t.do(ctx, true, func(yk *piv.YubiKey) error {
+		c, err = yk.Certificate(slot)
+		return err
+	})
+	return c, err
+}
+
+// DeleteKey implements hsm.Token. PIV has no command to delete a key on the firmware
+// piv-go drives; a slot is emptied by generating over it (overwrite).
+func (t *Token) DeleteKey(ctx context.Context, name string) error {
+	return fmt.Errorf("%w: a YubiKey slot cannot be emptied; provision over it with overwrite", hsm.ErrUnsupported)
+}
+
+// Attest returns the attestation of a key generated in the slot: the slot's
+// attestation certificate and the card's f9 certificate, checked against the
+// attestation roots.
+func (t *Token) Attest(ctx context.Context, name string) ([]*x509.Certificate, error) {
+	slot, _, err := ParseSlot(name)
+	if err != nil {
+		return nil, err
+	}
+	var chain []*x509.Certificate
+	err = t.do(ctx, true, func(yk *piv.YubiKey) error {
+		sc, err := yk.Attest(slot)
+		if err != nil {
+			return err
+		}
+		ac, err := yk.AttestationCertificate()
+		if err != nil {
+			return err
+		}
+		v := piv.Verifier{Roots: t.p.opts.AttestationRoots}
+		a, err := v.Verify(ac, sc)
+		if err != nil {
+			return fmt.Errorf("attestation of %s/%s does not verify: %w", t.id, name, err)
+		}
+		if a.Serial != t.serial {
+			return fmt.Errorf("attestation of %s/%s names serial %d", t.id, name, a.Serial)
+		}
+		chain = []*x509.Certificate{sc, ac}
+		return nil
+	})
+	return chain, err
+}
+
+// Close releases the card.
+func (t *Token) Close() error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.release()
+	return nil
+}

@@ -9,10 +9,12 @@ STATICCHECK_VERSION := v0.7.0
 
 # Debian packages the tests use: SoftHSM2 (the PKCS#11 token), OpenSC's pkcs11-tool
 # (to read the token as another program would), openssl (to verify what we issue),
-# mosquitto (the tests start their own brokers; the service is not needed).
-DEB_PACKAGES := softhsm2 opensc openssl mosquitto
+# mosquitto (the tests start their own brokers; the service is not needed), pcscd with
+# vsmartcard's virtual readers and the pcsc-lite headers (the YubiKey path; the tests
+# plug a virtual YubiKey into vpcd), yubico-piv-tool (a second client of that card).
+DEB_PACKAGES := softhsm2 opensc openssl mosquitto pcscd vsmartcard-vpcd libpcsclite-dev yubico-piv-tool
 
-.PHONY: build test lint deps demo clean
+.PHONY: build test lint deps demo clean pcscd
 
 build:
 	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) .
@@ -28,7 +30,14 @@ deps:
 		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
 
-test: deps
+# pcscd is shared by every test binary, so it is started here, not by the tests.
+pcscd:
+	@pgrep -x pcscd >/dev/null || { \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO mkdir -p /run/pcscd && $$SUDO pcscd && echo "started pcscd"; \
+		for i in $$(seq 50); do [ -S /run/pcscd/pcscd.comm ] && break; sleep 0.1; done; }
+
+test: deps pcscd
 	$(GO) vet ./...
 	$(GO) test -race -count=1 -timeout 20m ./...
 

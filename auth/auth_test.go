@@ -1,0 +1,119 @@
+package auth
+
+import (
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/sha256"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/base64"
+	"encoding/json"
+	"encoding/pem"
+	"errors"
+	"math/big"
+	"strings"
+	"testing"
+	"time"
+)
+
+type pki struct {
+	ca     *x509.Certificate
+	caKey  crypto.Signer
+	bundle []byte
+}
+
+func newPKI(t *testing.T, name string) *pki {
+	t.Helper()
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: name},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), IsCA: true,
+		BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ca, _ := x509.ParseCertificate(der)
+	return &pki{ca: ca, caKey: key, bundle: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})}
+}
+
+func (p *pki) controller(t *testing.T, key crypto.Signer, notAfter time.Time) *x509.Certificate {
+	t.Helper()
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: "pki-controller"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: notAfter, KeyUsage: x509.KeyUsageDigitalSignature}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, p.ca, key.Public(), p.caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, _ := x509.ParseCertificate(der)
+	return c
+}
+
+// forge builds a compact JWS by hand, so tests can write headers no signer would.
+func forge(t *testing.T, alg string, cert *x509.Certificate, payload []byte, sign func([]byte) []byte) []byte {
+	t.Helper()
+	h, _ := json.Marshal(map[string]any{"alg": alg, "x5c": []string{base64.StdEncoding.EncodeToString(cert.Raw)}})
+	input := base64.RawURLEncoding.EncodeToString(h) + "." + base64.RawURLEncoding.EncodeToString(payload)
+	return []byte(input + "." + base64.RawURLEncoding.EncodeToString(sign([]byte(input))))
+}
+
+func TestVerify(t *testing.T) {
+	trusted, other := newPKI(t, "controllers"), newPKI(t, "someone else")
+	v, err := NewVerifier(trusted.bundle)
+	if err != nil {
+		t.Fatal(err)
+	}
+	payload := []byte(`{"id":"x1","args":{}}`)
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	cert := trusted.controller(t, key, time.Now().Add(time.Hour))
+
+	good, err := Sign(payload, key, []*x509.Certificate{cert})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !IsJWS(good) || IsJWS(payload) {
+		t.Fatal("IsJWS")
+	}
+	got, who, err := v.Verify(good)
+	if err != nil || string(got) != string(payload) || !strings.Contains(who, "pki-controller") {
+		t.Fatalf("good request: %q %q %v", got, who, err)
+	}
+
+	rsaKey, _ := rsa.GenerateKey(rand.Reader, 2048)
+	rsaCert := trusted.controller(t, rsaKey, time.Now().Add(time.Hour))
+	es256 := func(in []byte) []byte {
+		d := sha256.Sum256(in)
+		r, s, _ := ecdsa.Sign(rand.Reader, key, d[:])
+		out := make([]byte, 64)
+		r.FillBytes(out[:32])
+		s.FillBytes(out[32:])
+		return out
+	}
+	bad := map[string][]byte{
+		"untrusted chain": func() []byte {
+			b, _ := Sign(payload, key, []*x509.Certificate{other.controller(t, key, time.Now().Add(time.Hour))})
+			return b
+		}(),
+		"expired certificate": func() []byte {
+			b, _ := Sign(payload, key, []*x509.Certificate{trusted.controller(t, key, time.Now().Add(-time.Minute))})
+			return b
+		}(),
+		"alg none":           forge(t, "none", cert, payload, func([]byte) []byte { return nil }),
+		"alg HS256":          forge(t, "HS256", cert, payload, func([]byte) []byte { return []byte("mac") }),
+		"alg/key mismatch":   forge(t, "ES256", rsaCert, payload, es256),
+		"ES384 on a P-256":   forge(t, "ES384", cert, payload, es256),
+		"no x5c":             []byte(strings.SplitN(string(forge(t, "ES256", cert, payload, es256)), ".", 2)[1] + ".x"),
+		"bad signature":      []byte(string(good[:len(good)-4]) + "AAAA"),
+		"plain JSON payload": payload,
+	}
+	if _, _, err := v.Verify(forge(t, "ES256", cert, payload, es256)); err != nil {
+		t.Fatalf("the hand-made JWS itself is sound: %v", err)
+	}
+	for name, msg := range bad {
+		if _, _, err := v.Verify(msg); !errors.Is(err, ErrUnauthorized) {
+			t.Errorf("%s: %v, want ErrUnauthorized", name, err)
+		}
+	}
+}

@@ -2,30 +2,29 @@ package hotplug
 
 import (
 	"encoding/binary"
-	"fmt"
 	"io"
 	"net"
 	"sync"
 	"testing"
 	"time"
 
-	"github.com/iot-hsm/iot-hsm/internal/pcsctest"
+	"github.com/iot-hsm/iot-hsm/internal/vyubikey/pcscdtest"
 )
 
 // These helpers give tests a real pcscd with vsmartcard's vpcd driver, and
 // a minimal card that plugs into vpcd's first slot.
 
-var (
-	vpcdAddr   = fmt.Sprintf("localhost:%d", pcsctest.Port0)
-	vpcdReader = pcsctest.Reader0
+const (
+	vpcdAddr   = "localhost:35963"
+	vpcdReader = "Virtual PCD 00 00"
 )
 
 // needPCSCD checks that pcscd runs (make test starts it) and takes the vpcd
 // reader this package's card uses for the rest of the test.
 func needPCSCD(t *testing.T) {
 	t.Helper()
-	pcsctest.Need(t)
-	pcsctest.LockReader(t, pcsctest.Port0)
+	pcscdtest.StartPCSCD(t)
+	pcscdtest.LockReader(t, vpcdAddr)
 }
 
 // vcard is a card in vpcd's reader: it answers the power and ATR control
@@ -93,3 +92,7 @@ func (c *vcard) unplug() {
 	c.conn.Close()
 	<-c.done
 }
+
+// TestMain stops a pcscd that this test binary had to start (make test starts one
+// for everybody, and then this leaves it alone).
+func TestMain(m *testing.M) { pcscdtest.Main(m) }

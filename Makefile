@@ -11,8 +11,9 @@ STATICCHECK_VERSION := v0.7.0
 # (to read the token as another program would), openssl (to verify what we issue),
 # mosquitto (the tests start their own brokers; the service is not needed), pcscd with
 # vsmartcard's virtual readers and the pcsc-lite headers (the YubiKey path; the tests
-# plug a virtual YubiKey into vpcd), yubico-piv-tool (a second client of that card).
-DEB_PACKAGES := softhsm2 opensc openssl mosquitto pcscd vsmartcard-vpcd libpcsclite-dev yubico-piv-tool
+# plug a virtual YubiKey into vpcd), yubico-piv-tool (a second client of that card),
+# systemd (systemd-analyze verifies the unit file).
+DEB_PACKAGES := softhsm2 opensc openssl mosquitto pcscd vsmartcard-vpcd libpcsclite-dev yubico-piv-tool systemd
 
 .PHONY: build test lint deps demo clean pcscd
 

@@ -7,12 +7,13 @@ import (
 	"os"
 
 	"github.com/iot-hsm/iot-hsm/config"
+	"github.com/iot-hsm/iot-hsm/device/hotplug"
 	"github.com/iot-hsm/iot-hsm/hsm/yubikey"
 )
 
 // yubikeyProvider builds the PIV backend from the configuration.
 func yubikeyProvider(c config.YubiKey) (*yubikey.Provider, error) {
-	opts := yubikey.ProviderOptions{BySerial: map[uint32]yubikey.Options{}}
+	opts := yubikey.ProviderOptions{BySerial: map[uint32]yubikey.Options{}, CardState: hotplug.CardState}
 	def, err := yubikeyOptions("yubikey", c.PIN, c.PINFile, c.ManagementKeyFile, c.AllowDefaults)
 	if err != nil {
 		return nil, err

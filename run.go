@@ -9,79 +9,312 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 
 	"github.com/iot-hsm/iot-hsm/config"
 	"github.com/iot-hsm/iot-hsm/device"
+	"github.com/iot-hsm/iot-hsm/device/hotplug"
 	"github.com/iot-hsm/iot-hsm/hsm"
-	"github.com/iot-hsm/iot-hsm/hsm/pkcs11"
 	"github.com/iot-hsm/iot-hsm/internal/softhsm"
+	"github.com/iot-hsm/iot-hsm/leds"
 	"github.com/iot-hsm/iot-hsm/mqtt"
+	"github.com/iot-hsm/iot-hsm/protocol"
 	"github.com/iot-hsm/iot-hsm/store"
 )
 
+// exitRestart is the exit code of the restart command under systemd (EX_TEMPFAIL).
+// The unit lists it in RestartForceExitStatus= (restart whatever Restart= says) and
+// SuccessExitStatus= (not a failure in `systemctl status`).
+const exitRestart = 75
+
+// runFlags are the run subcommand's flags; a reload applies them again.
+type runFlags struct {
+	config    string
+	dev       bool
+	stateDir  string
+	devListen string
+}
+
 func runCmd(args []string) error {
 	fs := flag.NewFlagSet("run", flag.ExitOnError)
-	cfgPath := fs.String("config", "", "configuration file (TOML)")
-	dev := fs.Bool("dev", false, "development mode: a SoftHSM2 token in the state directory and the embedded broker")
-	stateDir := fs.String("state-dir", "", "state directory (overrides the configuration)")
-	devListen := fs.String("dev-listen", "", "address of the embedded broker in --dev mode (default "+config.DefaultEmbeddedListen+")")
+	var f runFlags
+	fs.StringVar(&f.config, "config", "", "configuration file (TOML)")
+	fs.BoolVar(&f.dev, "dev", false, "development mode: a SoftHSM2 token in the state directory and the embedded broker")
+	fs.StringVar(&f.stateDir, "state-dir", "", "state directory (overrides the configuration)")
+	fs.StringVar(&f.devListen, "dev-listen", "", "address of the embedded broker in --dev mode (default "+config.DefaultEmbeddedListen+")")
 	fs.Parse(args)
-
-	cfg := config.Default()
-	switch {
-	case *cfgPath != "":
-		var err error
-		if cfg, err = config.Load(*cfgPath); err != nil {
-			return err
-		}
-	case *dev:
-		cfg.StateDir = "iot-hsm-dev"
-	default:
+	if f.config == "" && !f.dev {
 		return errors.New("run: give --config FILE, or --dev for a lab setup")
 	}
-	if *stateDir != "" {
-		cfg.StateDir = *stateDir
-	}
-	if *devListen != "" {
-		cfg.MQTT.Broker, cfg.MQTT.EmbeddedListen = "", *devListen
-	}
-	setupLogging(cfg.LogLevel)
-	if *dev {
-		if err := devToken(cfg); err != nil {
-			return err
-		}
-	}
-
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
-	defer stop()
-	core, err := openCore(ctx, cfg)
+	d := &daemon{flags: f, level: new(slog.LevelVar),
+		reloads: make(chan reloadRequest), restarts: make(chan struct{}, 1), changed: make(chan struct{}, 1)}
+	restart, err := d.run()
 	if err != nil {
 		return err
 	}
-	defer core.close()
-	core.logInventory(ctx)
-
-	d, client, stopNet, err := startNetwork(ctx, cfg, core)
-	if err != nil {
-		return err
+	if restart {
+		return restartSelf()
 	}
-	slog.Info("iot-hsm running", "version", version, "device", d.Topics().Device, "state_dir", cfg.StateDir)
-	<-ctx.Done()
-	slog.Info("iot-hsm stopping")
-	d.Stop()
-	// A clean disconnect sends no Last Will, so the offline status goes out first.
-	pubCtx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-	_ = client.Publish(pubCtx, d.Topics().Status(), device.OfflineStatus(d.Topics().Device), true)
-	cancel()
-	stopNet()
 	return nil
 }
 
-// startNetwork starts the embedded broker when none is configured, the broker
-// session, and the device core on it.
-func startNetwork(ctx context.Context, cfg *config.Config, c *core) (*device.Device, *mqtt.Client, func(), error) {
+// daemon is the running appliance: the core, its broker session, and what shows its
+// state (systemd, LEDs). Its main loop owns the configuration; everything that
+// changes it (SIGHUP, the reload command) goes through the loop.
+type daemon struct {
+	flags runFlags
+	cfg   *config.Config // what runs now
+	level *slog.LevelVar
+
+	sd      *device.Systemd
+	leds    atomic.Pointer[leds.Controller] // swapped by a reload; workers flash it
+	core    *core
+	dev     *device.Device
+	client  *mqtt.Client
+	stopNet func()
+
+	reloads  chan reloadRequest
+	restarts chan struct{}
+	changed  chan struct{} // the status changed: refresh STATUS and the LEDs
+
+	fault string // a wedged loop, while it lasts
+	note  string // the last reload's outcome when the operator should see it
+}
+
+// run starts the appliance, serves until SIGTERM/SIGINT or the restart command, and
+// shuts down. restart is true for the restart command.
+func (d *daemon) run() (restart bool, err error) {
+	if d.cfg, err = d.loadConfig(); err != nil {
+		return false, err
+	}
+	setupLogging(d.level, d.cfg.LogLevel)
+	if d.flags.dev {
+		if err := devToken(d.cfg); err != nil {
+			return false, err
+		}
+	}
+	// Signals are taken from here on: a SIGTERM during start-up is served as soon as
+	// the loop runs, a SIGHUP is a reload once ready.
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
+	defer signal.Stop(sigs)
+
+	d.sd = device.NewSystemd()
+	d.sd.Status("starting: opening the state and scanning HSMs")
+	lc, err := leds.Open(d.cfg.LEDs)
+	if err != nil {
+		return false, err
+	}
+	d.leds.Store(lc)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	if d.core, err = openCore(ctx, d.cfg); err != nil {
+		lc.Close()
+		return false, err
+	}
+	d.core.logInventory(ctx)
+
+	d.sd.Status("starting: connecting to the broker")
+	if err := d.startNetwork(ctx); err != nil {
+		lc.Close()
+		d.core.close()
+		return false, err
+	}
+	// USB and PC/SC events make a plugged or pulled YubiKey show within a second;
+	// the device's own periodic scan catches what they miss.
+	hp := &hotplug.Watcher{OnChange: func(reason string) {
+		slog.Debug("hotplug", "reason", reason)
+		d.dev.CheckPresence()
+	}}
+	go hp.Run(ctx)
+	slog.Info("iot-hsm running", "version", version, "device", d.dev.Topics().Device, "state_dir", d.cfg.StateDir,
+		"watchdog", d.sd.WatchdogInterval()*2)
+	// Ready after one broker attempt, whatever its outcome: a broker that is down must
+	// not hold the service in "activating". STATUS says it is down; the session keeps
+	// retrying.
+	lc.SetPhase(leds.Running)
+	d.sd.Ready(d.statusLine(d.refreshLEDs()))
+
+	restart = d.loop(sigs)
+	d.shutdown()
+	return restart, nil
+}
+
+// loop is the daemon's main loop. It is also what the watchdog measures: pings go out
+// from here, so a loop stuck in a reload stops them as a wedged worker does.
+func (d *daemon) loop(sigs <-chan os.Signal) (restart bool) {
+	t := time.NewTicker(d.tickInterval())
+	defer t.Stop()
+	for {
+		select {
+		case sig := <-sigs:
+			if sig == syscall.SIGHUP {
+				if _, err := d.reload(context.Background()); err != nil {
+					slog.Error("reload (SIGHUP) rejected", "err", err)
+				}
+				continue
+			}
+			slog.Info("stopping", "signal", sig.String())
+			return false
+		case req := <-d.reloads:
+			res, err := d.reload(req.ctx)
+			req.done <- reloadReply{res, err}
+		case <-d.restarts:
+			slog.Info("restart requested")
+			return true
+		case <-d.changed:
+			d.refresh()
+		case <-t.C:
+			d.checkHealth()
+			d.refresh()
+		}
+	}
+}
+
+// tickInterval is how often the loop checks health and pings: half of WATCHDOG_USEC
+// (sd_watchdog_enabled(3)), and at least every 5 s so STATUS and LEDs catch up with
+// what no event reports.
+func (d *daemon) tickInterval() time.Duration {
+	const refresh = 5 * time.Second
+	if wd := d.sd.WatchdogInterval(); wd > 0 && wd < refresh {
+		return wd
+	}
+	return refresh
+}
+
+// checkHealth pings the watchdog only while every token worker and the presence
+// watch answer (the loop itself answers, or it would not be here).
+func (d *daemon) checkHealth() {
+	err := d.dev.Healthy(d.cfg.Service.HungGrace)
+	switch {
+	case err == nil && d.fault != "":
+		slog.Info("device loops answer again; watchdog pings resume")
+		d.fault = ""
+		d.leds.Load().SetFault("")
+	case err != nil:
+		if d.fault == "" {
+			slog.Error("device loop wedged; watchdog pings stop so that systemd restarts the service", "err", err)
+		}
+		d.fault = err.Error() // kept current: it says for how long
+		d.leds.Load().SetFault(d.fault)
+	}
+	if err == nil {
+		d.sd.Ping()
+	}
+}
+
+// refresh brings STATUS and the LEDs up to date.
+func (d *daemon) refresh() {
+	d.sd.Status(d.statusLine(d.refreshLEDs()))
+}
+
+func (d *daemon) refreshLEDs() protocol.Status {
+	st := d.dev.Status()
+	d.leds.Load().Update(st)
+	return st
+}
+
+// statusLine is the one line `systemctl status` shows, e.g.
+// "2/3 CA slots connected; broker up; 1/1 HSMs present".
+func (d *daemon) statusLine(st protocol.Status) string {
+	provisioned := 0
+	for _, s := range st.Slots {
+		if s.State == string(store.Provisioned) {
+			provisioned++
+		}
+	}
+	var parts []string
+	if provisioned == 0 {
+		parts = append(parts, "no CA slot provisioned yet")
+	} else {
+		parts = append(parts, fmt.Sprintf("%d/%d CA slots connected", st.ConnectedSlots, provisioned))
+	}
+	if st.Broker == "connected" {
+		parts = append(parts, "broker up")
+	} else {
+		parts = append(parts, "broker down, retrying")
+	}
+	present := 0
+	for _, h := range st.HSMs {
+		if h.Present {
+			present++
+		}
+	}
+	parts = append(parts, fmt.Sprintf("%d/%d HSMs present", present, len(st.HSMs)))
+	if d.fault != "" {
+		parts = append(parts, "watchdog pings stopped: "+d.fault)
+	}
+	if d.note != "" {
+		parts = append(parts, d.note)
+	}
+	return strings.Join(parts, "; ")
+}
+
+// shutdown: STOPPING=1, no new requests, running ones finished or failed within
+// service.stop_timeout, the offline status published, a clean disconnect.
+func (d *daemon) shutdown() {
+	slog.Info("iot-hsm stopping")
+	d.sd.Stopping("stopping: finishing requests in flight")
+	d.leds.Load().SetPhase(leds.Stopping)
+	clean := d.dev.Shutdown(d.cfg.Service.StopTimeout)
+	// A clean disconnect sends no Last Will, so the offline status goes out first.
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	if err := d.client.Publish(ctx, d.dev.Topics().Status(), device.OfflineStatus(d.dev.Topics().Device), true); err != nil {
+		slog.Warn("offline status not published", "err", err)
+	}
+	cancel()
+	d.stopNet()
+	d.leds.Load().Close()
+	if !clean {
+		// A worker is still inside a token call: unloading the module or closing
+		// the store under it could crash the exit. The kernel releases both.
+		slog.Error("requests still running at exit; HSMs and state left to the exit to close", "stop_timeout", d.cfg.Service.StopTimeout)
+		return
+	}
+	d.core.close()
+}
+
+// restartSelf follows the restart command once everything is closed. Under systemd
+// the process exits with exitRestart and systemd starts it again; elsewhere it
+// replaces itself with a fresh run of the same binary and arguments.
+func restartSelf() error {
+	if device.UnderSystemd() {
+		slog.Info("exiting so that systemd restarts the service", "exit_code", exitRestart)
+		os.Exit(exitRestart)
+	}
+	slog.Info("restarting: re-executing", "args", os.Args)
+	err := syscall.Exec("/proc/self/exe", os.Args, os.Environ())
+	return fmt.Errorf("restart: exec /proc/self/exe: %w", err)
+}
+
+// loadConfig reads the configuration the flags name and applies the flags over it.
+func (d *daemon) loadConfig() (*config.Config, error) {
+	cfg := config.Default()
+	switch {
+	case d.flags.config != "":
+		var err error
+		if cfg, err = config.Load(d.flags.config); err != nil {
+			return nil, err
+		}
+	case d.flags.dev:
+		cfg.StateDir = "iot-hsm-dev"
+	}
+	if d.flags.stateDir != "" {
+		cfg.StateDir = d.flags.stateDir
+	}
+	if d.flags.devListen != "" {
+		cfg.MQTT.Broker, cfg.MQTT.EmbeddedListen = "", d.flags.devListen
+	}
+	return cfg, nil
+}
+
+// startNetwork starts the embedded broker when none is configured, the device core,
+// and the broker session, trying the first connection for service.broker_wait.
+func (d *daemon) startNetwork(ctx context.Context) error {
+	cfg := d.cfg
 	var broker *mqtt.Broker
 	mc := mqtt.Config{
 		Broker: cfg.MQTT.Broker, ClientID: cfg.MQTT.ClientID, Username: cfg.MQTT.Username,
@@ -90,49 +323,75 @@ func startNetwork(ctx context.Context, cfg *config.Config, c *core) (*device.Dev
 	}
 	pw, err := cfg.MQTT.ReadPassword()
 	if err != nil {
-		return nil, nil, nil, err
+		return err
 	}
 	mc.Password = pw
 	if cfg.MQTT.Broker == "" {
 		broker, err = mqtt.StartBroker(cfg.MQTT.EmbeddedListen)
 		if err != nil {
-			return nil, nil, nil, fmt.Errorf("embedded broker: %w", err)
+			return fmt.Errorf("embedded broker: %w", err)
 		}
 		slog.Warn("no broker configured: running the embedded development broker (no authentication)", "listen", broker.Addr())
 		mc.Broker, mc.AllowPlaintext = broker.URL(), true
 	}
-	dev := device.New(device.Options{
+	d.dev = device.New(device.Options{
 		DeviceID: cfg.DeviceID, TopicRoot: cfg.TopicRoot, Version: version,
 		QueueSize: cfg.QueueSize, AllowDigest: cfg.AllowDigest,
-	}, c.slots)
+		OnChange: func(protocol.Status) { poke(d.changed) },
+		OnSign: func(slotID string, e *protocol.Error) {
+			code := ""
+			if e != nil {
+				code = e.Code
+			}
+			d.leds.Load().Signed(slotID, code)
+		},
+		Reload:  d.reloadFromCommand,
+		Restart: func() { poke(d.restarts) },
+	}, d.core.slots)
 	if mc.ClientID == "" {
-		mc.ClientID = "iot-hsm-" + dev.Topics().Device
+		mc.ClientID = "iot-hsm-" + d.dev.Topics().Device
 	}
-	mc.Will = &mqtt.Message{Topic: dev.Topics().Status(), Payload: device.OfflineStatus(dev.Topics().Device), Retained: true}
+	mc.Will = &mqtt.Message{Topic: d.dev.Topics().Status(), Payload: device.OfflineStatus(d.dev.Topics().Device), Retained: true}
 	client, err := mqtt.New(mc)
 	if err != nil {
 		if broker != nil {
 			broker.Close()
 		}
-		return nil, nil, nil, err
+		return err
 	}
-	client.OnConnect(dev.Connected)
-	if err := dev.Start(ctx, transport{client}); err != nil {
-		return nil, nil, nil, err
+	client.OnConnect(d.dev.Connected)
+	client.OnConnectionLost(func(error) { poke(d.changed) })
+	if err := d.dev.Start(ctx, transport{client}); err != nil {
+		d.dev.Stop()
+		client.Close(0)
+		if broker != nil {
+			broker.Close()
+		}
+		return err
 	}
-	startCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	startCtx, cancel := context.WithTimeout(ctx, cfg.Service.BrokerWait)
 	defer cancel()
 	if err := client.Start(startCtx); err != nil {
 		// Not fatal: the session keeps retrying, and signing waits for it.
 		slog.Warn("broker not reachable yet; retrying in the background", "broker", mc.Broker, "err", err)
 	}
-	stop := func() {
+	d.client = client
+	d.stopNet = func() {
 		client.Close(time.Second)
 		if broker != nil {
 			broker.Close()
 		}
 	}
-	return dev, client, stop, nil
+	return nil
+}
+
+// poke wakes a loop through a channel with room for one wake-up, without blocking:
+// wake-ups that come while one is pending merge into it.
+func poke(c chan struct{}) {
+	select {
+	case c <- struct{}{}:
+	default:
+	}
 }
 
 // transport adapts the MQTT client to what the device core needs.
@@ -147,10 +406,13 @@ func (t transport) Subscribe(filter string, h func(string, []byte)) error {
 func (t transport) Unsubscribe(filter string) error { return t.c.Unsubscribe(filter) }
 func (t transport) Connected() bool                 { return t.c.Connected() }
 
-func setupLogging(level string) {
+// setupLogging logs text to stderr (the journal under systemd) at a level a reload
+// can change.
+func setupLogging(lv *slog.LevelVar, level string) {
 	var l slog.Level
 	_ = l.UnmarshalText([]byte(level))
-	slog.SetDefault(slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: l})))
+	lv.Set(l)
+	slog.SetDefault(slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: lv})))
 }
 
 // devToken makes (once) a SoftHSM2 token under the state directory and configures it.
@@ -175,71 +437,41 @@ func devToken(cfg *config.Config) error {
 // core is what the daemon holds: the state store and the HSMs.
 type core struct {
 	store    *store.Store
+	pkcs11   *pkcs11Set
 	registry *device.Registry
 	slots    *device.Slots
 }
 
+// openCore opens the state store and the HSM backends. A module that does not load
+// does not take the appliance down: its slots show as disconnected and the error is
+// in the log.
 func openCore(ctx context.Context, cfg *config.Config) (*core, error) {
 	st, err := store.Open(cfg.StateDir)
 	if err != nil {
 		return nil, err
 	}
-	var providers []hsm.Provider
-	for _, pc := range cfg.PKCS11 {
-		mod, err := openPKCS11(ctx, pc)
+	pk := &pkcs11Set{}
+	pk.configure(ctx, cfg.PKCS11)
+	providers := []hsm.Provider{pk}
+	if !cfg.YubiKey.Disabled {
+		yk, err := yubikeyProvider(cfg.YubiKey)
 		if err != nil {
-			// One bad module must not take the appliance down: its slots show as
-			// disconnected and the error is in the log.
-			slog.Error("PKCS#11 module not available", "module", pc.Module, "err", err)
-			continue
+			st.Close()
+			return nil, err
 		}
-		providers = append(providers, mod)
+		providers = append(providers, yk)
 	}
+	kms, err := cloudkmsProviders(cfg)
+	if err != nil {
+		st.Close()
+		return nil, err
+	}
+	providers = append(providers, kms...)
 	reg := device.NewRegistry(providers...)
 	if err := reg.Rescan(ctx); err != nil {
 		slog.Warn("HSM scan incomplete", "err", err)
 	}
-	return &core{store: st, registry: reg, slots: &device.Slots{Store: st, Registry: reg}}, nil
-}
-
-// openPKCS11 loads a module and logs in to the tokens the configuration selects, once
-// each: a rejected PIN is logged and not tried again.
-func openPKCS11(ctx context.Context, pc config.PKCS11) (*pkcs11.Module, error) {
-	var sel *pkcs11.URI
-	if pc.Token != "" {
-		var err error
-		if sel, err = pkcs11.ParseURI(pc.Token); err != nil {
-			return nil, err
-		}
-	}
-	pin, err := pc.ReadPIN()
-	if err != nil {
-		return nil, err
-	}
-	mod, err := pkcs11.Open(pc.Module)
-	if err != nil {
-		return nil, err
-	}
-	toks, err := mod.Tokens(ctx)
-	if err != nil {
-		mod.Close()
-		return nil, err
-	}
-	for _, ht := range toks {
-		t := ht.(*pkcs11.Token)
-		info := t.Info()
-		if sel != nil && !sel.Matches(t.Label(), info.Serial, "", "") {
-			continue
-		}
-		if pin == "" {
-			slog.Warn("no PIN configured; the token's keys cannot be used", "hsm", info.ID)
-			continue
-		}
-		if err := t.Login(ctx, pin); err != nil {
-			slog.Error("PIN refused; not retried", "hsm", info.ID, "err", err)
-		}
-	}
-	return mod, nil
+	return &core{store: st, pkcs11: pk, registry: reg, slots: &device.Slots{Store: st, Registry: reg}}, nil
 }
 
 func (c *core) logInventory(ctx context.Context) {

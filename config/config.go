@@ -22,6 +22,10 @@ type Config struct {
 	MQTT        MQTT     `toml:"mqtt"`
 	PKCS11      []PKCS11 `toml:"pkcs11"`
 	YubiKey     YubiKey  `toml:"yubikey"`
+	Service     Service  `toml:"service"`
+	LEDs        LEDs     `toml:"leds"`
+
+	CloudKMS []CloudKMS `toml:"cloudkms"` // one block per key ring; see cloudkms.go
 }
 
 // YubiKey configures the PIV backend (YubiKeys through pcscd).
@@ -123,6 +127,8 @@ func Parse(data []byte) (*Config, error) {
 }
 
 func (c *Config) applyDefaults() {
+	c.Service.applyDefaults()
+	c.LEDs.applyDefaults()
 	if c.StateDir == "" {
 		c.StateDir = DefaultStateDir
 	}
@@ -141,6 +147,12 @@ func (c *Config) applyDefaults() {
 }
 
 func (c *Config) check() error {
+	if err := c.Service.check(); err != nil {
+		return err
+	}
+	if err := c.LEDs.check(); err != nil {
+		return err
+	}
 	switch c.LogLevel {
 	case "debug", "info", "warn", "error":
 	default:
@@ -179,6 +191,9 @@ func (c *Config) check() error {
 		if p.PIN != "" && p.PINFile != "" {
 			return fmt.Errorf("%w: pkcs11[%d]: set pin or pin_file, not both", ErrInvalid, i)
 		}
+	}
+	if err := c.checkCloudKMS(); err != nil {
+		return err
 	}
 	return nil
 }

@@ -87,7 +87,9 @@ func (d *Device) route(j *job) (string, *protocol.Error) {
 		return d.slotHSM(a.SlotID)
 	case protocol.CmdSign:
 		return d.routeSign(j)
-	case protocol.CmdAuditTail, protocol.CmdReload, protocol.CmdRestart:
+	case protocol.CmdReload, protocol.CmdRestart:
+		return d.routeLifecycle(j)
+	case protocol.CmdAuditTail:
 		return "", protocol.Errorf(protocol.CodeUnsupported, "%s is not available in this version", j.cmd)
 	}
 	return "", protocol.Errorf(protocol.CodeUnknownCommand, "unknown command %q", j.cmd)
@@ -253,6 +255,10 @@ func toProtocolError(err error) *protocol.Error {
 		code = protocol.CodePINRequired
 	case errors.Is(err, hsm.ErrOffline), errors.Is(err, context.DeadlineExceeded):
 		code = protocol.CodeHSMOffline
+	case errors.Is(err, hsm.ErrUnauthorized):
+		code = protocol.CodeUnauthorized
+	case errors.Is(err, hsm.ErrBusy):
+		code = protocol.CodeBusy
 	case errors.Is(err, ca.ErrPolicy):
 		code = protocol.CodePolicyDenied
 	case errors.Is(err, ErrConflict), errors.Is(err, hsm.ErrExists):

@@ -38,6 +38,20 @@ type Options struct {
 	// appliance cannot apply CA policy to something it cannot read).
 	AllowDigest bool
 	Now         func() time.Time
+
+	// Hooks for the appliance runtime (systemd, LEDs); all optional.
+	//
+	// OnChange gets every status document as it is published; it must not block.
+	OnChange func(protocol.Status)
+	// OnSign is told of every signature attempt: err is nil when it signed.
+	OnSign func(slotID string, err *protocol.Error)
+	// Reload runs the reload command (re-read the configuration, rescan the HSMs);
+	// its result is the reply. An error wrapping ErrBadRequest is a configuration
+	// that was rejected.
+	Reload func(ctx context.Context) (any, error)
+	// Restart is called by the restart command once the reply is decided; it must
+	// not block. The reply goes out before Shutdown returns.
+	Restart func()
 }
 
 // Device is the appliance core: it takes requests from the transport, runs them on
@@ -61,6 +75,8 @@ type Device struct {
 	caSubs   map[string]bool      // ca_ids subscribed
 	issuers  map[string]*issuerCache
 	present  map[string]bool // last published presence per HSM
+
+	watchLive liveness // the presence scan running now, for the watchdog
 
 	outbox chan outMsg
 
@@ -129,6 +145,7 @@ func (d *Device) Start(ctx context.Context, tr Transport) error {
 		return err
 	}
 	d.syncSubscriptions()
+	d.notePresence() // the presence events that follow are changes from this
 	if n, err := d.store.PruneReplies(d.opts.Now().Add(-d.opts.ReplyRetention)); err == nil && n > 0 {
 		slog.Info("pruned cached replies", "count", n)
 	}

@@ -35,6 +35,7 @@ type inflight struct {
 type worker struct {
 	id    string
 	queue chan *job
+	live  liveness // the job running now, for the watchdog
 }
 
 // Handle takes one message from the transport. It never blocks: it decodes, answers
@@ -78,6 +79,7 @@ func (d *Device) Handle(topic string, payload []byte) {
 		d.replyNow(req, cmd, perr)
 		return
 	}
+	wedgeForTest(j)
 	d.enqueue(hsmID, j)
 }
 
@@ -175,11 +177,17 @@ func nameOr(s, def string) string {
 func (d *Device) runWorker(w *worker) {
 	defer d.wg.Done()
 	for j := range w.queue {
+		w.live.begin(j)
 		d.runJob(j)
+		w.live.end()
 	}
 }
 
 func (d *Device) runJob(j *job) {
+	if d.ctx.Err() != nil {
+		d.refuseStopping(j) // queued when the shutdown began: answered, not run
+		return
+	}
 	// A request that waited in the queue past its expiry is stale: not run.
 	if d.expired(j.req) {
 		d.done(j)
@@ -204,6 +212,9 @@ func (d *Device) runJob(j *job) {
 		if err := d.store.PutReply(j.req.ID, store.Reply{Digest: j.fp, Payload: out, Stored: d.opts.Now()}); err != nil {
 			slog.Error("caching a reply", "id", j.req.ID, "err", err)
 		}
+	}
+	if rep.Error != nil && rep.Error.Code == protocol.CodeHSMOffline {
+		d.notePresence() // the token went away under this request
 	}
 	// Cached first, then out of the in-flight set, then published: a redelivery
 	// always finds the request either in flight or in the cache.
@@ -238,7 +249,7 @@ func cacheable(rep protocol.Reply) bool {
 		return true
 	}
 	switch rep.Error.Code {
-	case protocol.CodeBusy, protocol.CodeExpired, protocol.CodeHSMOffline, protocol.CodeInternal:
+	case protocol.CodeBusy, protocol.CodeExpired, protocol.CodeHSMOffline, protocol.CodeInternal, protocol.CodeUnauthorized:
 		return false
 	}
 	return true

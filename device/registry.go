@@ -16,25 +16,36 @@ type Registry struct {
 	mu        sync.Mutex
 	providers []hsm.Provider
 	tokens    map[string]hsm.Token
+	lastErr   map[int]string // per provider, so a backend that stays down is logged once
+	scanMu    sync.Mutex     // one scan at a time: hotplug and the periodic scan overlap
 }
 
 // NewRegistry returns a registry over the given backends.
 func NewRegistry(providers ...hsm.Provider) *Registry {
-	return &Registry{providers: providers, tokens: map[string]hsm.Token{}}
+	return &Registry{providers: providers, tokens: map[string]hsm.Token{}, lastErr: map[int]string{}}
 }
 
 // Rescan asks every provider for its tokens. A failing provider is logged and skipped
 // so one broken backend does not hide the others.
 func (r *Registry) Rescan(ctx context.Context) error {
+	r.scanMu.Lock()
+	defer r.scanMu.Unlock()
 	var firstErr error
-	for _, p := range r.providers {
+	for i, p := range r.providers {
 		toks, err := p.Tokens(ctx)
 		if err != nil {
-			slog.Warn("HSM scan failed", "err", err)
+			if msg := err.Error(); r.lastErr[i] != msg {
+				slog.Warn("HSM scan failed", "err", err)
+				r.lastErr[i] = msg
+			}
 			if firstErr == nil {
 				firstErr = err
 			}
 			continue
+		}
+		if r.lastErr[i] != "" {
+			slog.Info("HSM scan works again", "provider", i)
+			delete(r.lastErr, i)
 		}
 		r.mu.Lock()
 		for _, t := range toks {

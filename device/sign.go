@@ -53,7 +53,11 @@ func (d *Device) routeSign(j *job) (string, *protocol.Error) {
 		return "", toProtocolError(err)
 	}
 	j.slotID = rec.ID
-	j.run = func(ctx context.Context, j *job) (any, error) { return d.sign(ctx, j.slotID, a) }
+	j.run = func(ctx context.Context, j *job) (any, error) {
+		res, err := d.sign(ctx, j.slotID, a)
+		d.signed(j.slotID, err)
+		return res, err
+	}
 	return rec.HSM, nil
 }
 

@@ -68,8 +68,10 @@ func (d *Device) PublishStatus() {
 	if d.tr == nil {
 		return
 	}
-	out, _ := json.Marshal(d.Status())
+	st := d.Status()
+	out, _ := json.Marshal(st)
 	d.send(d.topics.Status(), out, true)
+	d.changed(st)
 }
 
 // OfflineStatus is the document for the Last Will and for a clean shutdown.
@@ -146,7 +148,9 @@ func (d *Device) watch() {
 		case <-d.ctx.Done():
 			return
 		case <-tick.C:
+			d.watchLive.beginScan()
 			d.CheckPresence()
+			d.watchLive.end()
 		}
 	}
 }
@@ -155,6 +159,13 @@ func (d *Device) watch() {
 // or went.
 func (d *Device) CheckPresence() {
 	_ = d.reg.Rescan(d.ctx)
+	d.notePresence()
+}
+
+// notePresence publishes the events and the status when a token's presence differs
+// from what was last published: after a scan, or after an operation that found its
+// token gone.
+func (d *Device) notePresence() {
 	changed := false
 	for _, t := range d.reg.Tokens() {
 		info := t.Info()

@@ -17,6 +17,8 @@ var (
 	ErrUnsupported   = errors.New("unsupported")
 	ErrInvalidSlot   = errors.New("invalid slot name")
 	ErrInvalidConfig = errors.New("invalid configuration")
+	ErrUnauthorized  = errors.New("unauthorized") // the backend refused our credentials or their permissions
+	ErrBusy          = errors.New("busy")         // the backend is rate limiting us: retry later
 )
 
 // PINError reports a rejected PIN with the number of tries the token still allows, so

@@ -30,6 +30,8 @@ const (
 	stateChanged  = 0x0002
 	stateUnknown  = 0x0004
 	statePresent  = 0x0020
+	stateExclusiv = 0x0080
+	stateMute     = 0x0200
 	stateCountSft = 16
 )
 
@@ -303,4 +305,28 @@ func sleepCtx(ctx context.Context, d time.Duration) bool {
 	case <-ctx.Done():
 		return false
 	}
+}
+
+// CardState tells whether reader holds a responsive card (present), whether a
+// program holds it exclusively (held), and pcsc-lite's count of card insertions and
+// removals in that reader (events), which tells a card that came back from one that
+// never left. piv-go opens cards exclusively and leaks its handle when an open fails
+// halfway (a card pulled during the open), which blocks the reader for the rest of
+// the process; asking pcscd first keeps such attempts rare.
+func CardState(reader string) (present, held bool, events uint16, err error) {
+	if scardOpen == nil {
+		return true, false, 0, nil // no way to ask: let the caller try
+	}
+	c, err := scardOpen()
+	if err != nil {
+		return false, false, 0, err
+	}
+	defer c.release()
+	// An unaware current state makes pcsc-lite answer at once with the real one.
+	st := []readerState{{name: reader}}
+	if err := c.getStatusChange(st); err != nil {
+		return false, false, 0, err
+	}
+	e := st[0].event
+	return e&statePresent != 0 && e&stateMute == 0, e&stateExclusiv != 0, uint16(e >> stateCountSft), nil
 }

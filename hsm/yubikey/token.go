@@ -106,12 +106,26 @@ func (t *Token) Info() hsm.Info {
 }
 
 // open makes sure the card is open (t.mu held), finding it again by serial when it
-// moved to another reader (re-plugged, or pcscd restarted).
+// moved to another reader (re-plugged, or pcscd restarted). A card marked absent is
+// not opened here: only a scan (hotplug, or the periodic one) brings it back, after
+// pcscd has settled, because opening a card that is going away leaks piv-go's
+// exclusive handle and blocks the reader for good.
 func (t *Token) open() error {
 	if t.yk != nil {
 		return nil
 	}
-	yk, err := piv.Open(t.reader)
+	if !t.present {
+		return fmt.Errorf("%w: %s is not present", hsm.ErrOffline, t.id)
+	}
+	present, held := t.p.cardState(t.reader)
+	if held {
+		return fmt.Errorf("%w: %s is held by another program", hsm.ErrBusy, t.id)
+	}
+	var yk *piv.YubiKey
+	err := fmt.Errorf("no card in %s", t.reader)
+	if present {
+		yk, err = piv.Open(t.reader)
+	}
 	if err == nil {
 		if s, serr := yk.Serial(); serr != nil || s != t.serial {
 			yk.Close()
@@ -125,7 +139,7 @@ func (t *Token) open() error {
 		t.markAbsentLocked(err.Error())
 		return fmt.Errorf("%w: %s is not present", hsm.ErrOffline, t.id)
 	}
-	t.yk, t.version, t.present = yk, yk.Version(), true
+	t.yk, t.version = yk, yk.Version()
 	if ff, err := yk.FormFactor(); err == nil && ff != 0 {
 		t.formFactor = ff.String()
 	}
@@ -139,6 +153,9 @@ func (t *Token) find() (*piv.YubiKey, error) {
 		return nil, err
 	}
 	for _, r := range readers {
+		if !t.p.usable(r) {
+			continue
+		}
 		yk, err := piv.Open(r)
 		if err != nil {
 			continue
@@ -152,35 +169,28 @@ func (t *Token) find() (*piv.YubiKey, error) {
 	return nil, errors.New("not in any reader")
 }
 
-// do runs fn on the open card. When the card turns out to be gone (pulled, reset,
-// held by another process, pcscd restarted) the handle is dropped and, if the
-// operation may be repeated, the card is opened again once and fn retried: a read or
-// a signature can be repeated, a key generation must not be.
-func (t *Token) do(ctx context.Context, repeatable bool, fn func(yk *piv.YubiKey) error) error {
+// do runs fn on the open card. A PC/SC failure (card pulled, reset, pcscd
+// restarted) drops the handle and marks the card absent; the next scan finds it
+// again by serial. Nothing is retried here: a key generation must never run twice,
+// and reopening a card that is going away is what leaks piv-go's handle.
+func (t *Token) do(ctx context.Context, fn func(yk *piv.YubiKey) error) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	for attempt := 0; ; attempt++ {
-		if err := t.open(); err != nil {
-			return err
-		}
-		err := fn(t.yk)
-		if !isTransport(err) {
-			t.touch()
-			return t.mapErr(err)
-		}
-		logger().Warn("YubiKey transaction failed; reopening", "hsm", t.id, "err", err)
-		t.release()
-		if !repeatable || attempt > 0 {
-			if t.open() != nil {
-				return fmt.Errorf("%w: %s is not present", hsm.ErrOffline, t.id)
-			}
-			t.touch()
-			return fmt.Errorf("%w: %s: the card was reset during the operation; check its state before retrying", hsm.ErrOffline, t.id)
-		}
+	if err := t.open(); err != nil {
+		return err
 	}
+	err := fn(t.yk)
+	if isTransport(err) {
+		logger().Warn("YubiKey transaction failed", "hsm", t.id, "err", err)
+		t.markAbsentLocked(err.Error())
+		t.p.fence(t.reader)
+		return fmt.Errorf("%w: %s went away during the operation", hsm.ErrOffline, t.id)
+	}
+	t.touch()
+	return t.mapErr(err)
 }
 
 // touch re-arms the idle release (t.mu held).
@@ -222,7 +232,7 @@ func (t *Token) Login(ctx context.Context, pin string) error {
 	if pin == "" {
 		return fmt.Errorf("%w: %s: empty PIN", hsm.ErrPINRequired, t.id)
 	}
-	return t.do(ctx, false, func(yk *piv.YubiKey) error {
+	return t.do(ctx, func(yk *piv.YubiKey) error {
 		if err := yk.VerifyPIN(pin); err != nil {
 			return err
 		}
@@ -278,7 +288,7 @@ func (t *Token) managementKey(yk *piv.YubiKey) ([]byte, error) {
 // Slots implements hsm.Token.
 func (t *Token) Slots(ctx context.Context) ([]hsm.SlotInfo, error) {
 	var out []hsm.SlotInfo
-	err := t.do(ctx, true, func(yk *piv.YubiKey) error {
+	err := t.do(ctx, func(yk *piv.YubiKey) error {
 		out = out[:0]
 		for _, name := range SlotNames {
 			slot, _, _ := ParseSlot(name)
@@ -349,7 +359,7 @@ func (t *Token) Generate(ctx context.Context, name string, kt hsm.KeyType, opts 
 		return nil, err
 	}
 	var pub crypto.PublicKey
-	err = t.do(ctx, false, func(yk *piv.YubiKey) error {
+	err = t.do(ctx, func(yk *piv.YubiKey) error {
 		alg, err := algorithm(kt, yk.Version())
 		if err != nil {
 			return err
@@ -376,7 +386,7 @@ func (t *Token) Import(ctx context.Context, name string, key crypto.Signer, opts
 	if err != nil {
 		return nil, err
 	}
-	err = t.do(ctx, false, func(yk *piv.YubiKey) error {
+	err = t.do(ctx, func(yk *piv.YubiKey) error {
 		if _, err := algorithm(kt, yk.Version()); err != nil {
 			return err
 		}
@@ -399,7 +409,7 @@ func (t *Token) PublicKey(ctx context.Context, name string) (crypto.PublicKey, e
 		return nil, err
 	}
 	var pub crypto.PublicKey
-	err = t.do(ctx, true, func(yk *piv.YubiKey) error {
+	err = t.do(ctx, func(yk *piv.YubiKey) error {
 		ki, err := yk.KeyInfo(slot)
 		if err == nil && ki.PublicKey != nil {
 			pub = ki.PublicKey
@@ -447,7 +457,7 @@ func (s *signer) Sign(rand io.Reader, digest []byte, opts crypto.SignerOpts) ([]
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	var sig []byte
-	err := s.t.do(ctx, true, func(yk *piv.YubiKey) error {
+	err := s.t.do(ctx, func(yk *piv.YubiKey) error {
 		pin, err := s.t.pinFor()
 		if err != nil {
 			return err
@@ -476,7 +486,7 @@ func (t *Token) StoreCertificate(ctx context.Context, name string, cert *x509.Ce
 	if err != nil {
 		return err
 	}
-	return t.do(ctx, false, func(yk *piv.YubiKey) error {
+	return t.do(ctx, func(yk *piv.YubiKey) error {
 		mk, err := t.managementKey(yk)
 		if err != nil {
 			return err
@@ -492,7 +502,7 @@ func (t *Token) Certificate(ctx context.Context, name string) (*x509.Certificate
 		return nil, err
 	}
 	var c *x509.Certificate
-	err = t.do(ctx, true, func(yk *piv.YubiKey) error {
+	err = t.do(ctx, func(yk *piv.YubiKey) error {
 		c, err = yk.Certificate(slot)
 		return err
 	})
@@ -514,7 +524,7 @@ func (t *Token) Attest(ctx context.Context, name string) ([]*x509.Certificate, e
 		return nil, err
 	}
 	var chain []*x509.Certificate
-	err = t.do(ctx, true, func(yk *piv.YubiKey) error {
+	err = t.do(ctx, func(yk *piv.YubiKey) error {
 		sc, err := yk.Attest(slot)
 		if err != nil {
 			return err

@@ -39,6 +39,10 @@ type ProviderOptions struct {
 	// IdleRelease closes the card after this long without use, so other programs
 	// (yubico-piv-tool, ykman) can reach it; 0 means 3 s.
 	IdleRelease time.Duration
+	// CardState, when set, is asked before a card is opened (hotplug.CardState):
+	// piv-go opens cards exclusively and leaks the handle of an open that fails
+	// halfway, so a reader is opened only when pcscd says a free card is in it.
+	CardState func(reader string) (present, held bool, events uint16, err error)
 }
 
 // Provider finds YubiKeys through pcscd.
@@ -47,14 +51,29 @@ type Provider struct {
 
 	mu     sync.Mutex
 	tokens map[uint32]*Token
+	// quarantine holds readers whose card failed mid-operation: they are not
+	// opened again until pcscd has seen the card leave or come (its event count
+	// moved) or a while has passed, since opening a card that is going away leaks
+	// piv-go's exclusive handle.
+	qmu        sync.Mutex // separate from mu: tokens ask while holding their own lock
+	quarantine map[string]quarantined
 }
+
+type quarantined struct {
+	events uint16
+	until  time.Time
+}
+
+// quarantineTime bounds how long a reader stays closed when pcscd sees no change:
+// the card was reset but never left.
+const quarantineTime = 3 * time.Second
 
 // NewProvider returns the backend. It does not touch pcscd until Tokens is called.
 func NewProvider(opts ProviderOptions) *Provider {
 	if opts.IdleRelease <= 0 {
 		opts.IdleRelease = 3 * time.Second
 	}
-	return &Provider{opts: opts, tokens: map[uint32]*Token{}}
+	return &Provider{opts: opts, tokens: map[uint32]*Token{}, quarantine: map[string]quarantined{}}
 }
 
 func (p *Provider) options(serial uint32) Options {
@@ -85,6 +104,9 @@ func (p *Provider) Tokens(ctx context.Context) ([]hsm.Token, error) {
 				out = append(out, t)
 				continue
 			}
+		}
+		if !p.usable(r) {
+			continue
 		}
 		serial, version, err := probe(r)
 		if err != nil {
@@ -139,6 +161,47 @@ func (p *Provider) markAllAbsent(why string) {
 	}
 }
 
+// cardState asks pcscd, when the provider can, whether a card sits in reader and
+// whether another program holds it. A quarantined reader reads as empty.
+func (p *Provider) cardState(reader string) (present, held bool) {
+	if p.opts.CardState == nil {
+		return true, false
+	}
+	present, held, events, err := p.opts.CardState(reader)
+	if err != nil {
+		return false, false
+	}
+	p.qmu.Lock()
+	defer p.qmu.Unlock()
+	if q, ok := p.quarantine[reader]; ok {
+		if q.events == events && time.Now().Before(q.until) {
+			return false, held
+		}
+		delete(p.quarantine, reader)
+	}
+	return present, held
+}
+
+// fence quarantines a reader after a failure in the middle of an operation.
+func (p *Provider) fence(reader string) {
+	if p.opts.CardState == nil {
+		return
+	}
+	_, _, events, err := p.opts.CardState(reader)
+	if err != nil {
+		return
+	}
+	p.qmu.Lock()
+	p.quarantine[reader] = quarantined{events: events, until: time.Now().Add(quarantineTime)}
+	p.qmu.Unlock()
+}
+
+// usable: a card is in the reader and nobody holds it.
+func (p *Provider) usable(reader string) bool {
+	present, held := p.cardState(reader)
+	return present && !held
+}
+
 // probe opens a reader just long enough to read the card's serial and version.
 func probe(reader string) (uint32, piv.Version, error) {
 	yk, err := piv.Open(reader)
@@ -179,7 +242,7 @@ func isTransport(err error) bool {
 	// piv-go wraps PC/SC return codes in these words; its own argument checks
 	// ("input must be a hashed message") are not transport failures.
 	msg := err.Error()
-	for _, w := range []string{"transmitting", "connecting to", "transaction", "smart card", "pcsc", "reader"} {
+	for _, w := range []string{"transmitting", "connecting to", "transaction", "smart card", "scard", "pcsc", "reader"} {
 		if strings.Contains(msg, w) {
 			return true
 		}

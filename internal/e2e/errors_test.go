@@ -3,6 +3,7 @@ package e2e
 import (
 	"bytes"
 	"context"
+	"encoding/pem"
 	"reflect"
 	"strings"
 	"testing"
@@ -112,15 +113,10 @@ func TestBadRequestsGetTheirCodeAndChangeNothing(t *testing.T) {
 			failed(t, op.call(a, protocol.CmdSign, protocol.SignArgs{SlotID: pending.SlotID, Kind: protocol.KindCertificate, CSR: leafCSR(t, "x.example.com"), Profile: &protocol.Profile{Validity: "1h"}}), protocol.CodeConflict)
 			failed(t, op.call(a, protocol.CmdSlotSelfSign, protocol.ProvisioningCertArgs{SlotID: root.SlotID, ProvisioningCert: provisioningCert(t, "again", 1)}), protocol.CodeConflict)
 
-			// CSR whose signature does not verify.
-			csr := leafCSR(t, "y.example.com")
-			block := []byte(csr)
-			i := strings.Index(csr, "-----END")
-			block[i-6] ^= 0x01 // flip a bit inside the base64 of the signature
-			if block[i-6] == '\n' || block[i-6] == '=' {
-				block[i-7] ^= 0x01
-			}
-			failed(t, op.call(a, protocol.CmdSign, protocol.SignArgs{SlotID: interm.SlotID, Kind: protocol.KindCertificate, CSR: string(block), Profile: &protocol.Profile{Validity: "1h"}}), protocol.CodePolicyDenied)
+			// CSR whose signature does not verify: one bit of the signature flipped.
+			blk, _ := pem.Decode([]byte(leafCSR(t, "y.example.com")))
+			blk.Bytes[len(blk.Bytes)-3] ^= 0x01
+			failed(t, op.call(a, protocol.CmdSign, protocol.SignArgs{SlotID: interm.SlotID, Kind: protocol.KindCertificate, CSR: string(pem.EncodeToMemory(blk)), Profile: &protocol.Profile{Validity: "1h"}}), protocol.CodePolicyDenied)
 			// Validity beyond the CA's.
 			far := time.Now().Add(100 * 365 * 24 * time.Hour).UTC()
 			failed(t, op.call(a, protocol.CmdSign, protocol.SignArgs{SlotID: interm.SlotID, Kind: protocol.KindCertificate, CSR: leafCSR(t, "z.example.com"), Profile: &protocol.Profile{NotAfter: &far}}), protocol.CodePolicyDenied)

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/iot-hsm/iot-hsm/device"
+	"github.com/iot-hsm/iot-hsm/hsm"
 	"github.com/iot-hsm/iot-hsm/hsm/pkcs11"
 	"github.com/iot-hsm/iot-hsm/internal/brokertest"
 	"github.com/iot-hsm/iot-hsm/internal/softhsm"
@@ -46,6 +47,7 @@ type appliance struct {
 	st     *store.Store
 	dev    *device.Device
 	client *mqtt.Client
+	reg    *device.Registry
 	hsmID  string
 }
 
@@ -69,11 +71,21 @@ func startAppliance(t *testing.T, brokerURL, deviceID string, tok *softhsm.Token
 	if err := ptok.Login(ctx, tok.PIN); err != nil {
 		t.Fatal(err)
 	}
+	a := startWith(t, brokerURL, deviceID, mod, o)
+	a.tok, a.mod, a.hsmID = tok, mod, ptok.Info().ID
+	return a
+}
+
+// startWith wires the daemon's core over the given HSM backend, as `iot-hsm run`
+// does: registry, state store, device core, broker session.
+func startWith(t *testing.T, brokerURL, deviceID string, p hsm.Provider, o options) *appliance {
+	t.Helper()
+	ctx := context.Background()
 	st, err := store.Open(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}
-	reg := device.NewRegistry(mod)
+	reg := device.NewRegistry(p)
 	if err := reg.Rescan(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -95,7 +107,7 @@ func startAppliance(t *testing.T, brokerURL, deviceID string, tok *softhsm.Token
 	if err := client.Start(sctx); err != nil {
 		t.Fatal(err)
 	}
-	a := &appliance{id: deviceID, tok: tok, mod: mod, st: st, dev: dev, client: client, hsmID: ptok.Info().ID}
+	a := &appliance{id: deviceID, st: st, dev: dev, client: client, reg: reg}
 	t.Cleanup(a.stop)
 	return a
 }
@@ -107,7 +119,7 @@ func (a *appliance) stop() {
 	a.dev.Stop()
 	a.client.Close(100 * time.Millisecond)
 	a.st.Close()
-	a.mod.Close()
+	a.reg.Close()
 	a.dev = nil
 }
 

@@ -18,6 +18,8 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
+	"time"
 )
 
 // DefaultVPCDAddr is where vpcd listens for the first virtual reader
@@ -83,7 +85,13 @@ type Card struct {
 	connMu    sync.Mutex
 	conn      connCloser
 	unplugged bool
+
+	latency atomic.Int64 // extra time per APDU, for tests that need a slow card
 }
+
+// SetLatency makes every APDU take d longer, like a real card's crypto does: tests
+// use it to keep an operation in flight while they pull the card.
+func (c *Card) SetLatency(d time.Duration) { c.latency.Store(int64(d)) }
 
 type connCloser interface{ Close() error }
 
@@ -253,6 +261,9 @@ func (c *Card) save() uint16 {
 // followed by SW1 SW2). It implements command chaining (CLA bit 0x10) and
 // response chaining (61xx, GET RESPONSE), short and extended lengths.
 func (c *Card) HandleAPDU(apdu []byte) []byte {
+	if d := time.Duration(c.latency.Load()); d > 0 {
+		time.Sleep(d)
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	resp := c.handleLocked(apdu)

@@ -1,0 +1,501 @@
+// Package daemontest runs the real iot-hsm binary the way systemd does: with a
+// notify socket the test reads, WATCHDOG_USEC set, signals, and commands over MQTT.
+// It also checks the unit file in dist/ with systemd-analyze.
+package daemontest
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/iot-hsm/iot-hsm/mqtt"
+	"github.com/iot-hsm/iot-hsm/protocol"
+)
+
+// repoRoot is the module root, two levels up from this package.
+var repoRoot, _ = filepath.Abs(filepath.Join("..", ".."))
+
+var (
+	buildOnce sync.Once
+	binPath   string
+	buildErr  error
+	binDir    string
+)
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if binDir != "" {
+		os.RemoveAll(binDir)
+	}
+	os.Exit(code)
+}
+
+// binary builds iot-hsm once per test run, with the test-only wedge hook
+// (-tags wedgetest) and, when the tests run with -race, the race detector.
+func binary(t *testing.T) string {
+	t.Helper()
+	buildOnce.Do(func() {
+		binDir, buildErr = os.MkdirTemp("", "iot-hsm-daemontest-")
+		if buildErr != nil {
+			return
+		}
+		binPath = filepath.Join(binDir, "iot-hsm")
+		args := []string{"build", "-tags", "wedgetest", "-o", binPath}
+		if raceEnabled {
+			args = append(args, "-race")
+		}
+		cmd := exec.Command("go", append(args, ".")...)
+		cmd.Dir = repoRoot
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			buildErr = fmt.Errorf("go build: %v\n%s", err, out)
+		}
+	})
+	if buildErr != nil {
+		t.Fatal(buildErr)
+	}
+	return binPath
+}
+
+// notifyMsg is one datagram on the notify socket, split into its assignments.
+type notifyMsg struct {
+	at     time.Time
+	raw    string
+	fields map[string]string
+}
+
+func (m notifyMsg) has(kv string) bool {
+	k, v, _ := strings.Cut(kv, "=")
+	got, ok := m.fields[k]
+	return ok && got == v
+}
+
+// notifySocket is what systemd listens on: a unixgram socket.
+type notifySocket struct {
+	path string
+	mu   sync.Mutex
+	msgs []notifyMsg
+	news chan struct{}
+}
+
+func listenNotify(t *testing.T) *notifySocket {
+	t.Helper()
+	// A short directory: socket paths are limited to 107 bytes.
+	dir, err := os.MkdirTemp("", "sdn")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	n := &notifySocket{path: filepath.Join(dir, "notify"), news: make(chan struct{}, 1)}
+	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: n.path, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	go func() {
+		buf := make([]byte, 64*1024)
+		for {
+			k, err := conn.Read(buf)
+			if err != nil {
+				return
+			}
+			m := notifyMsg{at: time.Now(), raw: string(buf[:k]), fields: map[string]string{}}
+			for _, line := range strings.Split(m.raw, "\n") {
+				if key, v, ok := strings.Cut(line, "="); ok {
+					m.fields[key] = v
+				}
+			}
+			n.mu.Lock()
+			n.msgs = append(n.msgs, m)
+			n.mu.Unlock()
+			select {
+			case n.news <- struct{}{}:
+			default:
+			}
+		}
+	}()
+	return n
+}
+
+// all returns every message so far.
+func (n *notifySocket) all() []notifyMsg {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return append([]notifyMsg(nil), n.msgs...)
+}
+
+// mark is a position in the message stream: waits look only after it.
+func (n *notifySocket) mark() int {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return len(n.msgs)
+}
+
+// waitFor returns the first message after position from that matches, and its
+// position.
+func (n *notifySocket) waitFor(t *testing.T, from int, timeout time.Duration, what string, match func(notifyMsg) bool) (notifyMsg, int) {
+	t.Helper()
+	deadline := time.After(timeout)
+	for {
+		msgs := n.all()
+		for i := from; i < len(msgs); i++ {
+			if match(msgs[i]) {
+				return msgs[i], i
+			}
+		}
+		select {
+		case <-n.news:
+		case <-time.After(50 * time.Millisecond):
+		case <-deadline:
+			var seen []string
+			for _, m := range msgs[from:] {
+				seen = append(seen, fmt.Sprintf("%q", m.raw))
+			}
+			t.Fatalf("no %s on the notify socket within %v; after position %d saw: %s", what, timeout, from, strings.Join(seen, ", "))
+		}
+	}
+}
+
+func (n *notifySocket) waitKV(t *testing.T, from int, timeout time.Duration, kv string) (notifyMsg, int) {
+	t.Helper()
+	return n.waitFor(t, from, timeout, kv, func(m notifyMsg) bool { return m.has(kv) })
+}
+
+// pings returns the times of the WATCHDOG=1 messages between two instants.
+func (n *notifySocket) pings(from, to time.Time) []time.Time {
+	var out []time.Time
+	for _, m := range n.all() {
+		if m.has("WATCHDOG=1") && !m.at.Before(from) && m.at.Before(to) {
+			out = append(out, m.at)
+		}
+	}
+	return out
+}
+
+// lastStatus is the last STATUS= sent so far.
+func (n *notifySocket) lastStatus() string {
+	msgs := n.all()
+	for i := len(msgs) - 1; i >= 0; i-- {
+		if s, ok := msgs[i].fields["STATUS"]; ok {
+			return s
+		}
+	}
+	return ""
+}
+
+// syncBuffer collects the daemon's log.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// daemonOpts say how to start the daemon.
+type daemonOpts struct {
+	systemd  bool          // NOTIFY_SOCKET (and WATCHDOG_USEC when watchdog > 0)
+	watchdog time.Duration // WATCHDOG_USEC
+	wedge    string        // IOT_HSM_TEST_WEDGE: <command>[:<deadline>]
+	// brokerDown configures a broker nobody listens on instead of the embedded one.
+	brokerDown bool
+}
+
+// daemon is one running iot-hsm.
+type daemon struct {
+	t        *testing.T
+	cmd      *exec.Cmd
+	log      *syncBuffer
+	dir      string
+	config   string
+	broker   string
+	deviceID string
+	notify   *notifySocket
+	exited   chan struct{}
+	exitErr  error
+}
+
+// baseConfig is the test's configuration file: short bounds so that wedging and
+// stopping are seen in seconds.
+const baseConfig = `device_id = "%s"
+log_level = "info"
+
+[service]
+broker_wait = "2s"
+stop_timeout = "3s"
+hung_grace = "1s"
+`
+
+func freePort(t *testing.T) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+func randomID() string {
+	b := make([]byte, 6)
+	rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+// startDaemon runs `iot-hsm run --dev --config <tmp> --state-dir <tmp> --dev-listen
+// 127.0.0.1:<free>`. The environment is the test's minus anything systemd would set,
+// plus what o asks for.
+func startDaemon(t *testing.T, o daemonOpts) *daemon {
+	t.Helper()
+	bin := binary(t)
+	dir := t.TempDir()
+	d := &daemon{t: t, log: &syncBuffer{}, dir: dir, config: filepath.Join(dir, "config.toml"),
+		deviceID: "ihsm-e2e-" + randomID(), exited: make(chan struct{})}
+	listen := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	d.broker = "tcp://" + listen
+	args := []string{"run", "--dev", "--config", d.config, "--state-dir", filepath.Join(dir, "state")}
+	if o.brokerDown {
+		d.writeConfig(fmt.Sprintf(baseConfig, d.deviceID) + fmt.Sprintf("\n[mqtt]\nbroker = %q\nallow_plaintext = true\n", d.broker))
+	} else {
+		d.writeConfig(fmt.Sprintf(baseConfig, d.deviceID))
+		args = append(args, "--dev-listen", listen)
+	}
+	d.cmd = exec.Command(bin, args...)
+	d.cmd.Dir = dir
+	d.cmd.Stdout, d.cmd.Stderr = d.log, d.log
+	for _, e := range os.Environ() {
+		switch k, _, _ := strings.Cut(e, "="); k {
+		case "NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "INVOCATION_ID", "IOT_HSM_TEST_WEDGE", "SOFTHSM2_CONF":
+			continue
+		}
+		d.cmd.Env = append(d.cmd.Env, e)
+	}
+	if o.systemd {
+		d.notify = listenNotify(t)
+		d.cmd.Env = append(d.cmd.Env, "NOTIFY_SOCKET="+d.notify.path)
+		if o.watchdog > 0 {
+			d.cmd.Env = append(d.cmd.Env, fmt.Sprintf("WATCHDOG_USEC=%d", o.watchdog.Microseconds()))
+		}
+	}
+	if o.wedge != "" {
+		d.cmd.Env = append(d.cmd.Env, "IOT_HSM_TEST_WEDGE="+o.wedge)
+	}
+	if err := d.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		d.exitErr = d.cmd.Wait()
+		close(d.exited)
+	}()
+	t.Cleanup(func() {
+		select {
+		case <-d.exited:
+		default:
+			d.cmd.Process.Kill()
+			<-d.exited
+		}
+		if strings.Contains(d.log.String(), "DATA RACE") {
+			t.Error("the race detector reported a data race in the daemon")
+		}
+		if t.Failed() {
+			t.Logf("daemon log:\n%s", d.log.String())
+		}
+	})
+	return d
+}
+
+func (d *daemon) writeConfig(text string) {
+	d.t.Helper()
+	if err := os.WriteFile(d.config, []byte(text), 0o600); err != nil {
+		d.t.Fatal(err)
+	}
+}
+
+func (d *daemon) signal(sig syscall.Signal) {
+	d.t.Helper()
+	if err := d.cmd.Process.Signal(sig); err != nil {
+		d.t.Fatal(err)
+	}
+}
+
+// wait returns the exit code once the daemon has exited, failing after timeout.
+func (d *daemon) wait(timeout time.Duration) int {
+	d.t.Helper()
+	select {
+	case <-d.exited:
+	case <-time.After(timeout):
+		d.t.Fatalf("the daemon did not exit within %v", timeout)
+	}
+	if d.exitErr == nil {
+		return 0
+	}
+	if ee, ok := d.exitErr.(*exec.ExitError); ok {
+		return ee.ExitCode()
+	}
+	d.t.Fatalf("waiting for the daemon: %v", d.exitErr)
+	return -1
+}
+
+// waitLog waits for the daemon's log to hold s n times.
+func (d *daemon) waitLog(s string, n int, timeout time.Duration) {
+	d.t.Helper()
+	deadline := time.Now().Add(timeout)
+	for strings.Count(d.log.String(), s) < n {
+		if time.Now().After(deadline) {
+			d.t.Fatalf("the daemon log does not show %q %d times within %v", s, n, timeout)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// operator is a PKI or an operator's script talking to the daemon over MQTT.
+type operator struct {
+	t       *testing.T
+	d       *daemon
+	c       *mqtt.Client
+	replyTo string
+	mu      sync.Mutex
+	replies map[string]protocol.Reply
+	status  []protocol.Status
+}
+
+func newOperator(t *testing.T, d *daemon) *operator {
+	t.Helper()
+	id := randomID()
+	c, err := mqtt.New(mqtt.Config{Broker: d.broker, ClientID: "op-" + id, AllowPlaintext: true, CleanSession: true,
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	o := &operator{t: t, d: d, c: c, replyTo: "test/" + id + "/replies", replies: map[string]protocol.Reply{}}
+	if err := c.Subscribe(o.replyTo, func(_ string, payload []byte) {
+		var r protocol.Reply
+		if json.Unmarshal(payload, &r) == nil {
+			o.mu.Lock()
+			o.replies[r.ID] = r
+			o.mu.Unlock()
+		}
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Subscribe(protocol.DefaultRoot+"/"+d.deviceID+"/status", func(_ string, payload []byte) {
+		var s protocol.Status
+		if json.Unmarshal(payload, &s) == nil {
+			o.mu.Lock()
+			o.status = append(o.status, s)
+			o.mu.Unlock()
+		}
+	}); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := c.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close(100 * time.Millisecond) })
+	return o
+}
+
+// send publishes a command and returns its request id.
+func (o *operator) send(cmd string, args any) string {
+	o.t.Helper()
+	id, err := o.trySend(cmd, args)
+	if err != nil {
+		o.t.Fatal(err)
+	}
+	return id
+}
+
+// trySend is send for a broker that may be coming back.
+func (o *operator) trySend(cmd string, args any) (string, error) {
+	id := randomID()
+	raw, _ := json.Marshal(args)
+	exp := time.Now().Add(time.Minute).UTC()
+	payload, _ := json.Marshal(protocol.Request{ID: id, ReplyTo: o.replyTo, ExpiresAt: &exp, Args: raw})
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	return id, o.c.Publish(ctx, protocol.DefaultRoot+"/"+o.d.deviceID+"/cmd/"+cmd, payload, false)
+}
+
+func (o *operator) reply(id string, timeout time.Duration) protocol.Reply {
+	o.t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		o.mu.Lock()
+		r, ok := o.replies[id]
+		o.mu.Unlock()
+		if ok {
+			return r
+		}
+		if time.Now().After(deadline) {
+			o.t.Fatalf("no reply to %s within %v", id, timeout)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// tryReply is reply without failing: for a daemon that may not be listening yet.
+func (o *operator) tryReply(id string, timeout time.Duration) (protocol.Reply, bool) {
+	deadline := time.Now().Add(timeout)
+	for time.Now().Before(deadline) {
+		o.mu.Lock()
+		r, ok := o.replies[id]
+		o.mu.Unlock()
+		if ok {
+			return r, true
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return protocol.Reply{}, false
+}
+
+func (o *operator) call(cmd string, args any) protocol.Reply {
+	o.t.Helper()
+	return o.reply(o.send(cmd, args), 30*time.Second)
+}
+
+// lastStatus is the last status document seen on the status topic.
+func (o *operator) lastStatus() (protocol.Status, bool) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if len(o.status) == 0 {
+		return protocol.Status{}, false
+	}
+	return o.status[len(o.status)-1], true
+}
+
+func decode[T any](t *testing.T, r protocol.Reply) T {
+	t.Helper()
+	var v T
+	if !r.OK {
+		t.Fatalf("%s failed: %+v", r.Cmd, r.Error)
+	}
+	if err := json.Unmarshal(r.Result, &v); err != nil {
+		t.Fatalf("%s result: %v", r.Cmd, err)
+	}
+	return v
+}

@@ -1,0 +1,181 @@
+package e2e
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/x509"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/go-piv/piv-go/v2/piv"
+	"github.com/iot-hsm/iot-hsm/device/hotplug"
+	"github.com/iot-hsm/iot-hsm/hsm/yubikey"
+	"github.com/iot-hsm/iot-hsm/internal/vyubikey"
+	"github.com/iot-hsm/iot-hsm/internal/vyubikey/pcscdtest"
+	"github.com/iot-hsm/iot-hsm/protocol"
+)
+
+const (
+	ykVPCD   = "localhost:35963"
+	ykReader = "Virtual PCD 00 00"
+	ykHSM    = "yubikey-20242024"
+)
+
+// startYubiKeyAppliance plugs a virtual YubiKey 5 into pcscd (management key
+// protected by its PIN, as ykman --protect leaves it) and starts an appliance whose
+// only backend is the PIV one, with the hotplug watcher as `iot-hsm run` has it.
+func startYubiKeyAppliance(t *testing.T, brokerURL, pin string) (*appliance, *pcscdtest.Plugged, *vyubikey.Card) {
+	t.Helper()
+	card, err := vyubikey.New(vyubikey.Config{Serial: 20242024, StatePath: filepath.Join(t.TempDir(), "card.json")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	plugged := pcscdtest.PlugCard(t, card, ykVPCD)
+	yk, err := piv.Open(ykReader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mk := make([]byte, 24)
+	rand.Read(mk)
+	if err := yk.SetManagementKey(piv.DefaultManagementKey, mk); err != nil {
+		t.Fatal(err)
+	}
+	if err := yk.SetMetadata(mk, &piv.Metadata{ManagementKey: &mk}); err != nil {
+		t.Fatal(err)
+	}
+	yk.Close()
+	roots := x509.NewCertPool()
+	roots.AddCert(card.AttestationRoot())
+	prov := yubikey.NewProvider(yubikey.ProviderOptions{Default: yubikey.Options{PIN: pin}, AttestationRoots: roots, CardState: hotplug.CardState})
+	a := startWith(t, brokerURL, "yk-"+randomID(), prov, options{})
+	a.hsmID = ykHSM
+	ctx, cancel := context.WithCancel(context.Background())
+	w := &hotplug.Watcher{OnChange: func(string) { a.dev.CheckPresence() }}
+	done := make(chan struct{})
+	go func() { w.Run(ctx); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+	return a, plugged, card
+}
+
+func TestYubiKeyWorkflowOverMQTT(t *testing.T) {
+	b := brokers(t)[0]
+	a, _, _ := startYubiKeyAppliance(t, b.url, "123456")
+	op := newOperator(t, b.url)
+
+	list := ok[protocol.HSMListResult](t, op.call(a, protocol.CmdHSMList, struct{}{}))
+	if len(list.HSMs) != 1 || list.HSMs[0].ID != ykHSM || list.HSMs[0].Kind != "yubikey" {
+		t.Fatalf("hsm.list: %+v", list)
+	}
+	// provisionCAs uses slots 01 and 02, which are PKCS#11 names; a YubiKey has 9a, 82...
+	root := ok[protocol.ProvisionResult](t, op.call(a, protocol.CmdSlotProvision,
+		protocol.ProvisionArgs{HSM: ykHSM, Slot: "9c", Mode: "generate", KeyType: "p384"}))
+	if !strings.Contains(root.Attestation, "BEGIN CERTIFICATE") {
+		t.Fatalf("a generated YubiKey key comes with its attestation: %+v", root)
+	}
+	rootPEM := ok[protocol.CertificateResult](t, op.call(a, protocol.CmdSlotSelfSign,
+		protocol.ProvisioningCertArgs{SlotID: root.SlotID, ProvisioningCert: provisioningCert(t, "YubiKey Root CA", 1)})).Certificate
+	interm := ok[protocol.ProvisionResult](t, op.call(a, protocol.CmdSlotProvision,
+		protocol.ProvisionArgs{HSM: ykHSM, Slot: "82", Mode: "generate", KeyType: "p256"}))
+	csr := ok[protocol.CSRResult](t, op.call(a, protocol.CmdSlotCSR,
+		protocol.ProvisioningCertArgs{SlotID: interm.SlotID, ProvisioningCert: provisioningCert(t, "YubiKey Issuing CA", 0)})).CSR
+	zero := 0
+	intermPEM := ok[protocol.SignResult](t, op.call(a, protocol.CmdSign, protocol.SignArgs{CAID: root.CAID, Kind: protocol.KindCertificate, CSR: csr,
+		Profile: &protocol.Profile{Validity: "8760h", IsCA: true, MaxPathLen: &zero, KeyUsage: []string{"cert_sign", "crl_sign"}}})).Certificate
+	ok[protocol.SlotShow](t, op.call(a, protocol.CmdSlotImport, protocol.ImportCertArgs{SlotID: interm.SlotID, Certificate: intermPEM, Chain: rootPEM}))
+
+	leaf := ok[protocol.SignResult](t, op.call(a, protocol.CmdSign, protocol.SignArgs{SlotID: interm.SlotID, Kind: protocol.KindCertificate,
+		CSR: leafCSR(t, "yk.example.com"), Profile: &protocol.Profile{Validity: "720h", ExtKeyUsage: []string{"server_auth"}}}))
+	next := time.Now().Add(24 * time.Hour).UTC()
+	crl := ok[protocol.SignResult](t, op.call(a, protocol.CmdSign, protocol.SignArgs{SlotID: interm.SlotID, Kind: protocol.KindCRL, Number: "1", NextUpdate: &next}))
+
+	dir := t.TempDir()
+	writeFile(t, dir, "root.pem", []byte(rootPEM))
+	writeFile(t, dir, "interm.pem", []byte(intermPEM))
+	writeFile(t, dir, "leaf.pem", []byte(leaf.Certificate))
+	writeFile(t, dir, "crl.pem", []byte(crl.CRL))
+	writeFile(t, dir, "chain.pem", []byte(intermPEM+rootPEM))
+	openssl(t, dir, "verify", "-x509_strict", "-CAfile", "root.pem", "root.pem")
+	openssl(t, dir, "verify", "-x509_strict", "-CAfile", "root.pem", "-untrusted", "interm.pem", "leaf.pem")
+	openssl(t, dir, "crl", "-in", "crl.pem", "-CAfile", "chain.pem", "-verify", "-noout")
+
+	// What the appliance provisioned is in the card's slots for other tools to see.
+	// The appliance releases the card when idle; wait for that.
+	var out []byte
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
+		out, _ = exec.Command("yubico-piv-tool", "-r", ykReader, "-a", "status").CombinedOutput()
+		if strings.Contains(string(out), "YubiKey Root CA") {
+			break
+		}
+	}
+	if !strings.Contains(string(out), "YubiKey Root CA") || !strings.Contains(string(out), "YubiKey Issuing CA") {
+		t.Fatalf("yubico-piv-tool -a status does not show the CA certificates:\n%s", out)
+	}
+}
+
+func TestYubiKeyUnplugWhileQueuedAndReplug(t *testing.T) {
+	b := brokers(t)[1]
+	a, plugged, card := startYubiKeyAppliance(t, b.url, "123456")
+	op := newOperator(t, b.url)
+	watch := watchStatus(t, b.url, a)
+	root := ok[protocol.ProvisionResult](t, op.call(a, protocol.CmdSlotProvision,
+		protocol.ProvisionArgs{HSM: ykHSM, Slot: "9a", Mode: "generate", KeyType: "p256"}))
+	ok[protocol.CertificateResult](t, op.call(a, protocol.CmdSlotSelfSign,
+		protocol.ProvisioningCertArgs{SlotID: root.SlotID, ProvisioningCert: provisioningCert(t, "Pull Me Root", 0)}))
+	watch.until(t, "the slot connected", func(st protocol.Status) bool { return st.ConnectedSlots == 1 })
+
+	// Keep the card's worker busy (a slow card generating a key), queue a sign
+	// behind it, then pull the card.
+	card.SetLatency(300 * time.Millisecond)
+	gen, gp := op.envelope("", protocol.ProvisionArgs{HSM: ykHSM, Slot: "95", Mode: "generate", KeyType: "p256"})
+	op.publish(a.dev.Topics().Cmd(protocol.CmdSlotProvision), gp)
+	time.Sleep(100 * time.Millisecond)
+	next := time.Now().Add(time.Hour).UTC()
+	sid, sp := op.envelope("", protocol.SignArgs{SlotID: root.SlotID, Kind: protocol.KindCRL, Number: "1", NextUpdate: &next})
+	op.publish(a.dev.Topics().Cmd(protocol.CmdSign), sp)
+	time.Sleep(100 * time.Millisecond)
+	pulled := time.Now()
+	plugged.Unplug(t)
+
+	failed(t, op.wait(sid, 1, 30*time.Second), protocol.CodeHSMOffline)
+	if r := op.wait(gen, 1, 30*time.Second); r.OK {
+		t.Log("the RSA-4096 generation finished before the card went")
+	} else if r.Error.Code != protocol.CodeHSMOffline {
+		t.Fatalf("generation on a pulled card: %+v", r.Error)
+	}
+	watch.until(t, "the slot disconnected", func(st protocol.Status) bool { return st.ConnectedSlots == 0 && len(st.Slots) > 0 })
+	if d := time.Since(pulled); d > time.Second+500*time.Millisecond {
+		// The assertion is on the status a dashboard sees; the unplug helper itself
+		// waits for pcscd, so allow its own latency on top of the 1 s target.
+		t.Fatalf("status showed the slot disconnected %v after the card was pulled", d)
+	}
+
+	card.SetLatency(0)
+	plugged.Replug(t)
+	watch.until(t, "the slot connected again", func(st protocol.Status) bool { return st.ConnectedSlots == 1 })
+	ok[protocol.SignResult](t, op.call(a, protocol.CmdSign, protocol.SignArgs{SlotID: root.SlotID, Kind: protocol.KindCRL, Number: "2", NextUpdate: &next}))
+	if !watch.saw("hsm.absent", ykHSM) || !watch.saw("hsm.present", ykHSM) {
+		t.Fatal("no hsm.absent / hsm.present events")
+	}
+}
+
+func TestYubiKeyWrongPINOverMQTT(t *testing.T) {
+	b := brokers(t)[1]
+	a, _, _ := startYubiKeyAppliance(t, b.url, "") // no PIN configured
+	op := newOperator(t, b.url)
+	failed(t, op.call(a, protocol.CmdSlotProvision, protocol.ProvisionArgs{HSM: ykHSM, Slot: "9a", Mode: "generate", KeyType: "p256"}), protocol.CodePINRequired)
+	r := op.call(a, protocol.CmdHSMSetPIN, protocol.HSMSetPINArgs{HSM: ykHSM, PIN: "999999"})
+	failed(t, r, protocol.CodePINIncorrect)
+	if r.Error.Details["retries"] != float64(2) || strings.Contains(r.Error.Message, "999999") {
+		t.Fatalf("wrong PIN reply: %+v", r.Error)
+	}
+	st := ok[protocol.Status](t, op.call(a, protocol.CmdStatus, struct{}{}))
+	if len(st.HSMs) != 1 || st.HSMs[0].PIN.Set || st.HSMs[0].PIN.Retries == nil || *st.HSMs[0].PIN.Retries != 2 {
+		t.Fatalf("status after one wrong PIN (not retried): %+v", st.HSMs)
+	}
+	failed(t, op.call(a, protocol.CmdHSMSetPIN, protocol.HSMSetPINArgs{HSM: ykHSM, PIN: "999998"}), protocol.CodePINIncorrect)
+	failed(t, op.call(a, protocol.CmdHSMSetPIN, protocol.HSMSetPINArgs{HSM: ykHSM, PIN: "999997"}), protocol.CodePINBlocked)
+	failed(t, op.call(a, protocol.CmdHSMSetPIN, protocol.HSMSetPINArgs{HSM: ykHSM, PIN: "123456"}), protocol.CodePINBlocked)
+}

@@ -4,6 +4,7 @@
 //	iot-hsm run --config /etc/iot-hsm/config.toml   the daemon
 //	iot-hsm run --dev [--state-dir DIR]              the daemon on a SoftHSM2 lab token
 //	iot-hsm console ...                              the operator's MQTT console
+//	iot-hsm audit verify FILE                        check an audit trail offline
 //	iot-hsm version
 package main
 
@@ -17,6 +18,7 @@ const usage = `usage: iot-hsm <command> [flags]
 commands:
   run       run the appliance daemon (run -h for flags)
   console   the operator's MQTT console
+  audit     audit verify FILE: check an audit trail's hash chain offline
   version   print the version
 `
 
@@ -31,6 +33,8 @@ func main() {
 		err = runCmd(args)
 	case "console":
 		err = consoleCmd(args)
+	case "audit":
+		err = auditCmd(args)
 	case "version", "--version", "-version":
 		fmt.Println("iot-hsm", version)
 	case "help", "-h", "--help":

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"github.com/iot-hsm/iot-hsm/audit"
 	"log/slog"
 	"os"
 	"os/signal"
@@ -334,9 +335,14 @@ func (d *daemon) startNetwork(ctx context.Context) error {
 		slog.Warn("no broker configured: running the embedded development broker (no authentication)", "listen", broker.Addr())
 		mc.Broker, mc.AllowPlaintext = broker.URL(), true
 	}
+	verifier, err := trustVerifier(cfg.Trust)
+	if err != nil {
+		return err
+	}
 	d.dev = device.New(device.Options{
 		DeviceID: cfg.DeviceID, TopicRoot: cfg.TopicRoot, Version: version,
 		QueueSize: cfg.QueueSize, AllowDigest: cfg.AllowDigest,
+		Verifier: verifier, Audit: d.core.audit,
 		OnChange: func(protocol.Status) { poke(d.changed) },
 		OnSign: func(slotID string, e *protocol.Error) {
 			code := ""
@@ -440,6 +446,7 @@ type core struct {
 	pkcs11   *pkcs11Set
 	registry *device.Registry
 	slots    *device.Slots
+	audit    *audit.Log
 }
 
 // openCore opens the state store and the HSM backends. A module that does not load
@@ -471,7 +478,15 @@ func openCore(ctx context.Context, cfg *config.Config) (*core, error) {
 	if err := reg.Rescan(ctx); err != nil {
 		slog.Warn("HSM scan incomplete", "err", err)
 	}
-	return &core{store: st, pkcs11: pk, registry: reg, slots: &device.Slots{Store: st, Registry: reg}}, nil
+	// The audit trail is checked whole at start-up: a tampered trail stops the
+	// appliance rather than being extended.
+	al, err := audit.Open(filepath.Join(cfg.StateDir, "audit.log"))
+	if err != nil {
+		reg.Close()
+		st.Close()
+		return nil, err
+	}
+	return &core{store: st, pkcs11: pk, registry: reg, slots: &device.Slots{Store: st, Registry: reg}, audit: al}, nil
 }
 
 func (c *core) logInventory(ctx context.Context) {
@@ -491,4 +506,5 @@ func (c *core) logInventory(ctx context.Context) {
 func (c *core) close() {
 	c.registry.Close()
 	c.store.Close()
+	c.audit.Close()
 }

@@ -12,6 +12,7 @@ import (
 	"crypto/rsa"
 	"crypto/x509"
 	"encoding/base64"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"time"
@@ -130,4 +131,63 @@ func Sign(payload []byte, key crypto.Signer, chain []*x509.Certificate) ([]byte,
 	}
 	out, err := jws.CompactSerialize()
 	return []byte(out), err
+}
+
+// Unwrap takes the payload of a JWS whose signature is only checked against the key
+// of its own x5c certificate: for appliances that have no controllers bundle, so a
+// PKI that always signs is still served. The requester is marked unverified.
+func Unwrap(compact []byte) (payload []byte, requester string, err error) {
+	jws, err := jose.ParseSignedCompact(string(bytes.TrimSpace(compact)), Algorithms)
+	if err != nil || len(jws.Signatures) != 1 {
+		return nil, "", fmt.Errorf("%w: not a JWS with an allowed algorithm", ErrUnauthorized)
+	}
+	leaf, err := x5cLeaf(compact)
+	if err != nil {
+		return nil, "", err
+	}
+	if err := algorithmFits(jose.SignatureAlgorithm(jws.Signatures[0].Protected.Algorithm), leaf.PublicKey); err != nil {
+		return nil, "", err
+	}
+	if payload, err = jws.Verify(leaf.PublicKey); err != nil {
+		return nil, "", fmt.Errorf("%w: bad signature", ErrUnauthorized)
+	}
+	return payload, "unverified: " + leaf.Subject.String(), nil
+}
+
+// x5cLeaf reads the first x5c certificate from the protected header.
+func x5cLeaf(compact []byte) (*x509.Certificate, error) {
+	head, _, _ := bytes.Cut(bytes.TrimSpace(compact), []byte{'.'})
+	raw, err := base64.RawURLEncoding.DecodeString(string(head))
+	if err != nil {
+		return nil, fmt.Errorf("%w: bad JWS header", ErrUnauthorized)
+	}
+	var h struct {
+		X5C []string `json:"x5c"`
+	}
+	if json.Unmarshal(raw, &h) != nil || len(h.X5C) == 0 {
+		return nil, fmt.Errorf("%w: no x5c certificate", ErrUnauthorized)
+	}
+	der, err := base64.StdEncoding.DecodeString(h.X5C[0])
+	if err != nil {
+		return nil, fmt.Errorf("%w: bad x5c certificate", ErrUnauthorized)
+	}
+	c, err := x509.ParseCertificate(der)
+	if err != nil {
+		return nil, fmt.Errorf("%w: bad x5c certificate", ErrUnauthorized)
+	}
+	return c, nil
+}
+
+// PeekPayload returns the payload of a JWS without checking anything, only to address
+// the refusal of a request that did not authenticate. It is never executed.
+func PeekPayload(compact []byte) []byte {
+	parts := bytes.Split(bytes.TrimSpace(compact), []byte{'.'})
+	if len(parts) != 3 {
+		return nil
+	}
+	out, err := base64.RawURLEncoding.DecodeString(string(parts[1]))
+	if err != nil {
+		return nil
+	}
+	return out
 }

@@ -117,3 +117,21 @@ func TestVerify(t *testing.T) {
 		}
 	}
 }
+
+func TestUnwrapWithoutBundle(t *testing.T) {
+	p := newPKI(t, "anyone")
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	cert := p.controller(t, key, time.Now().Add(time.Hour))
+	payload := []byte(`{"id":"u1"}`)
+	msg, _ := Sign(payload, key, []*x509.Certificate{cert})
+	got, who, err := Unwrap(msg)
+	if err != nil || string(got) != string(payload) || !strings.HasPrefix(who, "unverified: ") {
+		t.Fatalf("%q %q %v", got, who, err)
+	}
+	if _, _, err := Unwrap([]byte(string(msg[:len(msg)-4]) + "AAAA")); !errors.Is(err, ErrUnauthorized) {
+		t.Fatalf("bad signature: %v", err)
+	}
+	if string(PeekPayload(msg)) != string(payload) {
+		t.Fatal("PeekPayload")
+	}
+}

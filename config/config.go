@@ -24,6 +24,8 @@ type Config struct {
 	YubiKey     YubiKey  `toml:"yubikey"`
 	Service     Service  `toml:"service"`
 	LEDs        LEDs     `toml:"leds"`
+	Trust       Trust    `toml:"trust"`
+	Secrets     Secrets  `toml:"secrets"`
 
 	CloudKMS []CloudKMS `toml:"cloudkms"` // one block per key ring; see cloudkms.go
 }

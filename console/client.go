@@ -171,6 +171,9 @@ func (s *session) request(cmd, topic string, rf *requestFlags, args any) (reply 
 	if len(payload) > protocol.MaxPayload {
 		return nil, nil, usagef("the request is %d bytes; the device accepts at most %d", len(payload), protocol.MaxPayload)
 	}
+	if payload, err = s.signRequest(payload); err != nil {
+		return nil, nil, err
+	}
 	ctx, cancel := context.WithDeadline(context.Background(), expires)
 	defer cancel()
 	if err := cn.client.Publish(ctx, topic, payload, false); err != nil {

@@ -111,6 +111,8 @@ type options struct {
 	certFile       string
 	keyFile        string
 	allowPlaintext bool
+	signKey        string // signs requests (JWS) for appliances that require it
+	signCert       string
 }
 
 // durationValue records whether the flag was given, because slot.provision has a
@@ -151,6 +153,8 @@ func (o *options) register(fs *flag.FlagSet) {
 	fs.StringVar(&o.certFile, "cert-file", o.certFile, "client certificate for the broker")
 	fs.StringVar(&o.keyFile, "key-file", o.keyFile, "client certificate key")
 	fs.BoolVar(&o.allowPlaintext, "allow-plaintext", o.allowPlaintext, "allow tcp:// to a non-loopback broker")
+	fs.StringVar(&o.signKey, "sign-key", o.signKey, "sign requests with this private key (PEM `FILE`), for appliances with trust.controllers")
+	fs.StringVar(&o.signCert, "sign-cert", o.signCert, "the certificate (and chain) of --sign-key, PEM `FILE`")
 }
 
 func (o *options) check() error {

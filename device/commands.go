@@ -3,6 +3,7 @@ package device
 import (
 	"context"
 	"crypto/x509"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"time"
@@ -43,6 +44,7 @@ func (d *Device) route(j *job) (string, *protocol.Error) {
 		}
 		j.deadline = 3 * time.Minute // RSA-4096 generation on a YubiKey takes minutes
 		j.run = func(ctx context.Context, _ *job) (any, error) { return d.provision(ctx, a) }
+		j.slotID, j.rec.Kind = a.HSM+"/"+a.Slot, a.Mode
 		return a.HSM, nil
 	case protocol.CmdSlotSelfSign, protocol.CmdSlotCSR:
 		var a protocol.ProvisioningCertArgs
@@ -53,10 +55,11 @@ func (d *Device) route(j *job) (string, *protocol.Error) {
 			return "", protocol.Errorf(protocol.CodeBadRequest, "provisioning_cert is required")
 		}
 		if j.cmd == protocol.CmdSlotSelfSign {
-			j.run = func(ctx context.Context, _ *job) (any, error) { return d.selfSign(ctx, a) }
+			j.run = func(ctx context.Context, j *job) (any, error) { return d.selfSign(ctx, j, a) }
 		} else {
 			j.run = func(ctx context.Context, _ *job) (any, error) { return d.csr(ctx, a) }
 		}
+		j.slotID = a.SlotID
 		return d.slotHSM(a.SlotID)
 	case protocol.CmdSlotImport:
 		var a protocol.ImportCertArgs
@@ -66,7 +69,8 @@ func (d *Device) route(j *job) (string, *protocol.Error) {
 		if a.Certificate == "" {
 			return "", protocol.Errorf(protocol.CodeBadRequest, "certificate is required")
 		}
-		j.run = func(ctx context.Context, _ *job) (any, error) { return d.importCert(ctx, a) }
+		j.run = func(ctx context.Context, j *job) (any, error) { return d.importCert(ctx, j, a) }
+		j.slotID = a.SlotID
 		return d.slotHSM(a.SlotID)
 	case protocol.CmdSlotShow:
 		var a protocol.SlotIDArgs
@@ -84,13 +88,22 @@ func (d *Device) route(j *job) (string, *protocol.Error) {
 			return "", e
 		}
 		j.run = func(ctx context.Context, _ *job) (any, error) { return d.clear(ctx, a) }
+		j.slotID = a.SlotID
 		return d.slotHSM(a.SlotID)
 	case protocol.CmdSign:
 		return d.routeSign(j)
 	case protocol.CmdReload, protocol.CmdRestart:
 		return d.routeLifecycle(j)
 	case protocol.CmdAuditTail:
-		return "", protocol.Errorf(protocol.CodeUnsupported, "%s is not available in this version", j.cmd)
+		var a protocol.AuditTailArgs
+		if e := protocol.DecodeArgs(j.req.Args, &a); e != nil {
+			return "", e
+		}
+		if a.N < 0 || a.N > 256 {
+			return "", protocol.Errorf(protocol.CodeBadRequest, "n must be 0..256 (0: all kept in memory)")
+		}
+		j.run = func(context.Context, *job) (any, error) { return d.auditTail(a.N) }
+		return "", nil
 	}
 	return "", protocol.Errorf(protocol.CodeUnknownCommand, "unknown command %q", j.cmd)
 }
@@ -164,11 +177,12 @@ func (d *Device) provision(ctx context.Context, a protocol.ProvisionArgs) (any, 
 		Attestation: rec.Attestation, Note: rec.Note}, nil
 }
 
-func (d *Device) selfSign(ctx context.Context, a protocol.ProvisioningCertArgs) (any, error) {
+func (d *Device) selfSign(ctx context.Context, j *job, a protocol.ProvisioningCertArgs) (any, error) {
 	cert, err := d.slots.SelfSign(ctx, a.SlotID, []byte(a.ProvisioningCert))
 	if err != nil {
 		return nil, err
 	}
+	j.rec.Subject, j.rec.Serial = cert.Subject.String(), hex.EncodeToString(cert.SerialNumber.Bytes())
 	d.slotChanged(a.SlotID, store.Provisioned)
 	return protocol.CertificateResult{Certificate: string(ca.EncodeCertificatePEM(cert))}, nil
 }
@@ -182,10 +196,12 @@ func (d *Device) csr(ctx context.Context, a protocol.ProvisioningCertArgs) (any,
 	return protocol.CSRResult{CSR: string(ca.EncodeCSRPEM(csr))}, nil
 }
 
-func (d *Device) importCert(ctx context.Context, a protocol.ImportCertArgs) (any, error) {
-	if _, err := d.slots.ImportCert(ctx, a.SlotID, []byte(a.Certificate), []byte(a.Chain)); err != nil {
+func (d *Device) importCert(ctx context.Context, j *job, a protocol.ImportCertArgs) (any, error) {
+	cert, err := d.slots.ImportCert(ctx, a.SlotID, []byte(a.Certificate), []byte(a.Chain))
+	if err != nil {
 		return nil, err
 	}
+	j.rec.Subject, j.rec.Serial = cert.Subject.String(), hex.EncodeToString(cert.SerialNumber.Bytes())
 	d.slotChanged(a.SlotID, store.Provisioned)
 	return d.show(a.SlotID)
 }

@@ -4,6 +4,8 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"github.com/iot-hsm/iot-hsm/audit"
+	"github.com/iot-hsm/iot-hsm/auth"
 	"log/slog"
 	"os"
 	"strings"
@@ -37,7 +39,13 @@ type Options struct {
 	// AllowDigest enables sign kind digest (raw digests are refused by default: the
 	// appliance cannot apply CA policy to something it cannot read).
 	AllowDigest bool
-	Now         func() time.Time
+	// Verifier, when set, makes the device accept only requests signed (compact
+	// JWS) by a certificate that chains to the controllers' bundle.
+	Verifier *auth.Verifier
+	// Audit records every provisioning action and every signature, durably,
+	// before the reply leaves.
+	Audit *audit.Log
+	Now   func() time.Time
 
 	// Hooks for the appliance runtime (systemd, LEDs); all optional.
 	//

@@ -5,6 +5,10 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
+	"github.com/iot-hsm/iot-hsm/audit"
+	"github.com/iot-hsm/iot-hsm/auth"
+	"github.com/iot-hsm/iot-hsm/hsm"
 	"log/slog"
 	"time"
 
@@ -21,6 +25,9 @@ type job struct {
 	slotID   string // resolved target slot, when there is one
 	run      handler
 	deadline time.Duration
+
+	requester string       // who signed the request, when requests are signed
+	rec       audit.Record // what the handler did, for the audit trail
 }
 
 type handler func(ctx context.Context, j *job) (any, error)
@@ -55,6 +62,18 @@ func (d *Device) Handle(topic string, payload []byte) {
 		d.dropped.Add(1)
 		return
 	}
+	payload, requester, perr := d.authenticate(payload)
+	if perr != nil {
+		// Answer where the request asked, though nothing in it can be trusted: the
+		// refusal itself carries nothing.
+		inner := payload
+		if auth.IsJWS(payload) {
+			inner = auth.PeekPayload(payload)
+		}
+		req, _ := protocol.DecodeRequest(inner)
+		d.refuse(req, cmd, requester, perr)
+		return
+	}
 	req, perr := protocol.DecodeRequest(payload)
 	if perr != nil {
 		if req.ID == "" {
@@ -65,15 +84,19 @@ func (d *Device) Handle(topic string, payload []byte) {
 		d.replyNow(req, cmd, perr)
 		return
 	}
+	if d.opts.Verifier != nil && req.ExpiresAt == nil {
+		d.refuse(req, cmd, requester, protocol.Errorf(protocol.CodeUnauthorized, "a signed request must carry expires_at"))
+		return
+	}
 	if d.expired(req) {
-		d.replyNow(req, cmd, protocol.Errorf(protocol.CodeExpired, "request expired at %s", req.ExpiresAt.UTC().Format(time.RFC3339)))
+		d.refuse(req, cmd, requester, protocol.Errorf(protocol.CodeExpired, "request expired at %s", req.ExpiresAt.UTC().Format(time.RFC3339)))
 		return
 	}
 	fp := protocol.Fingerprint(cmd, req.Args)
 	if d.replayed(req, cmd, fp) {
 		return
 	}
-	j := &job{cmd: cmd, req: req, fp: fp, caID: caID, deadline: 30 * time.Second}
+	j := &job{cmd: cmd, req: req, fp: fp, caID: caID, deadline: 30 * time.Second, requester: requester}
 	hsmID, perr := d.route(j)
 	if perr != nil {
 		d.replyNow(req, cmd, perr)
@@ -81,6 +104,48 @@ func (d *Device) Handle(topic string, payload []byte) {
 	}
 	wedgeForTest(j)
 	d.enqueue(hsmID, j)
+}
+
+// authenticate unwraps a signed request. With a controllers bundle configured only
+// signed requests chaining to it pass; without one, a signed request is taken after
+// its signature is checked against its own certificate.
+func (d *Device) authenticate(payload []byte) ([]byte, string, *protocol.Error) {
+	if len(payload) > 2*protocol.MaxPayload {
+		return payload, "", nil // DecodeRequest refuses it as oversize
+	}
+	jws := auth.IsJWS(payload)
+	switch {
+	case d.opts.Verifier != nil && !jws:
+		return payload, "", protocol.Errorf(protocol.CodeUnauthorized, "this appliance takes only signed requests (compact JWS)")
+	case d.opts.Verifier != nil:
+		inner, who, err := d.opts.Verifier.Verify(payload)
+		if err != nil {
+			return payload, "", protocol.Errorf(protocol.CodeUnauthorized, "%v", err)
+		}
+		return inner, who, nil
+	case jws:
+		inner, who, err := auth.Unwrap(payload)
+		if err != nil {
+			return payload, "", protocol.Errorf(protocol.CodeUnauthorized, "%v", err)
+		}
+		return inner, who, nil
+	}
+	return payload, "", nil
+}
+
+// refuse answers a request that is not run, and records the refusal in the audit
+// trail: a forged or stale request is something an auditor wants to see.
+func (d *Device) refuse(req protocol.Request, cmd, requester string, e *protocol.Error) {
+	if d.opts.Audit != nil {
+		if _, err := d.opts.Audit.Append(audit.Record{RequestID: req.ID, Requester: requester, Command: cmd, Result: e.Code}); err != nil {
+			slog.Error("audit trail", "err", err)
+		}
+	}
+	if req.ID == "" {
+		d.dropped.Add(1)
+		return
+	}
+	d.replyNow(req, cmd, e)
 }
 
 func (d *Device) expired(req protocol.Request) bool {
@@ -207,6 +272,12 @@ func (d *Device) runJob(j *job) {
 	} else if rep.Result, err = json.Marshal(result); err != nil {
 		rep.OK, rep.Result, rep.Error = false, nil, protocol.Errorf(protocol.CodeInternal, "encoding the result failed")
 	}
+	if err := d.record(j, rep); err != nil {
+		// Nothing leaves unrecorded: the result is withheld and the request may be
+		// repeated once the trail is writable again.
+		slog.Error("audit trail not written; result withheld", "id", j.req.ID, "err", err)
+		rep = protocol.Reply{ID: j.req.ID, Cmd: j.cmd, Error: protocol.Errorf(protocol.CodeInternal, "the audit trail could not be written")}
+	}
 	out, _ := json.Marshal(rep)
 	if cacheable(rep) {
 		if err := d.store.PutReply(j.req.ID, store.Reply{Digest: j.fp, Payload: out, Stored: d.opts.Now()}); err != nil {
@@ -276,4 +347,41 @@ func (d *Device) failQueued(hsmID string) {
 			return
 		}
 	}
+}
+
+// audited are the commands the audit trail records: every provisioning action and
+// every signature. Reads (status, lists, show, audit.tail) are not recorded.
+var audited = map[string]bool{
+	protocol.CmdHSMSetPIN: true, protocol.CmdSlotProvision: true, protocol.CmdSlotSelfSign: true,
+	protocol.CmdSlotCSR: true, protocol.CmdSlotImport: true, protocol.CmdSlotClear: true,
+	protocol.CmdSign: true, protocol.CmdReload: true, protocol.CmdRestart: true,
+}
+
+// record appends the job's outcome to the audit trail, synced to disk.
+func (d *Device) record(j *job, rep protocol.Reply) error {
+	if d.opts.Audit == nil || !audited[j.cmd] {
+		return nil
+	}
+	r := j.rec
+	r.RequestID, r.Requester, r.Command, r.Result = j.req.ID, j.requester, j.cmd, "ok"
+	if r.SlotID == "" {
+		r.SlotID = j.slotID
+	}
+	if rep.Error != nil {
+		r.Result = rep.Error.Code
+	}
+	_, err := d.opts.Audit.Append(r)
+	return err
+}
+
+// AuditTail answers audit.tail: the last records with their hash-chain links.
+func (d *Device) auditTail(n int) (any, error) {
+	if d.opts.Audit == nil {
+		return nil, fmt.Errorf("%w: no audit trail on this appliance", hsm.ErrUnsupported)
+	}
+	res := protocol.AuditTailResult{Records: []protocol.AuditRecord{}, Head: d.opts.Audit.Head().Hash}
+	for _, r := range d.opts.Audit.Tail(n) {
+		res.Records = append(res.Records, protocol.AuditRecord(r))
+	}
+	return res, nil
 }

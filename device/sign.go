@@ -3,6 +3,7 @@ package device
 import (
 	"context"
 	"crypto"
+	"crypto/sha256"
 	"crypto/x509"
 	"encoding/hex"
 	"encoding/pem"
@@ -52,9 +53,9 @@ func (d *Device) routeSign(j *job) (string, *protocol.Error) {
 	if err != nil {
 		return "", toProtocolError(err)
 	}
-	j.slotID = rec.ID
+	j.slotID, j.rec.Kind = rec.ID, a.Kind
 	j.run = func(ctx context.Context, j *job) (any, error) {
-		res, err := d.sign(ctx, j.slotID, a)
+		res, err := d.sign(ctx, j, a)
 		d.signed(j.slotID, err)
 		return res, err
 	}
@@ -122,7 +123,8 @@ func (d *Device) issuer(ctx context.Context, slotID string) (*ca.Issuer, error) 
 	return is, nil
 }
 
-func (d *Device) sign(ctx context.Context, slotID string, a protocol.SignArgs) (any, error) {
+func (d *Device) sign(ctx context.Context, j *job, a protocol.SignArgs) (any, error) {
+	slotID := j.slotID
 	is, err := d.issuer(ctx, slotID)
 	if err != nil {
 		return nil, err
@@ -144,6 +146,7 @@ func (d *Device) sign(ctx context.Context, slotID string, a protocol.SignArgs) (
 			return nil, err
 		}
 		res.Certificate, res.Serial = string(ca.EncodeCertificatePEM(cert)), hex.EncodeToString(cert.SerialNumber.Bytes())
+		j.rec.Subject, j.rec.Serial, j.rec.Digest = cert.Subject.String(), res.Serial, digestHex(cert.Raw)
 	case protocol.KindTBS:
 		if len(a.TBS) == 0 {
 			return nil, fmt.Errorf("%w: tbs is required", ErrBadRequest)
@@ -153,12 +156,14 @@ func (d *Device) sign(ctx context.Context, slotID string, a protocol.SignArgs) (
 			return nil, err
 		}
 		res.Certificate, res.Serial = string(ca.EncodeCertificatePEM(cert)), hex.EncodeToString(cert.SerialNumber.Bytes())
+		j.rec.Subject, j.rec.Serial, j.rec.Digest = cert.Subject.String(), res.Serial, digestHex(cert.Raw)
 	case protocol.KindCRL:
 		der, err := d.crl(is, a, now)
 		if err != nil {
 			return nil, err
 		}
 		res.CRL = string(pem.EncodeToMemory(&pem.Block{Type: "X509 CRL", Bytes: der}))
+		j.rec.Serial, j.rec.Digest = a.Number.String(), digestHex(der)
 	case protocol.KindCMS:
 		if len(a.Data) == 0 {
 			return nil, fmt.Errorf("%w: data is required", ErrBadRequest)
@@ -166,10 +171,12 @@ func (d *Device) sign(ctx context.Context, slotID string, a protocol.SignArgs) (
 		if res.CMS, err = is.SignCMS(a.Data, a.Detached, now); err != nil {
 			return nil, err
 		}
+		j.rec.Digest = digestHex(a.Data)
 	case protocol.KindOCSP:
 		if res.OCSP, err = d.ocsp(is, a, now); err != nil {
 			return nil, err
 		}
+		j.rec.Digest = digestHex(res.OCSP)
 	case protocol.KindDigest:
 		h, err := hashOf(a.Hash)
 		if err != nil {
@@ -178,6 +185,7 @@ func (d *Device) sign(ctx context.Context, slotID string, a protocol.SignArgs) (
 		if res.Signature, err = is.SignDigest(a.Digest, h, a.PSS, now); err != nil {
 			return nil, err
 		}
+		j.rec.Digest = hex.EncodeToString(a.Digest)
 	}
 	d.signatures.Add(1)
 	return res, nil
@@ -336,4 +344,10 @@ func profileOf(p *protocol.Profile) (ca.Profile, error) {
 	}
 	out.CRLDistributionPoints, out.OCSPServers, out.IssuingCertificateURLs = p.CRLDistributionPoints, p.OCSPServers, p.IssuingCertificateURLs
 	return out, nil
+}
+
+// digestHex is the SHA-256 of what was signed, for the audit trail.
+func digestHex(b []byte) string {
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:])
 }

@@ -249,3 +249,32 @@ type Event struct {
 	State   string    `json:"state,omitempty"`
 	Message string    `json:"message,omitempty"`
 }
+
+// AuditTailArgs are the arguments of audit.tail.
+type AuditTailArgs struct {
+	N int `json:"n,omitempty"`
+}
+
+// AuditTailResult is the result of audit.tail: the last records, oldest first, and
+// the hash of the newest, which an auditor compares with a copy of the trail.
+type AuditTailResult struct {
+	Records []AuditRecord `json:"records"`
+	Head    string        `json:"head"`
+}
+
+// AuditRecord is one record of the audit trail (audit.Record on the wire).
+type AuditRecord struct {
+	Seq       uint64    `json:"seq"`
+	Time      time.Time `json:"time"`
+	RequestID string    `json:"request_id"`
+	Requester string    `json:"requester,omitempty"`
+	Command   string    `json:"cmd"`
+	SlotID    string    `json:"slot_id,omitempty"`
+	Kind      string    `json:"kind,omitempty"`
+	Subject   string    `json:"subject,omitempty"`
+	Serial    string    `json:"serial,omitempty"`
+	Digest    string    `json:"digest,omitempty"`
+	Result    string    `json:"result"`
+	Prev      string    `json:"prev"`
+	Hash      string    `json:"hash"`
+}

@@ -8,6 +8,8 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
+	"github.com/iot-hsm/iot-hsm/audit"
+	"github.com/iot-hsm/iot-hsm/auth"
 	"sync"
 	"testing"
 	"time"
@@ -54,6 +56,8 @@ type appliance struct {
 type options struct {
 	queueSize   int
 	allowDigest bool
+	verifier    *auth.Verifier
+	audit       *audit.Log
 }
 
 func startAppliance(t *testing.T, brokerURL, deviceID string, tok *softhsm.Token, o options) *appliance {
@@ -89,7 +93,8 @@ func startWith(t *testing.T, brokerURL, deviceID string, p hsm.Provider, o optio
 	if err := reg.Rescan(ctx); err != nil {
 		t.Fatal(err)
 	}
-	dev := device.New(device.Options{DeviceID: deviceID, Version: "test", QueueSize: o.queueSize, AllowDigest: o.allowDigest},
+	dev := device.New(device.Options{DeviceID: deviceID, Version: "test", QueueSize: o.queueSize, AllowDigest: o.allowDigest,
+		Verifier: o.verifier, Audit: o.audit},
 		&device.Slots{Store: st, Registry: reg})
 	client, err := mqtt.New(mqtt.Config{
 		Broker: brokerURL, ClientID: "iot-hsm-" + deviceID, AllowPlaintext: true,

@@ -1,0 +1,144 @@
+package e2e
+
+import (
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/json"
+	"encoding/pem"
+	"errors"
+	"math/big"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/iot-hsm/iot-hsm/audit"
+	"github.com/iot-hsm/iot-hsm/auth"
+	"github.com/iot-hsm/iot-hsm/internal/softhsm"
+	"github.com/iot-hsm/iot-hsm/protocol"
+)
+
+// controllerPKI issues the certificates of the parties allowed to give orders.
+type controllerPKI struct {
+	ca  *x509.Certificate
+	key crypto.Signer
+}
+
+func newControllerPKI(t *testing.T, name string) *controllerPKI {
+	t.Helper()
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: name},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
+		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign}
+	der, _ := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
+	ca, _ := x509.ParseCertificate(der)
+	return &controllerPKI{ca: ca, key: key}
+}
+
+func (p *controllerPKI) issue(t *testing.T, cn string, notAfter time.Time) (crypto.Signer, *x509.Certificate) {
+	t.Helper()
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(time.Now().UnixNano()), Subject: pkix.Name{CommonName: cn},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: notAfter, KeyUsage: x509.KeyUsageDigitalSignature}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, p.ca, key.Public(), p.key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, _ := x509.ParseCertificate(der)
+	return key, c
+}
+
+func (p *controllerPKI) bundle() []byte {
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: p.ca.Raw})
+}
+
+// send publishes a request (signed by key/cert when given) and returns the reply.
+func send(t *testing.T, op *operator, a *appliance, cmd string, args any, expires *time.Time, key crypto.Signer, cert *x509.Certificate) protocol.Reply {
+	t.Helper()
+	raw, _ := json.Marshal(args)
+	id := randomID()
+	payload, _ := json.Marshal(protocol.Request{ID: id, ReplyTo: op.replyTo, ExpiresAt: expires, Args: raw})
+	if key != nil {
+		var err error
+		if payload, err = auth.Sign(payload, key, []*x509.Certificate{cert}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	op.publish(a.dev.Topics().Cmd(cmd), payload)
+	return op.wait(id, 1, time.Minute)
+}
+
+func TestSignedRequestsAndAuditTrail(t *testing.T) {
+	b := brokers(t)[0]
+	trusted, rogue := newControllerPKI(t, "PKI controllers"), newControllerPKI(t, "someone with broker access")
+	v, err := auth.NewVerifier(trusted.bundle())
+	if err != nil {
+		t.Fatal(err)
+	}
+	trail := filepath.Join(t.TempDir(), "audit.log")
+	log, err := audit.Open(trail)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := startAppliance(t, b.url, "signed-"+randomID(), softhsm.New(t, "signed"), options{verifier: v, audit: log})
+	op := newOperator(t, b.url)
+	soon := time.Now().Add(time.Minute).UTC()
+	past := time.Now().Add(-time.Minute).UTC()
+	key, cert := trusted.issue(t, "pkiaas-controller", time.Now().Add(time.Hour))
+	rkey, rcert := rogue.issue(t, "pkiaas-controller", time.Now().Add(time.Hour))
+	ekey, ecert := trusted.issue(t, "retired-controller", time.Now().Add(-time.Minute))
+	provision := protocol.ProvisionArgs{HSM: a.hsmID, Slot: "01", Mode: "generate", KeyType: "p256"}
+
+	failed(t, send(t, op, a, protocol.CmdSlotProvision, provision, &soon, nil, nil), protocol.CodeUnauthorized)
+	failed(t, send(t, op, a, protocol.CmdSlotProvision, provision, &soon, rkey, rcert), protocol.CodeUnauthorized)
+	failed(t, send(t, op, a, protocol.CmdSlotProvision, provision, &soon, ekey, ecert), protocol.CodeUnauthorized)
+	failed(t, send(t, op, a, protocol.CmdSlotProvision, provision, nil, key, cert), protocol.CodeUnauthorized)
+	failed(t, send(t, op, a, protocol.CmdSlotProvision, provision, &past, key, cert), protocol.CodeExpired)
+	if got := onToken(t, a); len(got) != 0 {
+		t.Fatalf("a refused request generated a key: %v", got)
+	}
+	res := ok[protocol.ProvisionResult](t, send(t, op, a, protocol.CmdSlotProvision, provision, &soon, key, cert))
+	root := ok[protocol.CertificateResult](t, send(t, op, a, protocol.CmdSlotSelfSign,
+		protocol.ProvisioningCertArgs{SlotID: res.SlotID, ProvisioningCert: provisioningCert(t, "Signed Root", 0)}, &soon, key, cert))
+	leaf := ok[protocol.SignResult](t, send(t, op, a, protocol.CmdSign, protocol.SignArgs{SlotID: res.SlotID, Kind: protocol.KindCertificate,
+		CSR: leafCSR(t, "audited.example.com"), Profile: &protocol.Profile{Validity: "1h"}}, &soon, key, cert))
+
+	tail := ok[protocol.AuditTailResult](t, send(t, op, a, protocol.CmdAuditTail, protocol.AuditTailArgs{}, &soon, key, cert))
+	if len(tail.Records) != 8 {
+		t.Fatalf("%d audit records, want 5 refusals + provision + selfsign + sign: %+v", len(tail.Records), tail.Records)
+	}
+	var results []string
+	for _, r := range tail.Records {
+		results = append(results, r.Command+":"+r.Result)
+	}
+	want := "slot.provision:unauthorized slot.provision:unauthorized slot.provision:unauthorized slot.provision:unauthorized slot.provision:expired slot.provision:ok slot.selfsign:ok sign:ok"
+	if strings.Join(results, " ") != want {
+		t.Fatalf("audit trail:\n got %s\nwant %s", strings.Join(results, " "), want)
+	}
+	last := tail.Records[7]
+	if last.Serial != leaf.Serial || !strings.Contains(last.Subject, "audited.example.com") || last.SlotID != res.SlotID ||
+		!strings.Contains(last.Requester, "pkiaas-controller") || len(last.Digest) != 64 || last.Hash != tail.Head || last.Prev != tail.Records[6].Hash {
+		t.Fatalf("sign record: %+v", last)
+	}
+	if !strings.Contains(tail.Records[6].Subject, "Signed Root") || root == (protocol.CertificateResult{}) {
+		t.Fatalf("selfsign record: %+v", tail.Records[6])
+	}
+
+	// The trail verifies offline; a changed record is found.
+	f, _ := os.Open(trail)
+	n, err := audit.Verify(f)
+	f.Close()
+	if err != nil || n != 8 {
+		t.Fatalf("audit verify: %d, %v", n, err)
+	}
+	data, _ := os.ReadFile(trail)
+	forged := strings.Replace(string(data), leaf.Serial, "01", 1)
+	if _, err := audit.Verify(strings.NewReader(forged)); !errors.Is(err, audit.ErrBroken) || !strings.Contains(err.Error(), "line 8") {
+		t.Fatalf("a changed serial: %v", err)
+	}
+}

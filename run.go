@@ -23,6 +23,7 @@ import (
 	"github.com/iot-hsm/iot-hsm/leds"
 	"github.com/iot-hsm/iot-hsm/mqtt"
 	"github.com/iot-hsm/iot-hsm/protocol"
+	"github.com/iot-hsm/iot-hsm/secrets"
 	"github.com/iot-hsm/iot-hsm/store"
 )
 
@@ -343,6 +344,7 @@ func (d *daemon) startNetwork(ctx context.Context) error {
 		DeviceID: cfg.DeviceID, TopicRoot: cfg.TopicRoot, Version: version,
 		QueueSize: cfg.QueueSize, AllowDigest: cfg.AllowDigest,
 		Verifier: verifier, Audit: d.core.audit,
+		Secrets:  d.core.secrets,
 		OnChange: func(protocol.Status) { poke(d.changed) },
 		OnSign: func(slotID string, e *protocol.Error) {
 			code := ""
@@ -367,7 +369,7 @@ func (d *daemon) startNetwork(ctx context.Context) error {
 	}
 	client.OnConnect(d.dev.Connected)
 	client.OnConnectionLost(func(error) { poke(d.changed) })
-	if err := d.dev.Start(ctx, transport{client}); err != nil {
+	if err := d.dev.Start(ctx, client); err != nil {
 		d.dev.Stop()
 		client.Close(0)
 		if broker != nil {
@@ -399,18 +401,6 @@ func poke(c chan struct{}) {
 	default:
 	}
 }
-
-// transport adapts the MQTT client to what the device core needs.
-type transport struct{ c *mqtt.Client }
-
-func (t transport) Publish(ctx context.Context, topic string, payload []byte, retained bool) error {
-	return t.c.Publish(ctx, topic, payload, retained)
-}
-func (t transport) Subscribe(filter string, h func(string, []byte)) error {
-	return t.c.Subscribe(filter, h)
-}
-func (t transport) Unsubscribe(filter string) error { return t.c.Unsubscribe(filter) }
-func (t transport) Connected() bool                 { return t.c.Connected() }
 
 // setupLogging logs text to stderr (the journal under systemd) at a level a reload
 // can change.
@@ -447,6 +437,7 @@ type core struct {
 	registry *device.Registry
 	slots    *device.Slots
 	audit    *audit.Log
+	secrets  *secrets.Store // PINs stored by hsm.set_pin with persist, sealed
 }
 
 // openCore opens the state store and the HSM backends. A module that does not load
@@ -455,6 +446,11 @@ type core struct {
 func openCore(ctx context.Context, cfg *config.Config) (*core, error) {
 	st, err := store.Open(cfg.StateDir)
 	if err != nil {
+		return nil, err
+	}
+	sec, err := secrets.New(cfg.Secrets.Key(), cfg.StateDir)
+	if err != nil {
+		st.Close()
 		return nil, err
 	}
 	pk := &pkcs11Set{}
@@ -474,7 +470,9 @@ func openCore(ctx context.Context, cfg *config.Config) (*core, error) {
 		return nil, err
 	}
 	providers = append(providers, kms...)
-	reg := device.NewRegistry(providers...)
+	// Stored PINs are tried once each, after the configured ones, as tokens are
+	// first seen (at this scan, or later when plugged in).
+	reg := device.NewRegistry(secrets.NewApplier(sec, nil).Wrap(providers...)...)
 	if err := reg.Rescan(ctx); err != nil {
 		slog.Warn("HSM scan incomplete", "err", err)
 	}
@@ -486,7 +484,8 @@ func openCore(ctx context.Context, cfg *config.Config) (*core, error) {
 		st.Close()
 		return nil, err
 	}
-	return &core{store: st, pkcs11: pk, registry: reg, slots: &device.Slots{Store: st, Registry: reg}, audit: al}, nil
+	return &core{store: st, pkcs11: pk, registry: reg, slots: &device.Slots{Store: st, Registry: reg}, audit: al,
+		secrets: sec}, nil
 }
 
 func (c *core) logInventory(ctx context.Context) {
@@ -508,3 +507,6 @@ func (c *core) close() {
 	c.store.Close()
 	c.audit.Close()
 }
+
+// The broker session is the device core's transport as it is.
+var _ device.Transport = (*mqtt.Client)(nil)

@@ -93,7 +93,7 @@ type Message struct {
 // and must return promptly without waiting on this client (see the package
 // documentation). topic is the message's topic (never the "$share/..." filter).
 // payload is not reused by the client; the handler may keep it.
-type Handler func(topic string, payload []byte)
+type Handler = func(topic string, payload []byte)
 
 // subscription is a remembered filter: restored on every connect, because a broker
 // restart (or a broker without persistence) forgets the session.

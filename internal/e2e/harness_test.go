@@ -104,7 +104,7 @@ func startWith(t *testing.T, brokerURL, deviceID string, p hsm.Provider, o optio
 		t.Fatal(err)
 	}
 	client.OnConnect(dev.Connected)
-	if err := dev.Start(ctx, transport{client}); err != nil {
+	if err := dev.Start(ctx, client); err != nil {
 		t.Fatal(err)
 	}
 	sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
@@ -127,17 +127,6 @@ func (a *appliance) stop() {
 	a.reg.Close()
 	a.dev = nil
 }
-
-type transport struct{ c *mqtt.Client }
-
-func (t transport) Publish(ctx context.Context, topic string, payload []byte, retained bool) error {
-	return t.c.Publish(ctx, topic, payload, retained)
-}
-func (t transport) Subscribe(filter string, h func(string, []byte)) error {
-	return t.c.Subscribe(filter, h)
-}
-func (t transport) Unsubscribe(filter string) error { return t.c.Unsubscribe(filter) }
-func (t transport) Connected() bool                 { return t.c.Connected() }
 
 // operator is a PKI or an operator's script: a plain MQTT client.
 type operator struct {

@@ -51,5 +51,38 @@ lint:
 demo: deps build
 	BIN=$(BIN) bash scripts/demo.sh
 
+# Benchmarks (bench/, issue 9): the token's own signing speed, the same through the
+# appliance and mosquitto, the seed's openssl-per-certificate way, memory, start-up and
+# binary size; writes bench/RESULTS.md and bench/results.json in about five minutes.
+# What it runs against is installed as deps installs (only when missing), including the
+# PKCS#11 engine for openssl that deps leaves out.
+.PHONY: bench
+bench: build
+	@$(MAKE) --no-print-directory deps DEB_PACKAGES="softhsm2 mosquitto openssl libengine-pkcs11-openssl"
+	$(GO) run ./bench -bin $(BIN) -out bench
+
 clean:
 	rm -rf bin
+
+# Static ARM binaries and the appliance image (README: "Cross builds and the appliance
+# image"). cross: bin/iot-hsm-linux-arm64 and bin/iot-hsm-linux-armv7, static cgo builds
+# with Debian's cross compilers and a static pcsc-lite built once from Debian's source
+# package (cross/build/); installs what is missing. cross-test: both binaries under
+# qemu-user, unit tests through `go test -exec`, and the arm64 daemon on Debian's arm64
+# SoftHSM2 module driven by this machine's console. buildroot-check: what the
+# BR2_EXTERNAL tree in buildroot/ can prove without Buildroot.
+.PHONY: cross cross-deps cross-test cross-clean buildroot-check
+cross:
+	VERSION=$(VERSION) GO=$(GO) bash cross/cross.sh build
+
+cross-deps:
+	bash cross/cross.sh deps
+
+cross-test: build cross
+	HOST_BIN=$(BIN) GO=$(GO) bash cross/cross-test.sh
+
+cross-clean:
+	rm -rf cross/build bin/iot-hsm-linux-arm64 bin/iot-hsm-linux-armv7
+
+buildroot-check: build
+	HOST_BIN=$(BIN) bash buildroot/check.sh

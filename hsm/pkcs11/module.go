@@ -40,6 +40,7 @@ type Module struct {
 
 // Open loads and initialises the module at path.
 func Open(path string) (*Module, error) {
+	defer pinThread()()
 	if _, err := os.Stat(path); err != nil {
 		return nil, fmt.Errorf("%w: PKCS#11 module %s: %v", hsm.ErrInvalidConfig, path, err)
 	}
@@ -101,6 +102,7 @@ func (m *Module) Rescan(ctx context.Context) ([]hsm.Token, error) {
 }
 
 func (m *Module) scan(ctx context.Context) ([]*Token, error) {
+	defer pinThread()()
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
@@ -154,6 +156,7 @@ func (m *Module) scan(ctx context.Context) ([]*Token, error) {
 // reinit finalises and initialises the library again. Unless forced, it runs at most
 // once per reinitGap.
 func (m *Module) reinit(force bool) error {
+	defer pinThread()()
 	m.rw.Lock()
 	defer m.rw.Unlock()
 	if !force && time.Since(m.lastReinit) < reinitGap {
@@ -171,6 +174,7 @@ func (m *Module) reinit(force bool) error {
 
 // Close logs out, finalises and unloads the module.
 func (m *Module) Close() error {
+	defer pinThread()()
 	m.mu.Lock()
 	if m.closed {
 		m.mu.Unlock()

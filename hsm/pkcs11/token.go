@@ -143,6 +143,7 @@ func (t *Token) do(ctx context.Context, fn func(pkcs11.SessionHandle) error) err
 // failures into hsm errors. When the token turns out to be gone, the session is dropped
 // and the token reconnected once: re-plugged tokens come back without a restart.
 func (t *Token) withSession(ctx context.Context, fn func(pkcs11.SessionHandle) error) error {
+	defer pinThread()()
 	if err := ctx.Err(); err != nil {
 		return err
 	}
@@ -299,6 +300,7 @@ func (t *Token) mapErr(err error) error {
 }
 
 func (t *Token) refreshFlags() {
+	defer pinThread()()
 	t.m.rw.RLock()
 	defer t.m.rw.RUnlock()
 	if ti, err := t.m.ctx.GetTokenInfo(t.slotID); err == nil {
@@ -308,6 +310,7 @@ func (t *Token) refreshFlags() {
 
 // Close logs out and closes the session. The token stays known to its module.
 func (t *Token) Close() error {
+	defer pinThread()()
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if t.open {

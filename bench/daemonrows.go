@@ -1,0 +1,276 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/iot-hsm/iot-hsm/protocol"
+)
+
+const startTrials = 5
+
+// daemonRows runs the real binary: memory idle and under load, and start-up time.
+func (b *bench) daemonRows() {
+	o, err := newOperator(b.mos.url)
+	if err != nil {
+		b.fail(secDaemon, "operator", err)
+		return
+	}
+	defer o.close()
+	expect, where := sdNotifyInCode(b.root)
+	d, err := newDaemon(b.bin, b.work, b.mos.url, o, expect)
+	if err != nil {
+		b.fail(secDaemon, "daemon token", err)
+		return
+	}
+	b.memoryRows(d)
+
+	var online, ready []float64
+	var phases []map[string]float64
+	for i := range startTrials {
+		s, err := d.start(fmt.Sprintf("bench-start-%d", i))
+		if err != nil {
+			b.fail(secDaemon, "start-up", err)
+			return
+		}
+		online = append(online, ms(s.online))
+		if s.ready > 0 {
+			ready = append(ready, ms(s.ready))
+		}
+		phases = append(phases, logPhases(s))
+		s.stop()
+	}
+	med := median(online)
+	progress("daemon start to first online status: median %.0f ms of %d; READY=1 in %d of them", med, startTrials, len(ready))
+	notify := "no sd_notify code in the product yet (grep NOTIFY_SOCKET/SdNotify)"
+	if expect {
+		notify = "sd_notify code found in " + where
+	}
+	if len(ready) == startTrials {
+		mr := median(ready)
+		b.rows = append(b.rows, Row{Section: secDaemon, Name: "start to READY=1 (NOTIFY_SOCKET), median of 5", Value: val(mr), Unit: "ms",
+			Metrics: map[string]float64{"min_ms": slices.Min(ready), "max_ms": slices.Max(ready), "first_online_median_ms": med},
+			Target:  "≤ 300 ms", Status: verdict(mr <= 300),
+			Note: fmt.Sprintf("%s; first online status at %.0f ms; broker already up", notify, med)})
+		if mr > 300 {
+			b.rows[len(b.rows)-1].Reason = startReason(phases, online, med)
+		}
+	} else {
+		row := Row{Section: secDaemon, Name: "start to first online status (READY=1 not sent yet), median of 5", Value: val(med), Unit: "ms",
+			Metrics: map[string]float64{"min_ms": slices.Min(online), "max_ms": slices.Max(online)},
+			Target:  "≤ 300 ms (the READY target, measured on the first retained online status)", Status: verdict(med <= 300),
+			Profile: map[string]any{"log_phases_ms": phases, "online_ms": online},
+			Note: fmt.Sprintf("from fork/exec to the retained online status at a subscriber; broker already up; %s; min %.0f ms, max %.0f ms",
+				notify, slices.Min(online), slices.Max(online))}
+		if expect && len(ready) < startTrials {
+			row.Note += fmt.Sprintf("; READY=1 arrived in %d of %d starts", len(ready), startTrials)
+		}
+		if med > 300 {
+			row.Reason = startReason(phases, online, med)
+		}
+		b.rows = append(b.rows, row)
+	}
+}
+
+func (b *bench) memoryRows(d *daemon) {
+	const id = "bench-daemon"
+	s, err := d.start(id)
+	if err != nil {
+		b.fail(secDaemon, "resident memory", err)
+		return
+	}
+	defer s.stop()
+	pid := s.cmd.Process.Pid
+	atStart, _ := readStatus(pid)
+	topics := protocol.Topics{Root: protocol.DefaultRoot, Device: id}
+	hl, err := command[protocol.HSMListResult](d.o, topics, protocol.CmdHSMList, struct{}{})
+	if err == nil && len(hl.HSMs) == 0 {
+		err = fmt.Errorf("the daemon lists no HSM")
+	}
+	if err != nil {
+		b.fail(secDaemon, "resident memory", err)
+		return
+	}
+	pc, err := provision(d.o, topics, protocol.ProvisionArgs{HSM: hl.HSMs[0].ID, Slot: "01", Mode: "generate", KeyType: "p256"}, "Bench daemon CA")
+	if err != nil {
+		b.fail(secDaemon, "resident memory", err)
+		return
+	}
+	time.Sleep(2 * time.Second)
+	idle, err := readStatus(pid)
+	if err != nil {
+		b.fail(secDaemon, "resident memory", err)
+		return
+	}
+
+	var peak procStatus
+	stop, done := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(done)
+		t := time.NewTicker(50 * time.Millisecond)
+		defer t.Stop()
+		for {
+			if st, err := readStatus(pid); err == nil && st.VmRSS > peak.VmRSS {
+				peak = st
+			}
+			select {
+			case <-stop:
+				return
+			case <-t.C:
+			}
+		}
+	}()
+	csr, err := leafCSR("node.example.com")
+	if err != nil {
+		b.fail(secDaemon, "resident memory", err)
+		return
+	}
+	certArgs, _ := json.Marshal(protocol.SignArgs{Kind: protocol.KindCertificate, CSR: csr,
+		Profile: &protocol.Profile{Validity: "720h", KeyUsage: []string{"digital_signature"}, ExtKeyUsage: []string{"server_auth"}}})
+	digestArgs, _ := json.Marshal(protocol.SignArgs{Kind: protocol.KindDigest, Digest: make([]byte, 32), Hash: "sha256"})
+	var rates []string
+	for _, l := range []struct {
+		name string
+		args []byte
+	}{{"certificates", certArgs}, {"digests", digestArgs}} {
+		r, err := runLoad(d.o, loadSpec{topic: topics.CASign(pc.CAID), args: l.args, inflight: 64, warmup: b.warmup,
+			window: b.window, brokerPID: b.mos.pid()})
+		if err != nil {
+			close(stop)
+			<-done
+			b.fail(secDaemon, "resident memory under load", err)
+			return
+		}
+		rates = append(rates, fmt.Sprintf("%.0f %s/s", r.Rate, l.name))
+	}
+	close(stop)
+	<-done
+	maps, _ := smapsByFile(pid)
+	end, _ := readStatus(pid)
+	progress("daemon RSS: %.1f MiB at start, %.1f MiB idle, %.1f MiB peak under load", kib(atStart.VmRSS), kib(idle.VmRSS), kib(peak.VmRSS))
+
+	b.rows = append(b.rows, Row{Section: secDaemon, Name: "resident memory, idle (provisioned p256 CA, 2 s after provisioning)",
+		Value: val(kib(idle.VmRSS)), Unit: "MiB", Profile: map[string]procStatus{"at_first_online": atStart, "idle": idle},
+		Note: fmt.Sprintf("VmRSS; %.1f MiB right after the first online status; anonymous %.1f MiB, file-backed %.1f MiB",
+			kib(atStart.VmRSS), kib(idle.RssAnon), kib(idle.RssFile))})
+	row := Row{Section: secDaemon, Name: "resident memory under load (peak VmRSS, 64 in flight)", Value: val(kib(peak.VmRSS)), Unit: "MiB",
+		Target: "≤ 30 MiB", Status: verdict(kib(peak.VmRSS) <= 30),
+		Metrics: map[string]float64{"vm_hwm_mib": kib(end.VmHWM), "rss_anon_mib": kib(peak.RssAnon), "rss_file_mib": kib(peak.RssFile),
+			"threads": float64(peak.Threads)},
+		Profile: map[string]any{"peak": peak, "smaps_at_end": maps, "in_process_heap": b.heap},
+		Note: fmt.Sprintf("sampled every 50 ms during %s at 64 in flight (p256 CA); anonymous %.1f MiB, file-backed %.1f MiB, %d threads",
+			strings.Join(rates, ", then "), kib(peak.RssAnon), kib(peak.RssFile), peak.Threads)}
+	if !(kib(peak.VmRSS) <= 30) {
+		row.Reason = b.memoryReason(peak, maps)
+	}
+	b.rows = append(b.rows, row)
+}
+
+// memoryReason splits the daemon's resident memory by mapping, and names what the Go
+// heap of the in-process run held at the same load.
+func (b *bench) memoryReason(peak procStatus, maps []mapping) string {
+	var top []string
+	for i, m := range maps {
+		if i == 4 {
+			break
+		}
+		top = append(top, fmt.Sprintf("%s %.1f MiB", m.Name, kib(m.RSSKiB)))
+	}
+	out := fmt.Sprintf("peak %.1f MiB = anonymous %.1f + file-backed %.1f MiB; largest mappings at the end of the load: %s",
+		kib(peak.VmRSS), kib(peak.RssAnon), kib(peak.RssFile), strings.Join(top, ", "))
+	if fi, err := os.Stat(b.bin); err == nil {
+		out += fmt.Sprintf(" (%s is %.1f MiB on disk: its code, read-only data and pclntab are paged in)", filepath.Base(b.bin), float64(fi.Size())/(1<<20))
+	}
+	if h := b.heap; h.File != "" {
+		out += fmt.Sprintf("; the in-process run (appliance and client) at the same load had a Go heap of %.1f MiB in use, %.1f MiB of stacks, %.1f MiB from the OS",
+			h.HeapInuseMiB, h.StackMiB, h.SysMiB)
+		if tops := heapTop(h.File); tops != "" {
+			out += "; heap in use by: " + tops
+		}
+	}
+	return out
+}
+
+// heapTop writes `go tool pprof -top` of a heap profile next to it and returns its
+// three largest in-use entries.
+func heapTop(path string) string {
+	out, err := exec.Command(goTool(), "tool", "pprof", "-top", "-sample_index=inuse_space", "-nodecount=20", path).Output()
+	if err != nil {
+		return ""
+	}
+	_ = os.WriteFile(strings.TrimSuffix(path, ".pprof")+".top.txt", out, 0o644)
+	var tops []string
+	in := false
+	for _, line := range strings.Split(string(out), "\n") {
+		f := strings.Fields(line)
+		if len(f) >= 6 && f[0] == "flat" {
+			in = true
+			continue
+		}
+		if in && len(f) >= 6 && len(tops) < 3 {
+			tops = append(tops, fmt.Sprintf("%s %s", strings.Join(f[5:], " "), f[0]))
+		}
+	}
+	return strings.Join(tops, ", ")
+}
+
+// startReason reads the start-up phases of the median start from the daemon's log.
+func startReason(phases []map[string]float64, online []float64, med float64) string {
+	i := 0
+	for j, v := range online {
+		if v == med {
+			i = j
+		}
+	}
+	type ph struct {
+		name string
+		at   float64
+	}
+	var ps []ph
+	for k, v := range phases[i] {
+		ps = append(ps, ph{k, v})
+	}
+	slices.SortFunc(ps, func(a, b ph) int { return int(a.at - b.at) })
+	var parts []string
+	for _, p := range ps {
+		parts = append(parts, fmt.Sprintf("%s at %.0f ms", p.name, p.at))
+	}
+	return fmt.Sprintf("phases of the median start from the daemon's log: %s; online status at the subscriber at %.0f ms", strings.Join(parts, ", "), med)
+}
+
+func median(v []float64) float64 {
+	s := slices.Clone(v)
+	slices.Sort(s)
+	if len(s) == 0 {
+		return 0
+	}
+	return s[len(s)/2]
+}
+
+func kib(n int) float64 { return float64(n) / 1024 }
+
+func (b *bench) sizeRows() {
+	for _, s := range binarySizes(b.root, b.work) {
+		row := Row{Section: secSize, Name: s.Target, Unit: "MiB", Note: s.Note}
+		if s.Built {
+			row.Value = val(float64(s.Bytes) / (1 << 20))
+			row.Metrics = map[string]float64{"bytes": float64(s.Bytes)}
+		}
+		if s.Target == "linux/arm64" {
+			row.Target = "≤ 25 MiB stripped"
+			switch {
+			case !s.Built:
+				row.Status = statusNotBuilt
+			default:
+				row.Status = verdict(float64(s.Bytes)/(1<<20) <= 25)
+			}
+		}
+		b.rows = append(b.rows, row)
+	}
+}

@@ -145,6 +145,7 @@ func restartRequired(old, cfg *config.Config) []string {
 	add(old.MQTT != cfg.MQTT, "mqtt")
 	add(!reflect.DeepEqual(old.YubiKey, cfg.YubiKey), "yubikey")
 	add(!reflect.DeepEqual(old.CloudKMS, cfg.CloudKMS), "cloudkms")
+	add(old.Secrets != cfg.Secrets, "secrets")
 	return out
 }
 

@@ -82,30 +82,47 @@ func Open(path string) (*Log, error) {
 
 // Append completes r (sequence number, time if unset, links) and writes it durably.
 func (l *Log) Append(r Record) (Record, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	r.Seq = l.head.Seq + 1
-	if r.Time.IsZero() {
-		r.Time = time.Now().UTC()
-	}
-	r.Prev = l.head.Hash
-	r.Hash = r.sum()
-	line, err := json.Marshal(r)
+	out, err := l.AppendBatch([]Record{r})
 	if err != nil {
 		return r, err
 	}
-	if _, err := l.f.Write(append(line, '\n')); err != nil {
-		return r, fmt.Errorf("audit: write: %w", err)
+	return out[0], nil
+}
+
+// AppendBatch writes several records with one sync: the device commits the replies
+// of a burst of signatures together.
+func (l *Log) AppendBatch(rs []Record) ([]Record, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	head := l.head
+	var buf []byte
+	out := make([]Record, len(rs))
+	for i, r := range rs {
+		r.Seq = head.Seq + 1
+		if r.Time.IsZero() {
+			r.Time = time.Now().UTC()
+		}
+		r.Prev = head.Hash
+		r.Hash = r.sum()
+		line, err := json.Marshal(r)
+		if err != nil {
+			return nil, err
+		}
+		buf = append(append(buf, line...), '\n')
+		out[i], head = r, r
+	}
+	if _, err := l.f.Write(buf); err != nil {
+		return nil, fmt.Errorf("audit: write: %w", err)
 	}
 	if err := l.f.Sync(); err != nil {
-		return r, fmt.Errorf("audit: sync: %w", err)
+		return nil, fmt.Errorf("audit: sync: %w", err)
 	}
-	l.head = r
-	l.tail = append(l.tail, r)
+	l.head = head
+	l.tail = append(l.tail, out...)
 	if len(l.tail) > keep {
-		l.tail = l.tail[1:]
+		l.tail = l.tail[len(l.tail)-keep:]
 	}
-	return r, nil
+	return out, nil
 }
 
 // Tail returns the last n records (at most the ones kept in memory), oldest first.

@@ -125,8 +125,8 @@ func (d *Device) setPIN(ctx context.Context, a protocol.HSMSetPINArgs) (any, err
 	if err != nil {
 		return nil, err
 	}
-	if a.Persist {
-		return nil, fmt.Errorf("%w: persist: storing PINs on the appliance is not available in this version; set the PIN in the configuration", hsm.ErrUnsupported)
+	if err := d.checkPersist(a); err != nil {
+		return nil, err
 	}
 	if a.ManagementKey != "" || a.SOPIN != "" {
 		if tok.Info().Kind == hsm.KindPKCS11 {
@@ -136,6 +136,9 @@ func (d *Device) setPIN(ctx context.Context, a protocol.HSMSetPINArgs) (any, err
 	err = tok.Login(ctx, a.PIN)
 	defer d.PublishStatus()
 	if err != nil {
+		return nil, err
+	}
+	if err := d.keepPIN(a); err != nil {
 		return nil, err
 	}
 	return protocol.SetPINResult{HSM: a.HSM, PIN: pinStatus(tok.Info().PIN)}, nil

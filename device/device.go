@@ -60,6 +60,10 @@ type Options struct {
 	// Restart is called by the restart command once the reply is decided; it must
 	// not block. The reply goes out before Shutdown returns.
 	Restart func()
+
+	// Secrets stores the PINs of hsm.set_pin with persist (device/secrets.go); nil
+	// answers persist unsupported.
+	Secrets PINStore
 }
 
 // Device is the appliance core: it takes requests from the transport, runs them on

@@ -40,9 +40,17 @@ type inflight struct {
 }
 
 type worker struct {
-	id    string
-	queue chan *job
-	live  liveness // the job running now, for the watchdog
+	id     string
+	queue  chan *job
+	live   liveness // the job running now, for the watchdog
+	finish chan finished
+}
+
+// finished is a job whose token work is done and whose reply is still to be
+// recorded, cached and published.
+type finished struct {
+	j   *job
+	rep protocol.Reply
 }
 
 // Handle takes one message from the transport. It never blocks: it decodes, answers
@@ -215,7 +223,7 @@ func (d *Device) enqueue(hsmID string, j *job) {
 	}
 	w, ok := d.workers[hsmID]
 	if !ok {
-		w = &worker{id: hsmID, queue: make(chan *job, d.opts.QueueSize)}
+		w = &worker{id: hsmID, queue: make(chan *job, d.opts.QueueSize), finish: make(chan finished, d.opts.QueueSize)}
 		d.workers[hsmID] = w
 		d.wg.Add(1)
 		go d.runWorker(w)
@@ -241,23 +249,37 @@ func nameOr(s, def string) string {
 // not safe for concurrent use, and a token is as fast serial as it is parallel.
 func (d *Device) runWorker(w *worker) {
 	defer d.wg.Done()
+	// The token signs the next request while the finisher syncs the last replies
+	// to disk and publishes them: token and disk work overlap, and a burst of
+	// replies shares one sync.
+	finisher := make(chan struct{})
+	go func() {
+		d.runFinisher(w.finish)
+		close(finisher)
+	}()
 	for j := range w.queue {
 		w.live.begin(j)
-		d.runJob(j)
+		if rep, ok := d.runJob(j); ok {
+			w.finish <- finished{j, rep}
+		}
 		w.live.end()
 	}
+	close(w.finish)
+	<-finisher
 }
 
-func (d *Device) runJob(j *job) {
+// runJob runs one job on the token and returns its reply, or false when the job was
+// answered without running.
+func (d *Device) runJob(j *job) (protocol.Reply, bool) {
 	if d.ctx.Err() != nil {
 		d.refuseStopping(j) // queued when the shutdown began: answered, not run
-		return
+		return protocol.Reply{}, false
 	}
 	// A request that waited in the queue past its expiry is stale: not run.
 	if d.expired(j.req) {
 		d.done(j)
 		d.replyNow(j.req, j.cmd, protocol.Errorf(protocol.CodeExpired, "request expired while queued"))
-		return
+		return protocol.Reply{}, false
 	}
 	ctx, cancel := context.WithTimeout(d.ctx, j.deadline)
 	result, err := j.run(ctx, j)
@@ -272,30 +294,73 @@ func (d *Device) runJob(j *job) {
 	} else if rep.Result, err = json.Marshal(result); err != nil {
 		rep.OK, rep.Result, rep.Error = false, nil, protocol.Errorf(protocol.CodeInternal, "encoding the result failed")
 	}
-	if err := d.record(j, rep); err != nil {
-		// Nothing leaves unrecorded: the result is withheld and the request may be
-		// repeated once the trail is writable again.
-		slog.Error("audit trail not written; result withheld", "id", j.req.ID, "err", err)
-		rep = protocol.Reply{ID: j.req.ID, Cmd: j.cmd, Error: protocol.Errorf(protocol.CodeInternal, "the audit trail could not be written")}
+	return rep, true
+}
+
+// runFinisher commits finished jobs in batches: whatever has queued up while the
+// last batch was syncing goes in the next one.
+func (d *Device) runFinisher(ch <-chan finished) {
+	for f := range ch {
+		batch := []finished{f}
+	more:
+		for len(batch) < 64 {
+			select {
+			case g, ok := <-ch:
+				if !ok {
+					break more
+				}
+				batch = append(batch, g)
+			default:
+				break more
+			}
+		}
+		d.commit(batch)
 	}
-	out, _ := json.Marshal(rep)
-	if cacheable(rep) {
-		if err := d.store.PutReply(j.req.ID, store.Reply{Digest: j.fp, Payload: out, Stored: d.opts.Now()}); err != nil {
-			slog.Error("caching a reply", "id", j.req.ID, "err", err)
+}
+
+// commit records the batch in the audit trail, caches the replies, then publishes
+// them: nothing leaves unrecorded, and a redelivery always finds a request either in
+// flight or in the cache.
+func (d *Device) commit(batch []finished) {
+	if err := d.recordBatch(batch); err != nil {
+		// The results are withheld; the requests may be repeated once the trail is
+		// writable again.
+		slog.Error("audit trail not written; results withheld", "err", err)
+		for i := range batch {
+			if audited[batch[i].j.cmd] {
+				batch[i].rep = protocol.Reply{ID: batch[i].j.req.ID, Cmd: batch[i].j.cmd,
+					Error: protocol.Errorf(protocol.CodeInternal, "the audit trail could not be written")}
+			}
 		}
 	}
-	if rep.Error != nil && rep.Error.Code == protocol.CodeHSMOffline {
-		d.notePresence() // the token went away under this request
+	payloads := make([][]byte, len(batch))
+	cache := map[string]store.Reply{}
+	offline := false
+	for i, f := range batch {
+		payloads[i], _ = json.Marshal(f.rep)
+		if cacheable(f.rep) {
+			cache[f.j.req.ID] = store.Reply{Digest: f.j.fp, Payload: payloads[i], Stored: d.opts.Now()}
+		}
+		offline = offline || f.rep.Error != nil && f.rep.Error.Code == protocol.CodeHSMOffline
 	}
-	// Cached first, then out of the in-flight set, then published: a redelivery
-	// always finds the request either in flight or in the cache.
-	dups := d.done(j)
-	d.publish(outMsg{topic: d.replyTopic(j.req), payload: out})
-	if len(dups) > 0 {
-		rep.Replayed = true
-		again, _ := json.Marshal(rep)
-		for _, topic := range dups {
-			d.publish(outMsg{topic: topic, payload: again})
+	if len(cache) > 0 {
+		if err := d.store.PutReplies(cache); err != nil {
+			slog.Error("caching replies", "err", err)
+		}
+	}
+	if offline {
+		d.notePresence() // a token went away under these requests
+	}
+	for i, f := range batch {
+		dups := d.done(f.j)
+		d.publish(outMsg{topic: d.replyTopic(f.j.req), payload: payloads[i]})
+		if len(dups) > 0 {
+			rep := f.rep
+			rep.Replayed = true
+			again, _ := json.Marshal(rep)
+			for _, topic := range dups {
+				d.publish(outMsg{topic: topic, payload: again})
+			}
 		}
 	}
 }
@@ -357,20 +422,30 @@ var audited = map[string]bool{
 	protocol.CmdSign: true, protocol.CmdReload: true, protocol.CmdRestart: true,
 }
 
-// record appends the job's outcome to the audit trail, synced to disk.
-func (d *Device) record(j *job, rep protocol.Reply) error {
-	if d.opts.Audit == nil || !audited[j.cmd] {
+// recordBatch appends the audited jobs of a batch to the audit trail, with one sync.
+func (d *Device) recordBatch(batch []finished) error {
+	if d.opts.Audit == nil {
 		return nil
 	}
-	r := j.rec
-	r.RequestID, r.Requester, r.Command, r.Result = j.req.ID, j.requester, j.cmd, "ok"
-	if r.SlotID == "" {
-		r.SlotID = j.slotID
+	var recs []audit.Record
+	for _, f := range batch {
+		if !audited[f.j.cmd] {
+			continue
+		}
+		r := f.j.rec
+		r.RequestID, r.Requester, r.Command, r.Result = f.j.req.ID, f.j.requester, f.j.cmd, "ok"
+		if r.SlotID == "" {
+			r.SlotID = f.j.slotID
+		}
+		if f.rep.Error != nil {
+			r.Result = f.rep.Error.Code
+		}
+		recs = append(recs, r)
 	}
-	if rep.Error != nil {
-		r.Result = rep.Error.Code
+	if len(recs) == 0 {
+		return nil
 	}
-	_, err := d.opts.Audit.Append(r)
+	_, err := d.opts.Audit.AppendBatch(recs)
 	return err
 }
 

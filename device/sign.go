@@ -82,7 +82,12 @@ func (d *Device) signingSlot(slotID, caID string) (store.Slot, error) {
 		if r.CAID != caID || r.State != store.Provisioned {
 			continue
 		}
-		if t, err := d.reg.Token(r.HSM); err == nil && t.Info().Present {
+		// Presence as last seen by the scans: asking the token would wait for its
+		// lock, held while it signs, and this runs on the transport's goroutine.
+		d.mu.Lock()
+		present := d.present[r.HSM]
+		d.mu.Unlock()
+		if present {
 			return r, nil
 		}
 		if found == nil {

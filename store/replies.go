@@ -67,6 +67,22 @@ func (s *Store) PutReply(id string, r Reply) error {
 	})
 }
 
+// PutReplies caches several replies in one transaction (one sync).
+func (s *Store) PutReplies(rs map[string]Reply) error {
+	return s.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketReplies)
+		for id, r := range rs {
+			if len(r.Digest) > 255 {
+				return fmt.Errorf("store: request digest too long")
+			}
+			if err := b.Put([]byte(id), r.marshal()); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
 // PruneReplies drops replies stored before cutoff and returns how many went.
 func (s *Store) PruneReplies(cutoff time.Time) (int, error) {
 	n := 0

@@ -204,7 +204,7 @@ func New(cfg Config) (*Client, error) {
 		SetConnectTimeout(cfg.ConnectTimeout).
 		SetWriteTimeout(cfg.ConnectTimeout).
 		SetDialer(&net.Dialer{Timeout: cfg.ConnectTimeout}).
-		SetStore(paho.NewMemoryStore()).
+		SetStore(newCopyStore()).
 		SetDefaultPublishHandler(c.dispatch).
 		SetOnConnectHandler(c.connected).
 		SetConnectionLostHandler(c.lost).

@@ -18,9 +18,12 @@ import (
 	"github.com/iot-hsm/iot-hsm/protocol"
 )
 
+// The end-to-end tests pull cards while the appliance uses them; they plug into vpcd's
+// second reader so that, should piv-go leak a handle in this process, the first
+// reader (used by the other packages' tests) stays usable.
 const (
-	ykVPCD   = "localhost:35963"
-	ykReader = "Virtual PCD 00 00"
+	ykVPCD   = "localhost:35964"
+	ykReader = "Virtual PCD 00 01"
 	ykHSM    = "yubikey-20242024"
 )
 
@@ -179,3 +182,6 @@ func TestYubiKeyWrongPINOverMQTT(t *testing.T) {
 	failed(t, op.call(a, protocol.CmdHSMSetPIN, protocol.HSMSetPINArgs{HSM: ykHSM, PIN: "999997"}), protocol.CodePINBlocked)
 	failed(t, op.call(a, protocol.CmdHSMSetPIN, protocol.HSMSetPINArgs{HSM: ykHSM, PIN: "123456"}), protocol.CodePINBlocked)
 }
+
+// TestMain stops a pcscd these tests had to start themselves.
+func TestMain(m *testing.M) { pcscdtest.Main(m) }

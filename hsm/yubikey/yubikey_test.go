@@ -41,19 +41,7 @@ func plug(t *testing.T) (*vyubikey.Card, *pcscdtest.Plugged, *Provider) {
 		t.Fatal(err)
 	}
 	p := pcscdtest.PlugCard(t, card, vpcd)
-	yk, err := piv.Open(reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	mk := make([]byte, 24)
-	rand.Read(mk)
-	if err := yk.SetManagementKey(piv.DefaultManagementKey, mk); err != nil {
-		t.Fatal(err)
-	}
-	if err := yk.SetMetadata(mk, &piv.Metadata{ManagementKey: &mk}); err != nil {
-		t.Fatal(err)
-	}
-	yk.Close()
+	pcscdtest.ProtectManagementKey(t, reader)
 	roots := x509.NewCertPool()
 	roots.AddCert(card.AttestationRoot())
 	prov := NewProvider(ProviderOptions{AttestationRoots: roots, IdleRelease: 200 * time.Millisecond})

@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"context"
-	"crypto/rand"
 	"crypto/x509"
 	"os/exec"
 	"path/filepath"
@@ -10,7 +9,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/go-piv/piv-go/v2/piv"
 	"github.com/iot-hsm/iot-hsm/device/hotplug"
 	"github.com/iot-hsm/iot-hsm/hsm/yubikey"
 	"github.com/iot-hsm/iot-hsm/internal/vyubikey"
@@ -37,19 +35,7 @@ func startYubiKeyAppliance(t *testing.T, brokerURL, pin string) (*appliance, *pc
 		t.Fatal(err)
 	}
 	plugged := pcscdtest.PlugCard(t, card, ykVPCD)
-	yk, err := piv.Open(ykReader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	mk := make([]byte, 24)
-	rand.Read(mk)
-	if err := yk.SetManagementKey(piv.DefaultManagementKey, mk); err != nil {
-		t.Fatal(err)
-	}
-	if err := yk.SetMetadata(mk, &piv.Metadata{ManagementKey: &mk}); err != nil {
-		t.Fatal(err)
-	}
-	yk.Close()
+	pcscdtest.ProtectManagementKey(t, ykReader)
 	roots := x509.NewCertPool()
 	roots.AddCert(card.AttestationRoot())
 	prov := yubikey.NewProvider(yubikey.ProviderOptions{Default: yubikey.Options{PIN: pin}, AttestationRoots: roots, CardState: hotplug.CardState})

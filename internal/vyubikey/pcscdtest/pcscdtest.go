@@ -14,6 +14,7 @@ package pcscdtest
 
 import (
 	"context"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"net"
@@ -330,5 +331,27 @@ func WaitCard(reader string, present bool, timeout time.Duration, done <-chan er
 			}
 		}
 		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// ProtectManagementKey gives the card in reader a random management key kept in its
+// PIN-protected metadata, as `ykman piv access change-management-key --generate
+// --protect` does: the appliance then needs only the PIN.
+func ProtectManagementKey(t testing.TB, reader string) {
+	t.Helper()
+	yk, err := piv.Open(reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer yk.Close()
+	mk := make([]byte, 24)
+	if _, err := rand.Read(mk); err != nil {
+		t.Fatal(err)
+	}
+	if err := yk.SetManagementKey(piv.DefaultManagementKey, mk); err != nil {
+		t.Fatal(err)
+	}
+	if err := yk.SetMetadata(mk, &piv.Metadata{ManagementKey: &mk}); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -9,6 +9,7 @@ import (
 
 	"github.com/iot-hsm/iot-hsm/config"
 	"github.com/iot-hsm/iot-hsm/device/hotplug"
+	"github.com/iot-hsm/iot-hsm/hsm"
 	"github.com/iot-hsm/iot-hsm/hsm/yubikey"
 )
 
@@ -44,6 +45,27 @@ func yubikeyProvider(c config.YubiKey) (*yubikey.Provider, error) {
 		}
 	}
 	return yubikey.NewProvider(opts), nil
+}
+
+// yubikeyPINConfigured reports whether the configuration gives a YubiKey's PIN. A
+// YubiKey checks a configured PIN only when first used, so the secrets applier asks
+// this rather than the token: the configuration wins over a stored PIN, as it does
+// for a PKCS#11 token it logged in.
+func yubikeyPINConfigured(c config.YubiKey) func(hsm.Info) bool {
+	return func(info hsm.Info) bool {
+		if info.Kind != hsm.KindYubiKey {
+			return false
+		}
+		if c.PIN != "" || c.PINFile != "" {
+			return true
+		}
+		for _, card := range c.Cards {
+			if fmt.Sprint(card.Serial) == info.Serial {
+				return card.PIN != "" || card.PINFile != ""
+			}
+		}
+		return false
+	}
 }
 
 func yubikeyOptions(field, pin, pinFile, mkFile string, allowDefaults bool) (yubikey.Options, error) {

@@ -151,7 +151,7 @@ func (m *pkcs11Mod) login(ctx context.Context, toks []hsm.Token) (done []string)
 			}
 			if pin == "" {
 				if !m.warned[info.Serial] {
-					slog.Warn("no PIN configured; the token's keys cannot be used", "hsm", info.ID)
+					slog.Warn("no PIN configured; the token's keys cannot be used until a PIN is set (hsm.set_pin, or one stored with persist)", "hsm", info.ID)
 					m.warned[info.Serial] = true
 				}
 				break

@@ -22,6 +22,7 @@ import (
 	"github.com/iot-hsm/iot-hsm/internal/softhsm"
 	"github.com/iot-hsm/iot-hsm/leds"
 	"github.com/iot-hsm/iot-hsm/mqtt"
+	"github.com/iot-hsm/iot-hsm/ota"
 	"github.com/iot-hsm/iot-hsm/protocol"
 	"github.com/iot-hsm/iot-hsm/secrets"
 	"github.com/iot-hsm/iot-hsm/store"
@@ -53,9 +54,13 @@ func runCmd(args []string) error {
 	}
 	d := &daemon{flags: f, level: new(slog.LevelVar),
 		reloads: make(chan reloadRequest), restarts: make(chan struct{}, 1), changed: make(chan struct{}, 1)}
+	d.exe = selfPath()
 	restart, err := d.run()
 	if err != nil {
 		return err
+	}
+	if restart && d.afterStop != nil {
+		return d.afterStop()
 	}
 	if restart {
 		return restartSelf()
@@ -84,6 +89,10 @@ type daemon struct {
 
 	fault string // a wedged loop, while it lasts
 	note  string // the last reload's outcome when the operator should see it
+
+	exe       string       // the running binary's path (ota.go)
+	ota       *ota.Updater // over-the-air updates (ota.go)
+	afterStop func() error // instead of a restart: the reboot of an image update
 }
 
 // run starts the appliance, serves until SIGTERM/SIGINT or the restart command, and
@@ -93,6 +102,9 @@ func (d *daemon) run() (restart bool, err error) {
 		return false, err
 	}
 	setupLogging(d.level, d.cfg.LogLevel)
+	if d.otaBootCheck() {
+		return true, nil
+	}
 	if d.flags.dev {
 		if err := devToken(d.cfg); err != nil {
 			return false, err
@@ -119,6 +131,12 @@ func (d *daemon) run() (restart bool, err error) {
 	}
 	d.core.logInventory(ctx)
 
+	if err := d.openOTA(); err != nil {
+		lc.Close()
+		d.core.close()
+		return false, err
+	}
+	defer d.ota.Close()
 	d.sd.Status("starting: connecting to the broker")
 	if err := d.startNetwork(ctx); err != nil {
 		lc.Close()
@@ -139,6 +157,7 @@ func (d *daemon) run() (restart bool, err error) {
 	// retrying.
 	lc.SetPhase(leds.Running)
 	d.sd.Ready(d.statusLine(d.refreshLEDs()))
+	d.ota.Trial()
 
 	restart = d.loop(sigs)
 	d.shutdown()
@@ -287,9 +306,13 @@ func restartSelf() error {
 		slog.Info("exiting so that systemd restarts the service", "exit_code", exitRestart)
 		os.Exit(exitRestart)
 	}
-	slog.Info("restarting: re-executing", "args", os.Args)
-	err := syscall.Exec("/proc/self/exe", os.Args, os.Environ())
-	return fmt.Errorf("restart: exec /proc/self/exe: %w", err)
+	exe := "/proc/self/exe"
+	if reexecPath != "" {
+		exe = reexecPath // an update replaced the binary
+	}
+	slog.Info("restarting: re-executing", "exe", exe, "args", os.Args)
+	err := syscall.Exec(exe, os.Args, os.Environ())
+	return fmt.Errorf("restart: exec %s: %w", exe, err)
 }
 
 // loadConfig reads the configuration the flags name and applies the flags over it.
@@ -355,6 +378,7 @@ func (d *daemon) startNetwork(ctx context.Context) error {
 		},
 		Reload:  d.reloadFromCommand,
 		Restart: func() { poke(d.restarts) },
+		OTA:     d.otaHooks(),
 	}, d.core.slots)
 	if mc.ClientID == "" {
 		mc.ClientID = "iot-hsm-" + d.dev.Topics().Device
@@ -472,7 +496,9 @@ func openCore(ctx context.Context, cfg *config.Config) (*core, error) {
 	providers = append(providers, kms...)
 	// Stored PINs are tried once each, after the configured ones, as tokens are
 	// first seen (at this scan, or later when plugged in).
-	reg := device.NewRegistry(secrets.NewApplier(sec, nil).Wrap(providers...)...)
+	pins := secrets.NewApplier(sec, nil)
+	pins.Configured = yubikeyPINConfigured(cfg.YubiKey)
+	reg := device.NewRegistry(pins.Wrap(providers...)...)
 	if err := reg.Rescan(ctx); err != nil {
 		slog.Warn("HSM scan incomplete", "err", err)
 	}

@@ -26,6 +26,7 @@ type Config struct {
 	LEDs        LEDs     `toml:"leds"`
 	Trust       Trust    `toml:"trust"`
 	Secrets     Secrets  `toml:"secrets"`
+	OTA         OTA      `toml:"ota"`
 
 	CloudKMS []CloudKMS `toml:"cloudkms"` // one block per key ring; see cloudkms.go
 }

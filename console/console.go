@@ -191,6 +191,8 @@ var commands = map[string]func(s *session, args []string) error{
 	protocol.CmdAuditTail:     (*session).cmdAuditTail,
 	protocol.CmdReload:        (*session).cmdReload,
 	protocol.CmdRestart:       (*session).cmdRestart,
+	protocol.CmdOTAUpdate:     (*session).cmdOTAUpdate,
+	protocol.CmdOTAStatus:     (*session).cmdOTAStatus,
 	"devices":                 (*session).cmdDevices,
 	"watch":                   (*session).cmdWatch,
 	"make-provisioning-cert":  (*session).cmdMakeProvisioningCert,

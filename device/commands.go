@@ -94,6 +94,8 @@ func (d *Device) route(j *job) (string, *protocol.Error) {
 		return d.routeSign(j)
 	case protocol.CmdReload, protocol.CmdRestart:
 		return d.routeLifecycle(j)
+	case protocol.CmdOTAUpdate, protocol.CmdOTAStatus:
+		return d.routeOTA(j)
 	case protocol.CmdAuditTail:
 		var a protocol.AuditTailArgs
 		if e := protocol.DecodeArgs(j.req.Args, &a); e != nil {

@@ -60,6 +60,8 @@ type Options struct {
 	// Restart is called by the restart command once the reply is decided; it must
 	// not block. The reply goes out before Shutdown returns.
 	Restart func()
+	// OTA runs ota.update and ota.status (device/ota.go); unset answers unsupported.
+	OTA OTAHooks
 
 	// Secrets stores the PINs of hsm.set_pin with persist (device/secrets.go); nil
 	// answers persist unsupported.

@@ -278,3 +278,51 @@ type AuditRecord struct {
 	Prev      string    `json:"prev"`
 	Hash      string    `json:"hash"`
 }
+
+// OTAUpdateArgs are the arguments of ota.update: where the update is, its SHA-256
+// and size as the operator announces them, and the text of its detached minisign
+// signature (a .minisig file; required in binary mode).
+type OTAUpdateArgs struct {
+	URL       string `json:"url"`
+	SHA256    string `json:"sha256"`
+	Size      int64  `json:"size"`
+	Signature string `json:"signature,omitempty"`
+}
+
+// OTA phases, in the order an update goes through them; idle and failed are outside
+// an update.
+const (
+	OTAIdle       = "idle"
+	OTADownload   = "download"
+	OTAVerify     = "verify"
+	OTAInstall    = "install"
+	OTAReboot     = "reboot"
+	OTATrial      = "trial"
+	OTACommitted  = "committed"
+	OTARolledBack = "rolled_back"
+	OTAFailed     = "failed"
+)
+
+// OTAStatus is the result of ota.status and of ota.update (which starts the update
+// and answers at once; progress follows on the events topic).
+type OTAStatus struct {
+	Mode     string     `json:"mode"` // binary, rauc, off
+	Version  string     `json:"version"`
+	Phase    string     `json:"phase"`
+	Percent  int        `json:"percent"`
+	URL      string     `json:"url,omitempty"`
+	Message  string     `json:"message,omitempty"`
+	Error    string     `json:"error,omitempty"`
+	Previous string     `json:"previous_version,omitempty"`
+	BootSlot string     `json:"boot_slot,omitempty"`
+	Updated  *time.Time `json:"updated,omitempty"`
+}
+
+// OTAEvent is an update's progress on the events topic; Type is "ota".
+type OTAEvent struct {
+	Time    time.Time `json:"time"`
+	Type    string    `json:"type"`
+	Phase   string    `json:"phase"`
+	Percent int       `json:"percent"`
+	Message string    `json:"message,omitempty"`
+}

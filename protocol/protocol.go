@@ -36,11 +36,14 @@ const (
 	CmdAuditTail     = "audit.tail"
 	CmdReload        = "reload"
 	CmdRestart       = "restart"
+	CmdOTAUpdate     = "ota.update"
+	CmdOTAStatus     = "ota.status"
 )
 
 // Commands lists every command of the protocol.
 var Commands = []string{CmdStatus, CmdHSMList, CmdHSMSetPIN, CmdSlotProvision, CmdSlotSelfSign, CmdSlotCSR,
-	CmdSlotImport, CmdSlotShow, CmdSlotClear, CmdSign, CmdAuditTail, CmdReload, CmdRestart}
+	CmdSlotImport, CmdSlotShow, CmdSlotClear, CmdSign, CmdAuditTail, CmdReload, CmdRestart,
+	CmdOTAUpdate, CmdOTAStatus}
 
 // Error codes.
 const (

@@ -17,6 +17,10 @@ import (
 type Applier struct {
 	store *Store
 	log   *slog.Logger
+	// Configured, when set, names the tokens whose PIN the configuration gives
+	// but that check it only when first used (a YubiKey): their stored PIN is not
+	// tried, as it is not for a token the configuration already logged in.
+	Configured func(hsm.Info) bool
 
 	mu      sync.Mutex
 	loaded  bool
@@ -77,8 +81,8 @@ func (a *Applier) apply(ctx context.Context, t hsm.Token) {
 	if !ok || !info.Present {
 		return
 	}
-	if info.PIN.Set {
-		a.log.Info("stored PIN not tried: the token is already logged in with the configured PIN", "hsm", info.ID)
+	if info.PIN.Set || (a.Configured != nil && a.Configured(info)) {
+		a.log.Info("stored PIN not tried: the configuration gives this token's PIN", "hsm", info.ID)
 		return
 	}
 	err := t.Login(ctx, pin)
@@ -86,9 +90,13 @@ func (a *Applier) apply(ctx context.Context, t hsm.Token) {
 	case err == nil:
 		a.log.Info("logged in with the stored PIN", "hsm", info.ID)
 	case errors.Is(err, hsm.ErrPINIncorrect), errors.Is(err, hsm.ErrPINBlocked):
-		derr := a.store.Delete(info.ID)
+		if derr := a.store.Delete(info.ID); derr != nil {
+			a.log.Error("stored PIN refused by the token and not retried; deleting it from the store failed", "hsm", info.ID,
+				"retries", hsm.PINRetries(err), "err", err, "delete_err", derr)
+			return
+		}
 		a.log.Error("stored PIN refused by the token; deleted from the store and not retried", "hsm", info.ID,
-			"retries", hsm.PINRetries(err), "err", err, "delete_err", derr)
+			"retries", hsm.PINRetries(err), "err", err)
 	case errors.Is(err, hsm.ErrOffline):
 		// The PIN never reached the token: try again when it is back.
 		a.mu.Lock()

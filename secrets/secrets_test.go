@@ -369,7 +369,7 @@ func quiet() *slog.Logger { return slog.New(slog.NewTextHandler(&logBuf{}, nil))
 func TestApplier(t *testing.T) {
 	s, _ := newStore(t)
 	for id, pin := range map[string]string{"good": testPIN, "stale": "old-pin-1", "later": "later-pin", "configured": "cfg-pin",
-		"flaky": "flaky-pin"} {
+		"flaky": "flaky-pin", "yk": "yk-stored"} {
 		if err := s.Save(id, pin); err != nil {
 			t.Fatal(err)
 		}
@@ -380,9 +380,12 @@ func TestApplier(t *testing.T) {
 	configured := &fakeToken{id: "configured", pin: "cfg-pin", current: "cfg-pin"}
 	flaky := &fakeToken{id: "flaky", pin: "flaky-pin", offline: true}
 	none := &fakeToken{id: "none", pin: "x"}
+	// A PIN in the configuration that the token checks only when used.
+	yk := &fakeToken{id: "yk", pin: "yk-stored"}
 	logs := &logBuf{}
 	a := NewApplier(s, slog.New(slog.NewTextHandler(logs, nil)))
-	p := a.Wrap(&fakeProvider{toks: []hsm.Token{good, stale, later, configured, flaky, none}})[0]
+	a.Configured = func(info hsm.Info) bool { return info.ID == "yk" }
+	p := a.Wrap(&fakeProvider{toks: []hsm.Token{good, stale, later, configured, flaky, none, yk}})[0]
 	ctx := context.Background()
 
 	for i := 0; i < 3; i++ { // several scans: each PIN is still tried once
@@ -396,8 +399,8 @@ func TestApplier(t *testing.T) {
 	if stale.logins() != 1 || stale.Info().PIN.Set {
 		t.Fatalf("stale: %d logins", stale.logins())
 	}
-	if later.logins() != 0 || configured.logins() != 0 || none.logins() != 0 {
-		t.Fatalf("tried where it should not: later %d configured %d none %d", later.logins(), configured.logins(), none.logins())
+	if later.logins() != 0 || configured.logins() != 0 || none.logins() != 0 || yk.logins() != 0 {
+		t.Fatalf("tried where it should not: later %d configured %d none %d yk %d", later.logins(), configured.logins(), none.logins(), yk.logins())
 	}
 	if flaky.logins() != 3 {
 		// Offline: the PIN never reached the token, so it is tried at each scan
@@ -405,7 +408,7 @@ func TestApplier(t *testing.T) {
 		t.Fatalf("flaky: %d logins", flaky.logins())
 	}
 	ids, _ := s.IDs()
-	if strings.Join(ids, ",") != "configured,flaky,good,later" {
+	if strings.Join(ids, ",") != "configured,flaky,good,later,yk" {
 		t.Fatalf("the rejected PIN was not deleted, or more was: %v", ids)
 	}
 	if !strings.Contains(logs.String(), "stored PIN refused by the token; deleted from the store") {
@@ -433,7 +436,7 @@ func TestApplier(t *testing.T) {
 		t.Fatal("a rejected stored PIN was tried again after a restart")
 	}
 
-	for _, pin := range []string{testPIN, "old-pin-1", "later-pin", "cfg-pin", "flaky-pin"} {
+	for _, pin := range []string{testPIN, "old-pin-1", "later-pin", "cfg-pin", "flaky-pin", "yk-stored"} {
 		if strings.Contains(logs.String(), pin) {
 			t.Fatalf("a PIN is in the log:\n%s", logs)
 		}

@@ -1,0 +1,66 @@
+package device
+
+import (
+	"context"
+	"encoding/json"
+	"log/slog"
+	"time"
+
+	"github.com/iot-hsm/iot-hsm/protocol"
+)
+
+// OTAHooks run the ota commands (the updater lives in the runtime, package ota).
+type OTAHooks struct {
+	// Update starts an update and returns at once with its status; an error
+	// wrapping ErrBadRequest is an update refused, ErrConflict one already running.
+	Update func(protocol.OTAUpdateArgs) (any, error)
+	// Status is the update's state now.
+	Status func() any
+}
+
+// routeOTA routes ota.update and ota.status to the control worker; without the
+// runtime's hooks both are unsupported.
+func (d *Device) routeOTA(j *job) (string, *protocol.Error) {
+	switch j.cmd {
+	case protocol.CmdOTAUpdate:
+		var a protocol.OTAUpdateArgs
+		if e := protocol.DecodeArgs(j.req.Args, &a); e != nil {
+			return "", e
+		}
+		if a.URL == "" || a.SHA256 == "" || a.Size <= 0 {
+			return "", protocol.Errorf(protocol.CodeBadRequest, "url, sha256 and size are required")
+		}
+		if d.opts.OTA.Update == nil {
+			break
+		}
+		j.run = func(context.Context, *job) (any, error) { return d.opts.OTA.Update(a) }
+		return "", nil
+	case protocol.CmdOTAStatus:
+		var none struct{}
+		if e := protocol.DecodeArgs(j.req.Args, &none); e != nil {
+			return "", e
+		}
+		if d.opts.OTA.Status == nil {
+			break
+		}
+		j.run = func(context.Context, *job) (any, error) { return d.opts.OTA.Status(), nil }
+		return "", nil
+	}
+	return "", protocol.Errorf(protocol.CodeUnsupported, "%s is not available here (ota.mode is off)", j.cmd)
+}
+
+// OTAEvent publishes an update's progress on the events topic. It publishes at once
+// rather than through the outbox, which stops with the device: the "reboot" event is
+// sent just before the daemon goes. Progress comes in steps of 5%, so this is rare.
+func (d *Device) OTAEvent(e protocol.OTAEvent) {
+	if d.tr == nil {
+		return
+	}
+	e.Type = "ota"
+	out, _ := json.Marshal(e)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	if err := d.tr.Publish(ctx, d.topics.Events(), out, false); err != nil {
+		slog.Warn("ota event not published", "phase", e.Phase, "err", err)
+	}
+}

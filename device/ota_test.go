@@ -1,0 +1,47 @@
+package device
+
+import (
+	"fmt"
+	"strings"
+	"testing"
+
+	"github.com/iot-hsm/iot-hsm/protocol"
+)
+
+func TestOTACommands(t *testing.T) {
+	var got protocol.OTAUpdateArgs
+	d, tr, _ := startDevice(t, Options{OTA: OTAHooks{
+		Update: func(a protocol.OTAUpdateArgs) (any, error) {
+			got = a
+			if a.URL == "http://busy" {
+				return nil, fmt.Errorf("%w: an update is already in progress", ErrConflict)
+			}
+			return protocol.OTAStatus{Mode: "binary", Phase: protocol.OTADownload}, nil
+		},
+		Status: func() any { return protocol.OTAStatus{Mode: "binary", Phase: protocol.OTAIdle} },
+	}})
+	request(d, protocol.CmdOTAUpdate, "u1", `{"url":"http://x/bin","sha256":"ab","size":3,"signature":"sig"}`)
+	if r := tr.reply(t, d, "u1"); !r.OK || !strings.Contains(string(r.Result), `"download"`) || got.Signature != "sig" {
+		t.Errorf("ota.update: %+v %s %+v", r.Error, r.Result, got)
+	}
+	request(d, protocol.CmdOTAUpdate, "u2", `{"url":"http://x/bin"}`)
+	if r := tr.reply(t, d, "u2"); r.OK || r.Error.Code != protocol.CodeBadRequest {
+		t.Errorf("ota.update without sha256/size: %+v", r.Error)
+	}
+	request(d, protocol.CmdOTAUpdate, "u3", `{"url":"http://busy","sha256":"ab","size":3}`)
+	if r := tr.reply(t, d, "u3"); r.OK || r.Error.Code != protocol.CodeConflict {
+		t.Errorf("ota.update while one runs: %+v", r.Error)
+	}
+	request(d, protocol.CmdOTAStatus, "s1", "")
+	if r := tr.reply(t, d, "s1"); !r.OK || !strings.Contains(string(r.Result), `"idle"`) {
+		t.Errorf("ota.status: %+v %s", r.Error, r.Result)
+	}
+}
+
+func TestOTAUnsupportedWithoutHooks(t *testing.T) {
+	d, tr, _ := startDevice(t, Options{})
+	request(d, protocol.CmdOTAStatus, "s1", "")
+	if r := tr.reply(t, d, "s1"); r.OK || r.Error.Code != protocol.CodeUnsupported {
+		t.Errorf("ota.status without hooks: %+v", r.Error)
+	}
+}

@@ -1,0 +1,384 @@
+// Package otatest runs over-the-air updates end to end with real processes: the
+// daemon built twice (and once broken) with different versions, served over HTTP,
+// signed with minisign keys made here, under a supervisor that restarts it as
+// systemd's unit does (exit 75 and failures restart it).
+package otatest
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"aead.dev/minisign"
+
+	"github.com/iot-hsm/iot-hsm/mqtt"
+	"github.com/iot-hsm/iot-hsm/protocol"
+)
+
+var repoRoot, _ = filepath.Abs(filepath.Join("..", ".."))
+
+// build builds iot-hsm with the version (and extra -ldflags) into dir.
+func build(t *testing.T, dir, ver, extra string) string {
+	t.Helper()
+	out := filepath.Join(dir, "iot-hsm-"+ver)
+	cmd := exec.Command("go", "build", "-o", out, "-ldflags", "-X main.version="+ver+" "+extra, ".")
+	cmd.Dir = repoRoot
+	if b, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("go build %s: %v\n%s", ver, err, b)
+	}
+	return out
+}
+
+func randomID() string {
+	b := make([]byte, 6)
+	rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+func freePort(t *testing.T) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// supervisor runs the daemon as the unit does: Restart=on-failure plus
+// RestartForceExitStatus=75, with NOTIFY_SOCKET set so the daemon exits 75 to restart.
+type supervisor struct {
+	t      *testing.T
+	bin    string
+	args   []string
+	env    []string
+	log    *syncBuffer
+	starts atomic.Int32
+	mu     sync.Mutex
+	cmd    *exec.Cmd
+	stop   chan struct{}
+	done   chan struct{}
+}
+
+func supervise(t *testing.T, bin string, args []string) *supervisor {
+	dir, err := os.MkdirTemp("", "sdn")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	sock := filepath.Join(dir, "notify")
+	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: sock, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	go func() {
+		buf := make([]byte, 65536)
+		for {
+			if _, err := conn.Read(buf); err != nil {
+				return
+			}
+		}
+	}()
+	s := &supervisor{t: t, bin: bin, args: args, log: &syncBuffer{}, stop: make(chan struct{}), done: make(chan struct{})}
+	for _, e := range os.Environ() {
+		switch k, _, _ := strings.Cut(e, "="); k {
+		case "NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "INVOCATION_ID", "SOFTHSM2_CONF":
+			continue
+		}
+		s.env = append(s.env, e)
+	}
+	s.env = append(s.env, "NOTIFY_SOCKET="+sock)
+	go s.loop()
+	t.Cleanup(func() {
+		close(s.stop)
+		s.mu.Lock()
+		if s.cmd != nil && s.cmd.Process != nil {
+			s.cmd.Process.Kill()
+		}
+		s.mu.Unlock()
+		<-s.done
+		if t.Failed() {
+			t.Logf("daemon log:\n%s", s.log.String())
+		}
+	})
+	return s
+}
+
+func (s *supervisor) loop() {
+	defer close(s.done)
+	for {
+		cmd := exec.Command(s.bin, s.args...)
+		cmd.Env, cmd.Stdout, cmd.Stderr = s.env, s.log, s.log
+		s.mu.Lock()
+		err := cmd.Start()
+		s.cmd = cmd
+		s.mu.Unlock()
+		if err != nil {
+			fmt.Fprintf(s.log, "supervisor: start: %v\n", err)
+			return
+		}
+		s.starts.Add(1)
+		err = cmd.Wait()
+		code := 0
+		if ee, ok := err.(*exec.ExitError); ok {
+			code = ee.ExitCode()
+		}
+		fmt.Fprintf(s.log, "supervisor: exited with %d (%v)\n", code, err)
+		select {
+		case <-s.stop:
+			return
+		default:
+		}
+		if code == 0 || s.starts.Load() > 20 {
+			return
+		}
+		time.Sleep(300 * time.Millisecond) // RestartSec
+	}
+}
+
+// operator talks to the daemon over MQTT across its restarts.
+type operator struct {
+	t        *testing.T
+	c        *mqtt.Client
+	deviceID string
+	replyTo  string
+	mu       sync.Mutex
+	replies  map[string]protocol.Reply
+	events   []protocol.OTAEvent
+}
+
+func newOperator(t *testing.T, broker, deviceID string) *operator {
+	t.Helper()
+	id := randomID()
+	c, err := mqtt.New(mqtt.Config{Broker: broker, ClientID: "op-" + id, AllowPlaintext: true, CleanSession: true,
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	o := &operator{t: t, c: c, deviceID: deviceID, replyTo: "test/" + id + "/replies", replies: map[string]protocol.Reply{}}
+	if err := c.Subscribe(o.replyTo, func(_ string, payload []byte) {
+		var r protocol.Reply
+		if json.Unmarshal(payload, &r) == nil {
+			o.mu.Lock()
+			o.replies[r.ID] = r
+			o.mu.Unlock()
+		}
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Subscribe(protocol.DefaultRoot+"/"+deviceID+"/events", func(_ string, payload []byte) {
+		var e protocol.OTAEvent
+		if json.Unmarshal(payload, &e) == nil && e.Type == "ota" {
+			o.mu.Lock()
+			o.events = append(o.events, e)
+			o.mu.Unlock()
+		}
+	}); err != nil {
+		t.Fatal(err)
+	}
+	// The embedded broker comes up with the daemon.
+	addr := strings.TrimPrefix(broker, "tcp://")
+	for end := time.Now().Add(30 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		conn, err := net.Dial("tcp", addr)
+		if err == nil {
+			conn.Close()
+			break
+		}
+		if time.Now().After(end) {
+			t.Fatalf("the broker at %s does not come up: %v", addr, err)
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := c.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close(100 * time.Millisecond) })
+	return o
+}
+
+// callID sends cmd with the given request id until a reply comes (the daemon may be
+// restarting) and returns it.
+func (o *operator) callID(id, cmd string, args any, timeout time.Duration) protocol.Reply {
+	o.t.Helper()
+	raw, _ := json.Marshal(args)
+	deadline := time.Now().Add(timeout)
+	for time.Now().Before(deadline) {
+		exp := time.Now().Add(time.Minute).UTC()
+		payload, _ := json.Marshal(protocol.Request{ID: id, ReplyTo: o.replyTo, ExpiresAt: &exp, Args: raw})
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		o.c.Publish(ctx, protocol.DefaultRoot+"/"+o.deviceID+"/cmd/"+cmd, payload, false)
+		cancel()
+		for end := time.Now().Add(2 * time.Second); time.Now().Before(end); {
+			o.mu.Lock()
+			r, ok := o.replies[id]
+			o.mu.Unlock()
+			if ok {
+				return r
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	o.t.Fatalf("no reply to %s %s within %v", cmd, id, timeout)
+	return protocol.Reply{}
+}
+
+func (o *operator) call(cmd string, args any) protocol.Reply {
+	o.t.Helper()
+	return o.callID(randomID(), cmd, args, 60*time.Second)
+}
+
+func (o *operator) phases() []string {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	var out []string
+	for _, e := range o.events {
+		if len(out) == 0 || out[len(out)-1] != e.Phase {
+			out = append(out, e.Phase)
+		}
+	}
+	return out
+}
+
+func decode[T any](t *testing.T, r protocol.Reply) T {
+	t.Helper()
+	var v T
+	if !r.OK {
+		t.Fatalf("%s failed: %+v", r.Cmd, r.Error)
+	}
+	if err := json.Unmarshal(r.Result, &v); err != nil {
+		t.Fatalf("%s result: %v", r.Cmd, err)
+	}
+	return v
+}
+
+// waitOTA polls ota.status until the daemon runs version ver and the update's phase
+// is phase.
+func (o *operator) waitOTA(ver, phase string, timeout time.Duration) protocol.OTAStatus {
+	o.t.Helper()
+	deadline := time.Now().Add(timeout)
+	var st protocol.OTAStatus
+	for time.Now().Before(deadline) {
+		r := o.callID(randomID(), protocol.CmdOTAStatus, nil, timeout)
+		if r.OK {
+			json.Unmarshal(r.Result, &st)
+			if st.Version == ver && st.Phase == phase {
+				return st
+			}
+		}
+		time.Sleep(300 * time.Millisecond)
+	}
+	o.t.Fatalf("ota.status never showed version %s in phase %s; last: %+v", ver, phase, st)
+	return st
+}
+
+// server serves artifacts; cutOnce makes the first GET of a path end halfway.
+type server struct {
+	*httptest.Server
+	mu     sync.Mutex
+	files  map[string][]byte
+	cut    map[string]bool
+	ranges []string
+	gets   int
+}
+
+func newServer(t *testing.T) *server {
+	s := &server{files: map[string][]byte{}, cut: map[string]bool{}}
+	s.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		s.mu.Lock()
+		data, ok := s.files[r.URL.Path]
+		cut := s.cut[r.URL.Path]
+		s.cut[r.URL.Path] = false
+		s.gets++
+		if rg := r.Header.Get("Range"); rg != "" {
+			s.ranges = append(s.ranges, r.URL.Path+" "+rg)
+		}
+		s.mu.Unlock()
+		if !ok {
+			http.NotFound(w, r)
+			return
+		}
+		if cut {
+			// Announce the whole body, send half, and drop the connection.
+			w.Header().Set("Content-Length", fmt.Sprint(len(data)))
+			w.WriteHeader(http.StatusOK)
+			w.Write(data[:len(data)/2])
+			w.(http.Flusher).Flush()
+			conn, _, err := w.(http.Hijacker).Hijack()
+			if err == nil {
+				conn.Close()
+			}
+			return
+		}
+		http.ServeContent(w, r, "iot-hsm", time.Time{}, bytes.NewReader(data))
+	}))
+	t.Cleanup(s.Close)
+	return s
+}
+
+func (s *server) put(path string, data []byte, cutOnce bool) string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.files[path] = data
+	s.cut[path] = cutOnce
+	return s.URL + path
+}
+
+// sign makes a prehashed (ED) signature, minisign's default since 0.8.
+func sign(t *testing.T, key minisign.PrivateKey, data []byte) string {
+	t.Helper()
+	r := minisign.NewReader(bytes.NewReader(data))
+	if _, err := io.Copy(io.Discard, r); err != nil {
+		t.Fatal(err)
+	}
+	return string(r.Sign(key))
+}
+
+func sha(data []byte) string {
+	s := sha256.Sum256(data)
+	return hex.EncodeToString(s[:])
+}
+
+func fileSHA(t *testing.T, path string) string {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return sha(b)
+}

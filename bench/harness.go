@@ -12,6 +12,8 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"github.com/iot-hsm/iot-hsm/audit"
+	"path/filepath"
 	"runtime/pprof"
 	"sync"
 	"sync/atomic"
@@ -39,7 +41,7 @@ func withLabel(part string, f func()) {
 }
 
 // appliance is the daemon's core wired as `iot-hsm run` and internal/e2e wire it:
-// module, registry, store, device, MQTT client and the transport adapter.
+// module, registry, store, audit trail, device, MQTT client (publishes timed).
 type appliance struct {
 	dev    *device.Device
 	client *mqtt.Client
@@ -65,8 +67,14 @@ func wireAppliance(brokerURL, deviceID, stateDir string, mod *pkcs11.Module, tok
 		st.Close()
 		return nil, err
 	}
+	// The daemon always keeps an audit trail: its syncs are part of the cost.
+	al, err := audit.Open(filepath.Join(stateDir, "audit.log"))
+	if err != nil {
+		st.Close()
+		return nil, err
+	}
 	// The queue must hold every request in flight, or the device answers busy.
-	dev := device.New(device.Options{DeviceID: deviceID, Version: "bench", QueueSize: 128, AllowDigest: true},
+	dev := device.New(device.Options{DeviceID: deviceID, Version: "bench", QueueSize: 128, AllowDigest: true, Audit: al},
 		&device.Slots{Store: st, Registry: reg})
 	client, err := mqtt.New(mqtt.Config{
 		Broker: brokerURL, ClientID: "iot-hsm-" + deviceID, AllowPlaintext: true,
@@ -98,7 +106,7 @@ func (a *appliance) stop() {
 	a.st.Close()
 }
 
-// transport is the adapter of run.go and internal/e2e, with the publish timed.
+// transport wraps the MQTT client to time the reply publishes.
 type transport struct{ c *mqtt.Client }
 
 func (t transport) Publish(ctx context.Context, topic string, payload []byte, retained bool) error {

@@ -86,3 +86,19 @@ cross-clean:
 
 buildroot-check: build
 	HOST_BIN=$(BIN) bash buildroot/check.sh
+
+# Fuzz targets (issue 8), each run for a short, bounded time one after the other; the
+# seed corpora in testdata/fuzz/ also run as ordinary tests under `make test`.
+# A finding is written to testdata/fuzz/<Target>/ and fails the run.
+FUZZTIME ?= 10s
+FUZZ_TARGETS := \
+	./protocol:FuzzDecodeRequest ./protocol:FuzzDecodeArgs ./auth:FuzzVerify \
+	./ca:FuzzParsePEM ./ca:FuzzProvisioningCert ./ca:FuzzIssueCertificate ./ca:FuzzSignTBS \
+	./device/hotplug:FuzzParseUEvent ./hsm/pemkey:FuzzParse
+.PHONY: fuzz
+fuzz:
+	@set -e; for t in $(FUZZ_TARGETS); do \
+		pkg=$${t%%:*}; name=$${t#*:}; \
+		echo "fuzz $$name ($$pkg, $(FUZZTIME))"; \
+		$(GO) test -run '^$$' -fuzz "^$$name\$$" -fuzztime $(FUZZTIME) $$pkg; \
+	done

@@ -132,7 +132,9 @@ func DecodeRequest(payload []byte) (Request, *Error) {
 		return Request{ID: id}, Errorf(CodeBadRequest, "id must be 1 to 128 characters of A-Z a-z 0-9 . _ : -")
 	}
 	if req.ReplyTo != "" && (strings.ContainsAny(req.ReplyTo, "+#\x00") || len(req.ReplyTo) > 512) {
-		return req, Errorf(CodeBadRequest, "reply_to must be a topic name without wildcards")
+		// The refusal goes to the device's own reply topic: a wildcard is no
+		// place to publish to.
+		return Request{ID: req.ID}, Errorf(CodeBadRequest, "reply_to must be a topic name without wildcards")
 	}
 	return req, nil
 }

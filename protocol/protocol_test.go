@@ -34,6 +34,9 @@ func TestDecodeRequest(t *testing.T) {
 			t.Errorf("%s: id %q, want %q", name, req.ID, c.id)
 		}
 	}
+	if req, _ := DecodeRequest([]byte(`{"id":"e-5","reply_to":"a/#"}`)); req.ReplyTo != "" {
+		t.Errorf("a wildcard reply_to is kept for the refusal: %q", req.ReplyTo)
+	}
 	if req, _ := DecodeRequest([]byte(`{"id":"b-2","reply_to":"r/t","args":[1,2}`)); req.ReplyTo != "r/t" {
 		t.Errorf("reply_to of a broken message: %q", req.ReplyTo)
 	}

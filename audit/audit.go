@@ -111,10 +111,16 @@ func (l *Log) AppendBatch(rs []Record) ([]Record, error) {
 		buf = append(append(buf, line...), '\n')
 		out[i], head = r, r
 	}
+	fi, err := l.f.Stat()
+	if err != nil {
+		return nil, fmt.Errorf("audit: %w", err)
+	}
 	if _, err := l.f.Write(buf); err != nil {
+		_ = l.f.Truncate(fi.Size()) // no torn line for the next record to follow
 		return nil, fmt.Errorf("audit: write: %w", err)
 	}
 	if err := l.f.Sync(); err != nil {
+		_ = l.f.Truncate(fi.Size())
 		return nil, fmt.Errorf("audit: sync: %w", err)
 	}
 	l.head = head

@@ -3,6 +3,8 @@ package device
 import (
 	"context"
 	"crypto"
+	"crypto/rand"
+	"crypto/sha256"
 	"crypto/x509"
 	"encoding/pem"
 	"errors"
@@ -100,6 +102,9 @@ func (s *Slots) Provision(ctx context.Context, a ProvisionArgs) (store.Slot, err
 		pub, err = tok.Import(ctx, a.Slot, key, hsm.KeyOptions{Label: a.Label, Overwrite: a.Overwrite})
 	case ModeExisting:
 		pub, err = tok.PublicKey(ctx, a.Slot)
+		if err == nil {
+			err = checkPair(ctx, tok, a.Slot, pub)
+		}
 	default:
 		return store.Slot{}, fmt.Errorf("%w: mode %q (want generate, import or existing)", ErrBadRequest, a.Mode)
 	}
@@ -347,4 +352,23 @@ func parsePublicKeyPEM(s string) (crypto.PublicKey, error) {
 		return nil, errors.New("not a PUBLIC KEY PEM")
 	}
 	return x509.ParsePKIXPublicKey(b.Bytes)
+}
+
+// checkPair makes sure the slot's private key is there and matches its public key.
+func checkPair(ctx context.Context, tok hsm.Token, slot string, pub crypto.PublicKey) error {
+	signer, err := tok.Signer(ctx, slot)
+	if err != nil {
+		return err
+	}
+	id1, err1 := ca.ID(signer.Public())
+	id2, err2 := ca.ID(pub)
+	if err1 != nil || err2 != nil || id1 != id2 {
+		return fmt.Errorf("%w: the slot's private and public keys do not match", ErrConflict)
+	}
+	d := sha256.Sum256([]byte("iot-hsm pair check"))
+	var opts crypto.SignerOpts = crypto.SHA256
+	if _, err := signer.Sign(rand.Reader, d[:], opts); err != nil {
+		return fmt.Errorf("%w: the slot's private key does not sign: %w", hsm.ErrNotFound, err)
+	}
+	return nil
 }

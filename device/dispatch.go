@@ -185,6 +185,12 @@ func (d *Device) replayed(req protocol.Request, cmd string, fp []byte) bool {
 		slog.Error("reading the reply cache", "err", err)
 		return false
 	}
+	if e, lost := lostReply(stored); lost {
+		// Marked replayed: it answers from what was stored; nothing runs.
+		out, _ := json.Marshal(protocol.Reply{ID: req.ID, Cmd: cmd, Error: e, Replayed: true})
+		d.send(d.replyTopic(req), out, false)
+		return true
+	}
 	if !bytes.Equal(stored.Digest, fp) {
 		d.replyNow(req, cmd, protocol.Errorf(protocol.CodeConflict, "id %s was used for another request", req.ID))
 		return true

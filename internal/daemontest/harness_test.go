@@ -247,6 +247,11 @@ log_level = "info"
 broker_wait = "2s"
 stop_timeout = "3s"
 hung_grace = "1s"
+
+# Only the daemon's own token: other packages' tests plug virtual YubiKeys into the
+# pcscd all tests share.
+[yubikey]
+disabled = true
 `
 
 func freePort(t *testing.T) int {

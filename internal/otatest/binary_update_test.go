@@ -111,8 +111,10 @@ binary = %q
 		t.Error("after the update the binary is not v2 with v1 kept as .prev")
 	}
 	// Events before the restart; committed comes from the new process, maybe before
-	// this client is back on the restarted broker: ota.status showed it above.
-	for _, p := range []string{protocol.OTADownload, protocol.OTAVerify, protocol.OTAInstall, protocol.OTAReboot} {
+	// this client is back on the restarted broker: ota.status showed it above. The
+	// reboot event is the last thing the old process says, through the embedded
+	// broker that dies with it, so it may not reach this client: not required.
+	for _, p := range []string{protocol.OTADownload, protocol.OTAVerify, protocol.OTAInstall} {
 		if !contains(op.phases(), p) {
 			t.Errorf("no %s event; events: %v", p, op.phases())
 		}

@@ -62,38 +62,8 @@ func startDaemonIn(t *testing.T, dir, stateDir, deviceID, brokerURL string) *dae
 	d := &daemon{t: t, log: &syncBuffer{}, dir: dir, config: filepath.Join(dir, "config.toml"),
 		broker: brokerURL, deviceID: deviceID, exited: make(chan struct{})}
 	d.writeConfig(fmt.Sprintf(faultConfig, deviceID, brokerURL))
-	d.cmd = exec.Command(bin, "run", "--dev", "--config", d.config, "--state-dir", stateDir)
-	d.cmd.Dir = dir
-	d.cmd.Stdout, d.cmd.Stderr = d.log, d.log
-	for _, e := range os.Environ() {
-		switch k, _, _ := strings.Cut(e, "="); k {
-		case "NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "INVOCATION_ID", "IOT_HSM_TEST_WEDGE", "SOFTHSM2_CONF":
-			continue
-		}
-		d.cmd.Env = append(d.cmd.Env, e)
-	}
-	if err := d.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() {
-		d.exitErr = d.cmd.Wait()
-		close(d.exited)
-	}()
-	t.Cleanup(func() {
-		select {
-		case <-d.exited:
-		default:
-			d.cmd.Process.Signal(syscall.SIGCONT)
-			d.cmd.Process.Kill()
-			<-d.exited
-		}
-		if strings.Contains(d.log.String(), "DATA RACE") {
-			t.Error("the race detector reported a data race in the daemon")
-		}
-		if t.Failed() {
-			t.Logf("daemon (pid %d) log:\n%s", d.cmd.Process.Pid, d.log.String())
-		}
-	})
+	d.command(bin, "run", "--dev", "--config", d.config, "--state-dir", stateDir)
+	d.launch()
 	return d
 }
 

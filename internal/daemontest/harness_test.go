@@ -288,16 +288,7 @@ func startDaemon(t *testing.T, o daemonOpts) *daemon {
 		d.writeConfig(fmt.Sprintf(baseConfig, d.deviceID))
 		args = append(args, "--dev-listen", listen)
 	}
-	d.cmd = exec.Command(bin, args...)
-	d.cmd.Dir = dir
-	d.cmd.Stdout, d.cmd.Stderr = d.log, d.log
-	for _, e := range os.Environ() {
-		switch k, _, _ := strings.Cut(e, "="); k {
-		case "NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "INVOCATION_ID", "IOT_HSM_TEST_WEDGE", "SOFTHSM2_CONF":
-			continue
-		}
-		d.cmd.Env = append(d.cmd.Env, e)
-	}
+	d.command(bin, args...)
 	if o.systemd {
 		d.notify = listenNotify(t)
 		d.cmd.Env = append(d.cmd.Env, "NOTIFY_SOCKET="+d.notify.path)
@@ -308,6 +299,30 @@ func startDaemon(t *testing.T, o daemonOpts) *daemon {
 	if o.wedge != "" {
 		d.cmd.Env = append(d.cmd.Env, "IOT_HSM_TEST_WEDGE="+o.wedge)
 	}
+	d.launch()
+	return d
+}
+
+// command prepares the daemon's process: the test's environment minus anything
+// systemd (or an earlier test) would set.
+func (d *daemon) command(bin string, args ...string) {
+	d.cmd = exec.Command(bin, args...)
+	d.cmd.Dir = d.dir
+	d.cmd.Stdout, d.cmd.Stderr = d.log, d.log
+	for _, e := range os.Environ() {
+		switch k, _, _ := strings.Cut(e, "="); k {
+		case "NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "INVOCATION_ID", "IOT_HSM_TEST_WEDGE", "SOFTHSM2_CONF":
+			continue
+		}
+		d.cmd.Env = append(d.cmd.Env, e)
+	}
+}
+
+// launch starts the prepared process and, at the end of the test, kills it (waking
+// it first if a test stopped it), fails on a data race it reported, and shows its
+// log when the test failed.
+func (d *daemon) launch() {
+	t := d.t
 	if err := d.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -319,6 +334,7 @@ func startDaemon(t *testing.T, o daemonOpts) *daemon {
 		select {
 		case <-d.exited:
 		default:
+			d.cmd.Process.Signal(syscall.SIGCONT)
 			d.cmd.Process.Kill()
 			<-d.exited
 		}
@@ -326,10 +342,9 @@ func startDaemon(t *testing.T, o daemonOpts) *daemon {
 			t.Error("the race detector reported a data race in the daemon")
 		}
 		if t.Failed() {
-			t.Logf("daemon log:\n%s", d.log.String())
+			t.Logf("daemon (pid %d) log:\n%s", d.cmd.Process.Pid, d.log.String())
 		}
 	})
-	return d
 }
 
 func (d *daemon) writeConfig(text string) {

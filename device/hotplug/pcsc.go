@@ -39,9 +39,18 @@ const (
 // running.
 const pcscRetry = 3 * time.Second
 
+// pcscPoll bounds each SCardGetStatusChange. pcsc-lite before 2.3 counts
+// readers for the PnP pseudo reader only from the start of each call, so a
+// reader added between our SCardListReaders and that start is not seen
+// until something else changes; relisting after pcscPoll at the latest
+// bounds how late such a reader is reported. pcsc-lite 2.3 and later
+// report it at once through the PnP event counter we feed back.
+const pcscPoll = time.Second
+
 var (
 	errNoPCSC        = errors.New("hotplug: built without cgo, no PC/SC support")
 	errUnknownReader = errors.New("pcsc: unknown reader") // SCARD_E_UNKNOWN_READER
+	errTimeout       = errors.New("pcsc: timeout")        // SCARD_E_TIMEOUT
 )
 
 // readerState is the Go side of one SCARD_READERSTATE.
@@ -56,8 +65,9 @@ type readerState struct {
 type scardConn interface {
 	listReaders() ([]string, error)
 	// getStatusChange blocks until a state differs from its current value
-	// or cancel is called; errUnknownReader if a reader is not known.
-	getStatusChange(states []readerState) error
+	// or cancel is called; errUnknownReader if a reader is not known,
+	// errTimeout if nothing changed within timeout.
+	getStatusChange(states []readerState, timeout time.Duration) error
 	cancel()
 	release()
 }
@@ -71,15 +81,15 @@ var scardOpen func() (scardConn, error)
 // running or goes away it retries every few seconds, logging once through
 // slog.Default; the channel is closed only when ctx ends.
 func WatchPCSC(ctx context.Context) (<-chan ReaderEvent, error) {
-	return watchPCSC(ctx, slog.Default(), scardOpen, pcscRetry)
+	return watchPCSC(ctx, slog.Default(), scardOpen, pcscRetry, pcscPoll)
 }
 
-func watchPCSC(ctx context.Context, log *slog.Logger, open func() (scardConn, error), retry time.Duration) (<-chan ReaderEvent, error) {
+func watchPCSC(ctx context.Context, log *slog.Logger, open func() (scardConn, error), retry, poll time.Duration) (<-chan ReaderEvent, error) {
 	if open == nil {
 		return nil, errNoPCSC
 	}
 	ch := make(chan ReaderEvent, 16)
-	w := &pcscWatch{ctx: ctx, log: log, out: ch}
+	w := &pcscWatch{ctx: ctx, log: log, out: ch, poll: poll}
 	go func() {
 		defer close(ch)
 		w.run(open, retry)
@@ -88,9 +98,10 @@ func watchPCSC(ctx context.Context, log *slog.Logger, open func() (scardConn, er
 }
 
 type pcscWatch struct {
-	ctx context.Context
-	log *slog.Logger
-	out chan<- ReaderEvent
+	ctx  context.Context
+	log  *slog.Logger
+	out  chan<- ReaderEvent
+	poll time.Duration // longest wait in one SCardGetStatusChange
 }
 
 // readerInfo is what was last reported for a reader, so that state bits
@@ -190,8 +201,9 @@ func (w *pcscWatch) loop(conn scardConn, known map[string]*readerInfo) error {
 		// pcsc-lite 1.9 counts readers for the PnP pseudo reader only from
 		// the start of each SCardGetStatusChange call, so a reader added
 		// while we were busy (sending to a slow consumer) would go unnoticed
-		// until the next change. Listing before every call closes that
-		// window; it costs one round trip to pcscd per change.
+		// until the next change. Listing before every call narrows that
+		// window to the gap between the list and the call, and the poll
+		// timeout closes what is left.
 		names, err := conn.listReaders()
 		if err != nil {
 			return err
@@ -200,9 +212,10 @@ func (w *pcscWatch) loop(conn scardConn, known map[string]*readerInfo) error {
 		if states, ok = w.syncReaders(states, names, known); !ok {
 			return nil
 		}
-		err = conn.getStatusChange(states)
-		if errors.Is(err, errUnknownReader) {
-			// A reader vanished between the list and the call.
+		err = conn.getStatusChange(states, w.poll)
+		if errors.Is(err, errUnknownReader) || errors.Is(err, errTimeout) {
+			// A reader vanished between the list and the call, or nothing
+			// happened: list again.
 			continue
 		}
 		if err != nil {
@@ -324,7 +337,7 @@ func CardState(reader string) (present, held bool, events uint16, err error) {
 	defer c.release()
 	// An unaware current state makes pcsc-lite answer at once with the real one.
 	st := []readerState{{name: reader}}
-	if err := c.getStatusChange(st); err != nil {
+	if err := c.getStatusChange(st, time.Second); err != nil {
 		return false, false, 0, err
 	}
 	e := st[0].event

@@ -89,6 +89,10 @@ type fakePCSCD struct {
 	down     bool // pcscd not running: open fails, calls fail
 	wake     chan struct{}
 	cancels  int // SCardCancel calls that woke a blocked call
+	timeouts int // calls that ended with SCARD_E_TIMEOUT
+	// afterList, when set, runs once right after a reader list is taken:
+	// a change landing between the list and the next status call.
+	afterList func()
 }
 
 func newFakePCSCD(readers ...string) *fakePCSCD {
@@ -150,11 +154,16 @@ func (c *fakeConn) listReaders() ([]string, error) {
 	if c.f.down {
 		return nil, errFakeNoService
 	}
+	if hook := c.f.afterList; hook != nil {
+		c.f.afterList = nil
+		defer func() { c.f.mu.Unlock(); hook(); c.f.mu.Lock() }()
+	}
 	return slices.Clone(c.f.readers), nil
 }
 
-func (c *fakeConn) getStatusChange(states []readerState) error {
+func (c *fakeConn) getStatusChange(states []readerState, timeout time.Duration) error {
 	f := c.f
+	expired := time.After(timeout)
 	f.mu.Lock()
 	startCount := len(f.readers)
 	for _, st := range states {
@@ -205,6 +214,12 @@ func (c *fakeConn) getStatusChange(states []readerState) error {
 			c.blocked = nil
 		case <-cancelled:
 			return errors.New("fake: cancelled")
+		case <-expired:
+			f.mu.Lock()
+			c.blocked = nil
+			f.timeouts++
+			f.mu.Unlock()
+			return errTimeout
 		}
 	}
 }
@@ -284,7 +299,7 @@ func TestWatchPCSCLogic(t *testing.T) {
 	rec := &logRecorder{}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	ch, err := watchPCSC(ctx, slog.New(rec), f.open, 10*time.Millisecond)
+	ch, err := watchPCSC(ctx, slog.New(rec), f.open, 10*time.Millisecond, 100*time.Millisecond)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -358,7 +373,7 @@ func TestWatchPCSCCancelWhileAbsent(t *testing.T) {
 	f := newFakePCSCD()
 	f.down = true
 	ctx, cancel := context.WithCancel(context.Background())
-	ch, err := watchPCSC(ctx, slog.New(&logRecorder{}), f.open, time.Hour)
+	ch, err := watchPCSC(ctx, slog.New(&logRecorder{}), f.open, time.Hour, time.Hour)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -367,7 +382,41 @@ func TestWatchPCSCCancelWhileAbsent(t *testing.T) {
 	expectClosed(t, ch)
 	settleGoroutines(t, base)
 
-	if _, err := watchPCSC(context.Background(), slog.Default(), nil, time.Second); err == nil {
+	if _, err := watchPCSC(context.Background(), slog.Default(), nil, time.Second, time.Second); err == nil {
 		t.Error("watchPCSC without a pcsc-lite binding did not fail")
 	}
+}
+
+// TestWatchPCSCReaderAddedBeforeCall: pcsc-lite 1.9 counts readers for
+// the PnP pseudo reader from the start of each call, so a reader plugged
+// between our list and that start raises no PnP event. The poll timeout
+// must still bring it in.
+func TestWatchPCSCReaderAddedBeforeCall(t *testing.T) {
+	base := goroutines()
+	f := newFakePCSCD("A")
+	ctx, cancel := context.WithCancel(context.Background())
+	ch, err := watchPCSC(ctx, slog.New(&logRecorder{}), f.open, time.Hour, 50*time.Millisecond)
+	if err != nil {
+		t.Fatal(err)
+	}
+	expectEvent(t, ch, ReaderEvent{Reader: "A"})
+
+	// The watcher is blocked with A and the PnP reader; A's card makes it
+	// list again, and B arrives right after that list.
+	f.mu.Lock()
+	f.afterList = func() { f.addReader("B", 1<<16|0x20) }
+	f.mu.Unlock()
+	f.insert("A")
+	expectEvent(t, ch, ReaderEvent{Reader: "A", Present: true})
+	expectEvent(t, ch, ReaderEvent{Reader: "B", Present: true})
+	f.mu.Lock()
+	timeouts := f.timeouts
+	f.mu.Unlock()
+	if timeouts == 0 {
+		t.Error("B was reported without a poll timeout: the test did not hit the window it is about")
+	}
+
+	cancel()
+	expectClosed(t, ch)
+	settleGoroutines(t, base)
 }

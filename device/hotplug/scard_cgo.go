@@ -22,6 +22,7 @@ import "C"
 
 import (
 	"fmt"
+	"time"
 	"unsafe"
 )
 
@@ -84,11 +85,12 @@ func (c *cgoContext) listReaders() ([]string, error) {
 	return nil, fmt.Errorf("pcsc: reader list kept changing")
 }
 
-// getStatusChange calls SCardGetStatusChange with an infinite timeout: it
-// returns when a state differs from states[i].current, or after cancel.
+// getStatusChange calls SCardGetStatusChange: it returns when a state
+// differs from states[i].current, after cancel, or with errTimeout after
+// timeout.
 // The reader states live in C memory for the call because the struct holds
 // a pointer (the reader name) that C dereferences.
-func (c *cgoContext) getStatusChange(states []readerState) error {
+func (c *cgoContext) getStatusChange(states []readerState, timeout time.Duration) error {
 	n := len(states)
 	if n == 0 {
 		return fmt.Errorf("pcsc: no reader states")
@@ -105,9 +107,12 @@ func (c *cgoContext) getStatusChange(states []readerState) error {
 		rs[i].szReader = name
 		rs[i].dwCurrentState = C.DWORD(states[i].current)
 	}
-	rv := C.SCardGetStatusChange(c.h, C.INFINITE, arr, C.DWORD(n))
-	if rv == C.SCARD_E_UNKNOWN_READER {
+	rv := C.SCardGetStatusChange(c.h, C.DWORD(timeout.Milliseconds()), arr, C.DWORD(n))
+	switch rv {
+	case C.SCARD_E_UNKNOWN_READER:
 		return errUnknownReader
+	case C.SCARD_E_TIMEOUT:
+		return errTimeout
 	}
 	if err := check(rv); err != nil {
 		return err

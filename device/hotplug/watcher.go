@@ -71,7 +71,7 @@ func (w *Watcher) Run(ctx context.Context) error {
 	watch := w.pcsc
 	if watch == nil {
 		watch = func(ctx context.Context, log *slog.Logger) (<-chan ReaderEvent, error) {
-			return watchPCSC(ctx, log, scardOpen, pcscRetry)
+			return watchPCSC(ctx, log, scardOpen, pcscRetry, pcscPoll)
 		}
 	}
 

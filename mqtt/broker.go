@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"net"
 	"sync"
 
 	mochi "github.com/mochi-mqtt/server/v2"
@@ -17,7 +18,7 @@ import (
 // meant for production.
 type Broker struct {
 	server   *mochi.Server
-	listener *listeners.TCP
+	listener *closingTCP
 	once     sync.Once
 }
 
@@ -35,7 +36,7 @@ func StartBroker(addr string) (*Broker, error) {
 	if err := server.AddHook(new(allowAll), nil); err != nil {
 		return nil, fmt.Errorf("mqtt: embedded broker: %w", err)
 	}
-	l := listeners.NewTCP(listeners.Config{Type: listeners.TypeTCP, ID: "tcp", Address: addr})
+	l := &closingTCP{TCP: listeners.NewTCP(listeners.Config{Type: listeners.TypeTCP, ID: "tcp", Address: addr})}
 	// AddListener opens the socket, so an address in use fails here and Addr is
 	// the bound one from now on.
 	if err := server.AddListener(l); err != nil {
@@ -64,6 +65,57 @@ func (b *Broker) Close() error {
 	var err error
 	b.once.Do(func() { err = b.server.Close() })
 	return err
+}
+
+// closingTCP is mochi's TCP listener with its own way of closing: it keeps the
+// connections it accepted and closes them itself. mochi 2.7.9 closes a listener's
+// clients through Clients.GetByListener, which takes the same read lock twice; a
+// client leaving in between deadlocks Close (mochi-mqtt/server#488, unreleased fix).
+// Close also waits until every connection has left mochi, so that mochi's own wait
+// for its clients cannot overlap a connection still being added.
+type closingTCP struct {
+	*listeners.TCP
+	mu     sync.Mutex
+	closed bool
+	conns  map[net.Conn]struct{}
+	wg     sync.WaitGroup // connections inside mochi
+}
+
+func (l *closingTCP) Serve(establish listeners.EstablishFn) {
+	l.TCP.Serve(func(id string, c net.Conn) error {
+		l.mu.Lock()
+		if l.closed {
+			l.mu.Unlock()
+			c.Close()
+			return nil
+		}
+		if l.conns == nil {
+			l.conns = map[net.Conn]struct{}{}
+		}
+		l.conns[c] = struct{}{}
+		l.wg.Add(1)
+		l.mu.Unlock()
+		defer func() {
+			l.mu.Lock()
+			delete(l.conns, c)
+			l.mu.Unlock()
+			l.wg.Done()
+		}()
+		return establish(id, c)
+	})
+}
+
+// Close stops accepting, drops every connection and waits for mochi to let go of
+// them. closeClients is mochi's way, the one that deadlocks: not used.
+func (l *closingTCP) Close(listeners.CloseFn) {
+	l.TCP.Close(func(string) {})
+	l.mu.Lock()
+	l.closed = true
+	for c := range l.conns {
+		c.Close()
+	}
+	l.mu.Unlock()
+	l.wg.Wait()
 }
 
 // allowAll lets every client connect and read and write every topic. (mochi's own

@@ -1,0 +1,57 @@
+package mqtt
+
+import (
+	"net"
+	"sync"
+	"testing"
+	"time"
+)
+
+// connectPacket is an MQTT 3.1.1 CONNECT with a clean session and client id "c".
+var connectPacket = []byte{0x10, 13, 0, 4, 'M', 'Q', 'T', 'T', 4, 2, 0, 30, 0, 1, 'c'}
+
+// TestBrokerCloseWhileClientsChurn closes the embedded broker while clients connect
+// and drop. mochi 2.7.9 closes a listener's clients under a read lock that it takes
+// twice; a client leaving in between deadlocked Close (mochi-mqtt/server#488), which
+// hung a CI run. Close must return whatever the clients do.
+func TestBrokerCloseWhileClientsChurn(t *testing.T) {
+	for round := 0; round < 150; round++ {
+		b, err := StartBroker("127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		stop := make(chan struct{})
+		var wg sync.WaitGroup
+		for range 16 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for {
+					select {
+					case <-stop:
+						return
+					default:
+					}
+					c, err := net.DialTimeout("tcp", b.Addr(), time.Second)
+					if err != nil {
+						continue // closed: keep trying until told to stop
+					}
+					c.Write(connectPacket)
+					c.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
+					c.Read(make([]byte, 4)) // CONNACK
+					c.Close()
+				}
+			}()
+		}
+		time.Sleep(20 * time.Millisecond)
+		closed := make(chan struct{})
+		go func() { b.Close(); close(closed) }()
+		select {
+		case <-closed:
+		case <-time.After(10 * time.Second):
+			t.Fatalf("round %d: Close did not return within 10s while clients came and went", round)
+		}
+		close(stop)
+		wg.Wait()
+	}
+}

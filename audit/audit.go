@@ -30,7 +30,8 @@ type Record struct {
 	Subject   string    `json:"subject,omitempty"` // of what was signed
 	Serial    string    `json:"serial,omitempty"`
 	Digest    string    `json:"digest,omitempty"` // SHA-256 of what was signed, hex
-	Result    string    `json:"result"`           // "ok" or the error code
+	Result    string    `json:"result"`           // "ok", the error code, or "interrupted"
+	Note      string    `json:"note,omitempty"`   // how the record came to be, when unusual
 	Prev      string    `json:"prev"`             // hash of the previous record ("" for the first)
 	Hash      string    `json:"hash"`             // SHA-256 of this record with hash empty
 }

@@ -155,6 +155,7 @@ func (d *Device) Start(ctx context.Context, tr Transport) error {
 	d.wg.Add(2)
 	go d.runOutbox()
 	go d.watch()
+	d.recoverIntents()     // requests the last stop interrupted reach the audit trail
 	d.recoverLostReplies() // before any redelivery can arrive
 	if err := tr.Subscribe(d.topics.CmdFilter(), d.Handle); err != nil {
 		return err

@@ -28,6 +28,7 @@ type job struct {
 
 	requester string       // who signed the request, when requests are signed
 	rec       audit.Record // what the handler did, for the audit trail
+	intent    bool         // an intent was stored before it ran (journaled)
 }
 
 type handler func(ctx context.Context, j *job) (any, error)
@@ -287,6 +288,15 @@ func (d *Device) runJob(j *job) (protocol.Reply, bool) {
 		d.replyNow(j.req, j.cmd, protocol.Errorf(protocol.CodeExpired, "request expired while queued"))
 		return protocol.Reply{}, false
 	}
+	if journaled[j.cmd] {
+		in := store.Intent{Command: j.cmd, SlotID: j.slotID, Requester: j.requester, Started: d.opts.Now().UTC()}
+		if err := d.store.PutIntent(j.req.ID, in); err != nil {
+			slog.Error("state store not writable; request not run", "cmd", j.cmd, "id", j.req.ID, "err", err)
+			return protocol.Reply{ID: j.req.ID, Cmd: j.cmd,
+				Error: protocol.Errorf(protocol.CodeInternal, "the state store could not be written; nothing was done")}, true
+		}
+		j.intent = true
+	}
 	ctx, cancel := context.WithTimeout(d.ctx, j.deadline)
 	result, err := j.run(ctx, j)
 	cancel()
@@ -328,7 +338,9 @@ func (d *Device) runFinisher(ch <-chan finished) {
 // them: nothing leaves unrecorded, and a redelivery always finds a request either in
 // flight or in the cache.
 func (d *Device) commit(batch []finished) {
+	recorded := true
 	if err := d.recordBatch(batch); err != nil {
+		recorded = false // the intents stay: the next start records these requests
 		// The results are withheld; the requests may be repeated once the trail is
 		// writable again.
 		slog.Error("audit trail not written; results withheld", "err", err)
@@ -341,18 +353,20 @@ func (d *Device) commit(batch []finished) {
 	}
 	payloads := make([][]byte, len(batch))
 	cache := map[string]store.Reply{}
+	var settled []string
 	offline := false
 	for i, f := range batch {
+		if f.j.intent && recorded {
+			settled = append(settled, f.j.req.ID)
+		}
 		payloads[i], _ = json.Marshal(f.rep)
 		if cacheable(f.rep) {
 			cache[f.j.req.ID] = store.Reply{Digest: f.j.fp, Payload: payloads[i], Stored: d.opts.Now()}
 		}
 		offline = offline || f.rep.Error != nil && f.rep.Error.Code == protocol.CodeHSMOffline
 	}
-	if len(cache) > 0 {
-		if err := d.store.PutReplies(cache); err != nil {
-			slog.Error("caching replies", "err", err)
-		}
+	if err := d.store.PutReplies(cache, settled...); err != nil {
+		slog.Error("caching replies", "err", err)
 	}
 	if offline {
 		d.notePresence() // a token went away under these requests
@@ -426,6 +440,15 @@ var audited = map[string]bool{
 	protocol.CmdHSMSetPIN: true, protocol.CmdSlotProvision: true, protocol.CmdSlotSelfSign: true,
 	protocol.CmdSlotCSR: true, protocol.CmdSlotImport: true, protocol.CmdSlotClear: true,
 	protocol.CmdSign: true, protocol.CmdReload: true, protocol.CmdRestart: true,
+}
+
+// journaled are the audited commands that change the appliance's state (token or
+// slot records): an intent is stored before they run, so that one the appliance
+// stops inside still reaches the audit trail (recover.go). A sign changes nothing
+// and its result leaves only after its audit record, so it needs none.
+var journaled = map[string]bool{
+	protocol.CmdHSMSetPIN: true, protocol.CmdSlotProvision: true, protocol.CmdSlotSelfSign: true,
+	protocol.CmdSlotCSR: true, protocol.CmdSlotImport: true, protocol.CmdSlotClear: true,
 }
 
 // recordBatch appends the audited jobs of a batch to the audit trail, with one sync.

@@ -6,7 +6,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
+	"slices"
 
+	"github.com/iot-hsm/iot-hsm/audit"
 	"github.com/iot-hsm/iot-hsm/protocol"
 	"github.com/iot-hsm/iot-hsm/store"
 )
@@ -17,6 +20,92 @@ import (
 // happened instead of running the request a second time.
 var lostDigest = []byte("lost-in-crash")
 
+// resultInterrupted is the audit result of a request the appliance stopped inside,
+// whose effect could not be confirmed from the state it left.
+const resultInterrupted = "interrupted"
+
+// recoverIntents runs at start-up, before recoverLostReplies: a request that left
+// an intent and no audit record was running when the appliance stopped. It gets its
+// audit record now, "ok" when the slot record shows the request's change landed,
+// "interrupted" otherwise, so that the trail holds every change of state.
+func (d *Device) recoverIntents() {
+	intents, err := d.store.Intents()
+	if err != nil {
+		slog.Error("reading the intents of interrupted requests", "err", err)
+		return
+	}
+	if len(intents) == 0 {
+		return
+	}
+	recorded := map[string]bool{}
+	if d.opts.Audit != nil {
+		for _, r := range d.opts.Audit.Tail(0) {
+			recorded[r.RequestID] = true
+		}
+	}
+	var recs []audit.Record
+	ids := slices.Sorted(maps.Keys(intents))
+	for _, id := range ids {
+		in := intents[id]
+		if recorded[id] {
+			continue // stopped after its audit record: recoverLostReplies answers it
+		}
+		result, note := d.settle(in)
+		recs = append(recs, audit.Record{RequestID: id, Requester: in.Requester, Command: in.Command,
+			SlotID: in.SlotID, Result: result, Note: note})
+		slog.Warn("a request was running when the appliance stopped", "cmd", in.Command, "id", id, "slot", in.SlotID, "result", result)
+	}
+	if d.opts.Audit != nil && len(recs) > 0 {
+		if _, err := d.opts.Audit.AppendBatch(recs); err != nil {
+			slog.Error("recording interrupted requests in the audit trail; kept for the next start", "err", err)
+			return
+		}
+	}
+	if d.opts.Audit == nil {
+		// No trail to point at: the redeliveries are still told, with no record.
+		for _, r := range recs {
+			if ranOnce(r) {
+				d.markLost(r)
+			}
+		}
+	}
+	if err := d.store.DeleteIntents(ids...); err != nil {
+		slog.Error("dropping settled intents", "err", err)
+	}
+}
+
+// settle decides from the slot record what an interrupted request left behind. One
+// worker runs a token's requests one at a time, so a slot record written after the
+// intent was written by this request.
+func (d *Device) settle(in store.Intent) (result, note string) {
+	const stopped = "the appliance stopped before this was recorded; recorded at the next start"
+	if in.SlotID == "" {
+		return resultInterrupted, stopped + "; whether it took effect is unknown"
+	}
+	rec, err := d.store.Slot(in.SlotID)
+	switch {
+	case errors.Is(err, store.ErrNotFound) && in.Command == protocol.CmdSlotClear:
+		return "ok", stopped + "; the slot record is gone"
+	case errors.Is(err, store.ErrNotFound):
+		return resultInterrupted, stopped + "; there is no slot record (a key may have been made on the token: slot.provision with mode existing takes it over)"
+	case err != nil:
+		return resultInterrupted, stopped + "; the slot record could not be read"
+	case !rec.UpdatedAt.Before(in.Started) && in.Command != protocol.CmdSlotClear:
+		return "ok", fmt.Sprintf("%s; the slot record shows it done (%s)", stopped, rec.State)
+	}
+	return resultInterrupted, fmt.Sprintf("%s; the slot is still %s", stopped, rec.State)
+}
+
+// ranOnce tells the audit records whose request must not run again when it is
+// redelivered: those that ran, and an interrupted PIN change, which may have
+// landed: running it again would present the old PIN, and a wrong PIN costs one of
+// the token's few tries. Any other interrupted request left its slot record as it
+// was; running it again is what the requester wants, and safe: a key half made on
+// the token makes the retry fail with "holds a key", it does not make a second one.
+func ranOnce(r audit.Record) bool {
+	return r.Result == "ok" || r.Result == resultInterrupted && r.Command == protocol.CmdHSMSetPIN
+}
+
 // recoverLostReplies runs at start-up, before requests are taken: every recent
 // audit record of a request that ran and has no cached reply gets the marker.
 func (d *Device) recoverLostReplies() {
@@ -25,24 +114,35 @@ func (d *Device) recoverLostReplies() {
 	}
 	n := 0
 	for _, r := range d.opts.Audit.Tail(0) {
-		if r.Result != "ok" || r.RequestID == "" {
+		if r.RequestID == "" || !ranOnce(r) {
 			continue
 		}
 		if _, err := d.store.Reply(r.RequestID); !errors.Is(err, store.ErrNotFound) {
 			continue
 		}
-		payload, _ := json.Marshal(struct {
-			Seq uint64 `json:"seq"`
-		}{r.Seq})
-		if err := d.store.PutReply(r.RequestID, store.Reply{Digest: lostDigest, Payload: payload, Stored: d.opts.Now()}); err != nil {
-			slog.Error("recording a lost reply", "id", r.RequestID, "err", err)
-			continue
+		if d.markLost(r) {
+			n++
 		}
-		n++
 	}
 	if n > 0 {
 		slog.Warn("requests ran before the last stop but their replies were lost; redeliveries will be told so", "count", n)
 	}
+}
+
+// lostMarker is the payload of a lost reply's marker.
+type lostMarker struct {
+	Seq         uint64 `json:"seq"`
+	Interrupted bool   `json:"interrupted,omitempty"`
+}
+
+// markLost stores the marker for the request of audit record r.
+func (d *Device) markLost(r audit.Record) bool {
+	payload, _ := json.Marshal(lostMarker{Seq: r.Seq, Interrupted: r.Result == resultInterrupted})
+	if err := d.store.PutReply(r.RequestID, store.Reply{Digest: lostDigest, Payload: payload, Stored: d.opts.Now()}); err != nil {
+		slog.Error("recording a lost reply", "id", r.RequestID, "err", err)
+		return false
+	}
+	return true
 }
 
 // lostReply answers a redelivery of a request whose reply was lost.
@@ -50,11 +150,20 @@ func lostReply(stored store.Reply) (*protocol.Error, bool) {
 	if !bytes.Equal(stored.Digest, lostDigest) {
 		return nil, false
 	}
-	var p struct {
-		Seq uint64 `json:"seq"`
-	}
+	var p lostMarker
 	_ = json.Unmarshal(stored.Payload, &p)
-	return &protocol.Error{Code: protocol.CodeConflict,
-		Message: fmt.Sprintf("this request ran before the appliance stopped and its reply was lost; it is audit record %d (audit.tail); it is not run again", p.Seq),
-		Details: map[string]any{"audit_seq": p.Seq}}, true
+	what := "ran before the appliance stopped and its reply was lost"
+	if p.Interrupted {
+		what = "was interrupted when the appliance stopped and may have taken effect"
+	}
+	msg := fmt.Sprintf("this request %s; it is not run again", what)
+	details := map[string]any{}
+	if p.Seq > 0 {
+		msg = fmt.Sprintf("this request %s; it is audit record %d (audit.tail); it is not run again", what, p.Seq)
+		details["audit_seq"] = p.Seq
+	}
+	if p.Interrupted {
+		details["interrupted"] = true
+	}
+	return &protocol.Error{Code: protocol.CodeConflict, Message: msg, Details: details}, true
 }

@@ -1,9 +1,11 @@
 package device
 
 import (
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/iot-hsm/iot-hsm/audit"
 	"github.com/iot-hsm/iot-hsm/protocol"
@@ -45,5 +47,113 @@ func TestLostReplyIsNotRunAgain(t *testing.T) {
 	}
 	if r, _ := st.Reply("sign-9"); string(r.Digest) != "\x01" {
 		t.Fatal("a cached reply was overwritten")
+	}
+}
+
+// Requests the appliance stopped inside (an intent, no audit record) get their audit
+// record at the next start: "ok" when the slot record shows their change, otherwise
+// "interrupted". A redelivery of one that ran, or of a PIN change, is told so and not
+// run again; one that left its slot as it was runs.
+func TestInterruptedRequestsReachTheAuditTrail(t *testing.T) {
+	dir := t.TempDir()
+	st, err := store.Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	al, err := audit.Open(filepath.Join(dir, "audit.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer al.Close()
+
+	t0 := time.Date(2026, 11, 27, 10, 0, 0, 0, time.UTC)
+	put := func(id, cmd, slot string) {
+		t.Helper()
+		if err := st.PutIntent(id, store.Intent{Command: cmd, SlotID: slot, Requester: "pki", Started: t0}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	slot := func(id string, state store.State, updated time.Time) {
+		t.Helper()
+		if _, err := st.UpdateSlot(id, func(r *store.Slot, _ bool) error {
+			r.State, r.UpdatedAt = state, updated
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Stopped after the slot record: the provisioning happened.
+	put("prov-done", protocol.CmdSlotProvision, "tok/0a")
+	slot("tok/0a", store.KeyReady, t0.Add(time.Second))
+	// Stopped before the slot record of an import: the slot is as it was.
+	put("import-cut", protocol.CmdSlotImport, "tok/0b")
+	slot("tok/0b", store.CSRPending, t0.Add(-time.Hour))
+	// Stopped inside a generation: no slot record at all.
+	put("prov-cut", protocol.CmdSlotProvision, "tok/0c")
+	// A PIN change: nothing tells whether it landed.
+	put("pin", protocol.CmdHSMSetPIN, "")
+	// Stopped after its audit record: nothing more is written for it.
+	put("clear-audited", protocol.CmdSlotClear, "tok/0d")
+	al.Append(audit.Record{RequestID: "clear-audited", Command: protocol.CmdSlotClear, SlotID: "tok/0d", Result: "ok"})
+
+	d := New(Options{DeviceID: "t", Audit: al}, &Slots{Store: st, Registry: NewRegistry()})
+	d.recoverIntents()
+	d.recoverLostReplies()
+
+	want := map[string]string{"prov-done": "ok", "import-cut": "interrupted", "prov-cut": "interrupted", "pin": "interrupted", "clear-audited": "ok"}
+	got := map[string][]audit.Record{}
+	for _, r := range al.Tail(0) {
+		got[r.RequestID] = append(got[r.RequestID], r)
+	}
+	for id, result := range want {
+		recs := got[id]
+		if len(recs) != 1 {
+			t.Errorf("%s: %d audit records, want 1", id, len(recs))
+			continue
+		}
+		r := recs[0]
+		if r.Result != result {
+			t.Errorf("%s: audit result %q, want %q (note %q)", id, r.Result, result, r.Note)
+		}
+		if id != "clear-audited" && (r.Requester != "pki" || !strings.Contains(r.Note, "stopped")) {
+			t.Errorf("%s: audit record %+v does not say who asked and what happened", id, r)
+		}
+		rep, err := st.Reply(id)
+		if id == "import-cut" || id == "prov-cut" {
+			// Nothing landed in the slot record: a redelivery runs.
+			if err == nil {
+				t.Errorf("%s: interrupted before its slot record, but a redelivery would not run", id)
+			}
+			continue
+		}
+		if err != nil {
+			t.Errorf("%s: no reply marker: %v", id, err)
+			continue
+		}
+		e, lost := lostReply(rep)
+		if !lost || e.Code != protocol.CodeConflict || e.Details["audit_seq"] != r.Seq {
+			t.Errorf("%s: redelivery answer %v %+v, want conflict naming audit record %d", id, lost, e, r.Seq)
+		}
+		if interrupted := e.Details["interrupted"] == true; interrupted != (result == "interrupted") {
+			t.Errorf("%s: answer says interrupted=%v, audit result %q", id, interrupted, result)
+		}
+	}
+	if left, err := st.Intents(); err != nil || len(left) != 0 {
+		t.Errorf("intents left after recovery: %v %v", left, err)
+	}
+	f, err := os.Open(filepath.Join(dir, "audit.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if n, err := audit.Verify(f); err != nil || n != 5 {
+		t.Errorf("audit trail: %d records, %v; want 5, intact", n, err)
+	}
+
+	// A second start finds nothing more to do.
+	d.recoverIntents()
+	if n := len(al.Tail(0)); n != 5 {
+		t.Errorf("%d audit records after a second start, want 5", n)
 	}
 }

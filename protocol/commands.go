@@ -275,6 +275,7 @@ type AuditRecord struct {
 	Serial    string    `json:"serial,omitempty"`
 	Digest    string    `json:"digest,omitempty"`
 	Result    string    `json:"result"`
+	Note      string    `json:"note,omitempty"`
 	Prev      string    `json:"prev"`
 	Hash      string    `json:"hash"`
 }

@@ -67,9 +67,16 @@ func (s *Store) PutReply(id string, r Reply) error {
 	})
 }
 
-// PutReplies caches several replies in one transaction (one sync).
-func (s *Store) PutReplies(rs map[string]Reply) error {
+// PutReplies caches several replies and drops the intents of settled requests, in
+// one transaction (one sync).
+func (s *Store) PutReplies(rs map[string]Reply, settled ...string) error {
+	if len(rs) == 0 && len(settled) == 0 {
+		return nil
+	}
 	return s.db.Update(func(tx *bolt.Tx) error {
+		if err := deleteIntents(tx, settled); err != nil {
+			return err
+		}
 		b := tx.Bucket(bucketReplies)
 		for id, r := range rs {
 			if len(r.Digest) > 255 {

@@ -44,7 +44,7 @@ func Open(dir string) (*Store, error) {
 		return nil, fmt.Errorf("store: open %s: %w", path, err)
 	}
 	err = db.Update(func(tx *bolt.Tx) error {
-		for _, b := range [][]byte{bucketSlots, bucketReplies} {
+		for _, b := range [][]byte{bucketSlots, bucketReplies, bucketIntents} {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 				return err
 			}

@@ -272,7 +272,8 @@ func slotState(t *testing.T, o *fop, slotID string) string {
 type atKill struct {
 	slot   string // "" when there is no record
 	cached bool
-	audit  int // records with result ok
+	audit  int  // records with result ok
+	intent bool // the request's intent is stored: it reached the token's worker
 }
 
 func snapshot(t *testing.T, state, slotID, cmd, id string) atKill {
@@ -292,8 +293,51 @@ func snapshot(t *testing.T, state, slotID, cmd, id string) atKill {
 	}
 	_, err = st.Reply(id)
 	k.cached = err == nil
+	intents, err := st.Intents()
+	if err != nil {
+		t.Fatalf("intents after the kill: %v", err)
+	}
+	_, k.intent = intents[id]
 	k.audit, _ = auditCount(t, state, cmd, id)
 	return k
+}
+
+// lostConflict: the retry of a request that ran before the kill and lost its reply
+// is told so, replayed, naming its audit record, and not run again.
+func lostConflict(r protocol.Reply) bool {
+	return !r.OK && r.Error != nil && r.Error.Code == protocol.CodeConflict && r.Replayed &&
+		r.Error.Details["audit_seq"] != nil && strings.Contains(r.Error.Message, "not run again")
+}
+
+// checkRecorded: after the restart the trail holds what the request did to the
+// slot. A slot record changed by it means one "ok" record; an intent left with the
+// slot unchanged means one "interrupted" record, maybe followed by the retry's own.
+func checkRecorded(t *testing.T, state, cmd, id string, k atKill, changed bool) {
+	t.Helper()
+	ok, interrupted, all := 0, 0, 0
+	for _, r := range auditRecords(t, state) {
+		if r.Command != cmd || r.RequestID != id {
+			continue
+		}
+		all++
+		switch r.Result {
+		case "ok":
+			ok++
+		case "interrupted":
+			interrupted++
+			if !strings.Contains(r.Note, "stopped") {
+				t.Errorf("interrupted record without a note saying why: %+v", r)
+			}
+		}
+	}
+	switch {
+	case changed && (ok != 1 || all != 1):
+		t.Errorf("the slot shows request %s done at the kill; after the restart the trail has %d records for it, %d ok; want 1 ok", id, all, ok)
+	case !changed && k.intent && interrupted != 1:
+		t.Errorf("request %s was inside the token's worker at the kill and left the slot unchanged; %d interrupted records, want 1", id, interrupted)
+	case !changed && !k.intent && interrupted != 0:
+		t.Errorf("request %s never reached the token's worker, yet %d interrupted records", id, interrupted)
+	}
 }
 
 // outcome is a reply reduced to what must not change between retries.
@@ -382,34 +426,13 @@ func auditCount(t *testing.T, state, cmd, id string) (ok, other int) {
 	return ok, other
 }
 
-// crashWindowFixed: a request's effects are committed in three steps that a kill can
-// separate: the handler's own state change (the slot record, in the token worker),
-// then, in the finisher (device.commit), the audit record (synced), then the reply
-// cache. Killed between them, the daemon leaves:
-//   - a slot provisioned (key_ready, provisioned) with no audit record and no cached
-//     reply: the retry under the same id answers conflict ("is key_ready"), and the
-//     trail never shows that provisioning;
-//   - a signature or a provisioning in the trail with no cached reply: a retried sign
-//     runs again (a second certificate, a second audit record for the id).
-//
-// Until that is fixed these cases are logged as KNOWN BUG instead of failing; set true
-// once it is.
-const crashWindowFixed = false
-
-// knownBug fails the test once crashWindowFixed says the window is closed, and logs
-// until then.
-func knownBug(t *testing.T, format string, args ...any) {
-	t.Helper()
-	if crashWindowFixed {
-		t.Errorf(format, args...)
-	} else {
-		t.Logf("KNOWN BUG (crashWindowFixed = false): "+format, args...)
-	}
-}
-
 // TestFaultKillDaemon kills the daemon with SIGKILL inside slot.provision,
 // slot.import_cert and sign, starts it again on the same state directory and retries
-// the requests under their ids.
+// the requests under their ids. A request's effects are committed in steps a kill
+// can separate (intent, token, slot record, audit record, reply cache); after the
+// restart the trail must hold every change of state exactly once, and a retry must
+// either run (nothing landed) or be told that it ran (its reply was lost), never
+// run twice.
 func TestFaultKillDaemon(t *testing.T) {
 	mos := brokertest.StartMosquitto(t)
 
@@ -454,8 +477,8 @@ func TestFaultKillDaemon(t *testing.T) {
 			}
 			keys := tokenObjects(t, state, "privkey", "0a")
 			k := snapshot(t, state, slotID, protocol.CmdSlotProvision, id)
-			t.Logf("killed at %s: slot record %q, reply cached %v, %d audit records, %d private keys with id 0a on the token, %d replies",
-				point, k.slot, k.cached, k.audit, keys, len(o.got(id)))
+			t.Logf("killed at %s: slot record %q, intent %v, reply cached %v, %d audit records, %d private keys with id 0a on the token, %d replies",
+				point, k.slot, k.intent, k.cached, k.audit, keys, len(o.got(id)))
 			switch {
 			case k.slot == "" && (keys == 0 || keys == -1): // before
 			case k.slot == "key_ready" && (keys == 1 || keys == -1): // after the token and the store
@@ -463,14 +486,18 @@ func TestFaultKillDaemon(t *testing.T) {
 			default:
 				t.Fatalf("inconsistent: slot record %q with %d keys on the token", k.slot, keys)
 			}
-			if k.slot == "key_ready" && (!k.cached || k.audit != 1) {
-				knownBug(t, "slot provisioned (key_ready) at the kill, but its reply cached: %v, audit records: %d", k.cached, k.audit)
+			if k.slot == "key_ready" && !k.intent && !k.cached {
+				t.Errorf("slot provisioned (key_ready) at the kill with neither an intent nor a cached reply: nothing would record it")
 			}
 			startDaemonIn(t, dir, state, dev, mos.URL)
 			o.waitOnline(60 * time.Second)
 			r := retryTwice(t, o, id, protocol.CmdSlotProvision, args)
-			if !r.OK && k.slot == "key_ready" && !k.cached && r.Error.Code == protocol.CodeConflict {
-				knownBug(t, "a provision that completed before the kill, retried under its id: %s", short(outcome(r)))
+			checkRecorded(t, state, protocol.CmdSlotProvision, id, k, k.slot == "key_ready")
+			if k.slot == "key_ready" && !k.cached {
+				// Provisioned, reply lost: the retry learns it ran.
+				if !lostConflict(r) {
+					t.Errorf("a provision that completed before the kill, retried under its id: %s; want conflict naming its audit record", short(outcome(r)))
+				}
 			} else if !r.OK {
 				// A key on the token that the appliance never recorded: the
 				// retry cannot generate over it, and says so. The way on is to
@@ -540,21 +567,27 @@ func TestFaultKillDaemon(t *testing.T) {
 			}
 			certs := tokenObjects(t, state, "cert", "02")
 			k := snapshot(t, state, interm.SlotID, protocol.CmdSlotImport, id)
-			t.Logf("killed at %s: slot record %q, reply cached %v, %d audit records, %d certificates with id 02 on the token, %d replies",
-				point, k.slot, k.cached, k.audit, certs, len(o.got(id)))
+			t.Logf("killed at %s: slot record %q, intent %v, reply cached %v, %d audit records, %d certificates with id 02 on the token, %d replies",
+				point, k.slot, k.intent, k.cached, k.audit, certs, len(o.got(id)))
 			if k.slot != "csr_pending" && k.slot != "provisioned" {
 				t.Fatalf("slot record after the kill: %q, want csr_pending (before) or provisioned (after)", k.slot)
 			}
 			if k.slot == "provisioned" && certs == 0 {
 				t.Errorf("slot recorded provisioned but its certificate is not on the token")
 			}
-			if k.slot == "provisioned" && (!k.cached || k.audit != 1) {
-				knownBug(t, "slot provisioned by import_cert at the kill, but its reply cached: %v, audit records: %d", k.cached, k.audit)
+			if k.slot == "provisioned" && !k.intent && !k.cached {
+				t.Errorf("slot provisioned by import_cert at the kill with neither an intent nor a cached reply: nothing would record it")
 			}
 			startDaemonIn(t, dir, state, dev, mos.URL)
 			o.waitOnline(60 * time.Second)
 			r := retryTwice(t, o, id, protocol.CmdSlotImport, args)
-			if !r.OK {
+			checkRecorded(t, state, protocol.CmdSlotImport, id, k, k.slot == "provisioned")
+			switch {
+			case k.slot == "provisioned" && !k.cached:
+				if !lostConflict(r) {
+					t.Errorf("an import_cert that completed before the kill, retried under its id: %s; want conflict naming its audit record", short(outcome(r)))
+				}
+			case !r.OK:
 				t.Errorf("retried import_cert: %s, want ok (the certificate is good; before or after the kill, importing it again is what the PKI asked)", outcome(r))
 			}
 			if s := slotState(t, o, interm.SlotID); s != "provisioned" {
@@ -634,12 +667,12 @@ func TestFaultKillDaemon(t *testing.T) {
 		}
 		after := okSigns(auditRecords(t, state))
 		for _, id := range ids {
-			if c := len(after[id]); c == 0 || c > 1 && crashWindowFixed {
+			if c := len(after[id]); c != 1 {
 				t.Errorf("request %s: %d audit records of a signature, want 1", id, c)
 			}
 		}
 		if len(twice) > 0 {
-			knownBug(t, "%d requests signed twice: their signature was in the audit trail at the kill but their reply was not cached, so the retry ran them again (e.g. %s)", len(twice), twice[0])
+			t.Errorf("%d requests signed twice: their signature was in the audit trail at the kill but their reply was not cached, so the retry ran them again (e.g. %s)", len(twice), twice[0])
 		}
 		t.Logf("%d replies before the kill; %d requests recorded in the trail at the kill; %d signed again on retry although recorded",
 			len(seen), len(recorded), len(twice))

@@ -162,9 +162,7 @@ func (d *Device) Start(ctx context.Context, tr Transport) error {
 	}
 	d.syncSubscriptions()
 	d.notePresence() // the presence events that follow are changes from this
-	if n, err := d.store.PruneReplies(d.opts.Now().Add(-d.opts.ReplyRetention)); err == nil && n > 0 {
-		slog.Info("pruned cached replies", "count", n)
-	}
+	d.pruneReplies()
 	return nil
 }
 

@@ -112,9 +112,11 @@ func (d *Device) recoverLostReplies() {
 	if d.opts.Audit == nil {
 		return
 	}
+	// A record older than the retention had its reply pruned, not lost.
+	cutoff := d.opts.Now().Add(-d.opts.ReplyRetention)
 	n := 0
 	for _, r := range d.opts.Audit.Tail(0) {
-		if r.RequestID == "" || !ranOnce(r) {
+		if r.RequestID == "" || !ranOnce(r) || r.Time.Before(cutoff) {
 			continue
 		}
 		if _, err := d.store.Reply(r.RequestID); !errors.Is(err, store.ErrNotFound) {

@@ -26,6 +26,9 @@ func TestLostReplyIsNotRunAgain(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer al.Close()
+	// Two days old: its reply was pruned, not lost; a repeat runs (it may not be
+	// the same request: ids are only unique within the reply cache's retention).
+	al.Append(audit.Record{RequestID: "sign-old", Command: "sign", Result: "ok", Time: time.Now().Add(-48 * time.Hour)})
 	al.Append(audit.Record{RequestID: "sign-7", Command: "sign", Result: "ok", Serial: "0a"})
 	al.Append(audit.Record{RequestID: "sign-8", Command: "sign", Result: "policy_denied"})
 	st.PutReply("sign-9", store.Reply{Digest: []byte{1}, Payload: []byte(`{"id":"sign-9","ok":true}`)})
@@ -39,11 +42,14 @@ func TestLostReplyIsNotRunAgain(t *testing.T) {
 		t.Fatal(err)
 	}
 	e, lost := lostReply(r)
-	if !lost || e.Code != protocol.CodeConflict || !strings.Contains(e.Message, "audit record 1") {
+	if !lost || e.Code != protocol.CodeConflict || !strings.Contains(e.Message, "audit record 2") {
 		t.Fatalf("lost reply: %v %+v", lost, e)
 	}
 	if _, err := st.Reply("sign-8"); err == nil {
 		t.Fatal("a refused request was marked as run")
+	}
+	if _, err := st.Reply("sign-old"); err == nil {
+		t.Fatal("a request older than the reply retention was marked as lost")
 	}
 	if r, _ := st.Reply("sign-9"); string(r.Digest) != "\x01" {
 		t.Fatal("a cached reply was overwritten")

@@ -143,6 +143,8 @@ func (d *Device) watch() {
 	defer d.wg.Done()
 	tick := time.NewTicker(watchInterval)
 	defer tick.Stop()
+	prune := time.NewTicker(pruneInterval)
+	defer prune.Stop()
 	for {
 		select {
 		case <-d.ctx.Done():
@@ -151,7 +153,23 @@ func (d *Device) watch() {
 			d.watchLive.beginScan()
 			d.CheckPresence()
 			d.watchLive.end()
+		case <-prune.C:
+			d.pruneReplies()
 		}
+	}
+}
+
+// pruneInterval is how often replies older than the retention are dropped: an
+// appliance runs for months, and the cache would otherwise grow with every request.
+const pruneInterval = time.Hour
+
+func (d *Device) pruneReplies() {
+	n, err := d.store.PruneReplies(d.opts.Now().Add(-d.opts.ReplyRetention))
+	switch {
+	case err != nil:
+		slog.Error("pruning cached replies", "err", err)
+	case n > 0:
+		slog.Info("pruned cached replies", "count", n)
 	}
 }
 

@@ -97,5 +97,6 @@ func trustVerifier(t config.Trust) (*auth.Verifier, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: trust.controllers: %v", config.ErrInvalid, err)
 	}
+	v.RequireTopic = t.RequireTopic
 	return v, nil
 }

@@ -1,7 +1,8 @@
 // Package auth checks authenticated requests: compact JWS (RFC 7515) whose x5c
 // certificate chain leads to the controllers' CA bundle. With such a bundle
-// configured, a party that can merely publish to the broker cannot sign, provision or
-// replay anything.
+// configured, a party that can merely publish to the broker cannot sign or provision
+// anything; with requests bound to their topic (TopicHeader) it cannot replay them
+// to another appliance or under another command either.
 package auth
 
 import (
@@ -27,10 +28,19 @@ var ErrUnauthorized = errors.New("unauthorized")
 // refuses them while parsing.
 var Algorithms = []jose.SignatureAlgorithm{jose.ES256, jose.ES384, jose.EdDSA, jose.PS256, jose.RS256}
 
+// TopicHeader is the protected JWS header that binds a signed request to the MQTT
+// topic it is published to. The payload alone does not say which device or command
+// it is for (the topic does), so without it a signed request could be published
+// again to another appliance, or under another command whose arguments fit.
+const TopicHeader = "topic"
+
 // Verifier checks requests against a CA bundle.
 type Verifier struct {
 	roots *x509.CertPool
 	Now   func() time.Time
+	// RequireTopic refuses signed requests without the topic header. PROTOCOL.md
+	// does not know the header, so requiring it is a choice of the operator.
+	RequireTopic bool
 }
 
 // NewVerifier takes the controllers' CA bundle (PEM).
@@ -48,9 +58,9 @@ func IsJWS(payload []byte) bool {
 	return len(p) > 0 && p[0] != '{' && bytes.Count(p, []byte{'.'}) == 2
 }
 
-// Verify checks a compact JWS and returns its payload and the requester: the
-// subject of the certificate that signed it.
-func (v *Verifier) Verify(compact []byte) (payload []byte, requester string, err error) {
+// Verify checks a compact JWS that arrived on topic and returns its payload and the
+// requester: the subject of the certificate that signed it.
+func (v *Verifier) Verify(compact []byte, topic string) (payload []byte, requester string, err error) {
 	jws, err := jose.ParseSignedCompact(string(bytes.TrimSpace(compact)), Algorithms)
 	if err != nil {
 		return nil, "", fmt.Errorf("%w: not a JWS with an allowed algorithm (ES256, ES384, EdDSA, PS256, RS256)", ErrUnauthorized)
@@ -75,7 +85,26 @@ func (v *Verifier) Verify(compact []byte) (payload []byte, requester string, err
 	if err != nil {
 		return nil, "", fmt.Errorf("%w: bad signature", ErrUnauthorized)
 	}
+	if err := checkTopic(h, topic, v.RequireTopic); err != nil {
+		return nil, "", err
+	}
 	return payload, leaf.Subject.String(), nil
+}
+
+// checkTopic: a request signed for a topic is taken only on that topic.
+func checkTopic(h jose.Header, topic string, required bool) error {
+	raw, ok := h.ExtraHeaders[jose.HeaderKey(TopicHeader)]
+	if !ok {
+		if required {
+			return fmt.Errorf("%w: the request is not bound to its topic (protected header %q), and this appliance requires it", ErrUnauthorized, TopicHeader)
+		}
+		return nil
+	}
+	signed, ok := raw.(string)
+	if !ok || signed != topic {
+		return fmt.Errorf("%w: the request was signed for another topic than the one it arrived on", ErrUnauthorized)
+	}
+	return nil
 }
 
 // algorithmFits refuses an alg header that does not match the certificate's key: an
@@ -96,9 +125,10 @@ func algorithmFits(alg jose.SignatureAlgorithm, pub crypto.PublicKey) error {
 	return nil
 }
 
-// Sign makes a compact JWS of payload with key, carrying chain (leaf first) in x5c.
-// The console uses it to send authenticated requests.
-func Sign(payload []byte, key crypto.Signer, chain []*x509.Certificate) ([]byte, error) {
+// Sign makes a compact JWS of payload with key, carrying chain (leaf first) in x5c,
+// bound to topic when it is not empty. The console uses it to send authenticated
+// requests.
+func Sign(payload []byte, key crypto.Signer, chain []*x509.Certificate, topic string) ([]byte, error) {
 	var alg jose.SignatureAlgorithm
 	switch k := key.Public().(type) {
 	case *ecdsa.PublicKey:
@@ -121,6 +151,9 @@ func Sign(payload []byte, key crypto.Signer, chain []*x509.Certificate) ([]byte,
 		x5c[i] = base64.StdEncoding.EncodeToString(c.Raw)
 	}
 	opts := (&jose.SignerOptions{}).WithHeader("x5c", x5c)
+	if topic != "" {
+		opts = opts.WithHeader(TopicHeader, topic)
+	}
 	s, err := jose.NewSigner(jose.SigningKey{Algorithm: alg, Key: key}, opts)
 	if err != nil {
 		return nil, err
@@ -135,8 +168,9 @@ func Sign(payload []byte, key crypto.Signer, chain []*x509.Certificate) ([]byte,
 
 // Unwrap takes the payload of a JWS whose signature is only checked against the key
 // of its own x5c certificate: for appliances that have no controllers bundle, so a
-// PKI that always signs is still served. The requester is marked unverified.
-func Unwrap(compact []byte) (payload []byte, requester string, err error) {
+// PKI that always signs is still served. The requester is marked unverified. A topic
+// header, when there is one, must still name topic.
+func Unwrap(compact []byte, topic string) (payload []byte, requester string, err error) {
 	jws, err := jose.ParseSignedCompact(string(bytes.TrimSpace(compact)), Algorithms)
 	if err != nil || len(jws.Signatures) != 1 {
 		return nil, "", fmt.Errorf("%w: not a JWS with an allowed algorithm", ErrUnauthorized)
@@ -150,6 +184,9 @@ func Unwrap(compact []byte) (payload []byte, requester string, err error) {
 	}
 	if payload, err = jws.Verify(leaf.PublicKey); err != nil {
 		return nil, "", fmt.Errorf("%w: bad signature", ErrUnauthorized)
+	}
+	if err := checkTopic(jws.Signatures[0].Protected, topic, false); err != nil {
+		return nil, "", err
 	}
 	return payload, "unverified: " + leaf.Subject.String(), nil
 }

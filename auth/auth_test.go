@@ -69,14 +69,14 @@ func TestVerify(t *testing.T) {
 	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	cert := trusted.controller(t, key, time.Now().Add(time.Hour))
 
-	good, err := Sign(payload, key, []*x509.Certificate{cert})
+	good, err := Sign(payload, key, []*x509.Certificate{cert}, "")
 	if err != nil {
 		t.Fatal(err)
 	}
 	if !IsJWS(good) || IsJWS(payload) {
 		t.Fatal("IsJWS")
 	}
-	got, who, err := v.Verify(good)
+	got, who, err := v.Verify(good, "iot-hsm/dev/cmd/status")
 	if err != nil || string(got) != string(payload) || !strings.Contains(who, "pki-controller") {
 		t.Fatalf("good request: %q %q %v", got, who, err)
 	}
@@ -93,11 +93,11 @@ func TestVerify(t *testing.T) {
 	}
 	bad := map[string][]byte{
 		"untrusted chain": func() []byte {
-			b, _ := Sign(payload, key, []*x509.Certificate{other.controller(t, key, time.Now().Add(time.Hour))})
+			b, _ := Sign(payload, key, []*x509.Certificate{other.controller(t, key, time.Now().Add(time.Hour))}, "")
 			return b
 		}(),
 		"expired certificate": func() []byte {
-			b, _ := Sign(payload, key, []*x509.Certificate{trusted.controller(t, key, time.Now().Add(-time.Minute))})
+			b, _ := Sign(payload, key, []*x509.Certificate{trusted.controller(t, key, time.Now().Add(-time.Minute))}, "")
 			return b
 		}(),
 		"alg none":           forge(t, "none", cert, payload, func([]byte) []byte { return nil }),
@@ -108,13 +108,55 @@ func TestVerify(t *testing.T) {
 		"bad signature":      []byte(string(good[:len(good)-4]) + "AAAA"),
 		"plain JSON payload": payload,
 	}
-	if _, _, err := v.Verify(forge(t, "ES256", cert, payload, es256)); err != nil {
+	if _, _, err := v.Verify(forge(t, "ES256", cert, payload, es256), "t"); err != nil {
 		t.Fatalf("the hand-made JWS itself is sound: %v", err)
 	}
 	for name, msg := range bad {
-		if _, _, err := v.Verify(msg); !errors.Is(err, ErrUnauthorized) {
+		if _, _, err := v.Verify(msg, "t"); !errors.Is(err, ErrUnauthorized) {
 			t.Errorf("%s: %v, want ErrUnauthorized", name, err)
 		}
+	}
+}
+
+// A request signed for one topic is refused on any other: republished to another
+// appliance, or under another command, it does not run. Requiring the binding
+// refuses unbound requests.
+func TestVerifyTopicBinding(t *testing.T) {
+	trusted := newPKI(t, "controllers")
+	v, err := NewVerifier(trusted.bundle)
+	if err != nil {
+		t.Fatal(err)
+	}
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	chain := []*x509.Certificate{trusted.controller(t, key, time.Now().Add(time.Hour))}
+	payload := []byte(`{"id":"b1","args":{"slot_id":"pkcs11-1/01"}}`)
+	const topic = "iot-hsm/dev-a/cmd/slot.show"
+	bound, err := Sign(payload, key, chain, topic)
+	if err != nil {
+		t.Fatal(err)
+	}
+	unbound, _ := Sign(payload, key, chain, "")
+
+	if got, _, err := v.Verify(bound, topic); err != nil || string(got) != string(payload) {
+		t.Fatalf("bound request on its topic: %q %v", got, err)
+	}
+	for _, other := range []string{"iot-hsm/dev-a/cmd/slot.clear", "iot-hsm/dev-b/cmd/slot.show", ""} {
+		if _, _, err := v.Verify(bound, other); !errors.Is(err, ErrUnauthorized) {
+			t.Errorf("signed for %s, taken on %q: %v", topic, other, err)
+		}
+		if _, _, err := Unwrap(bound, other); !errors.Is(err, ErrUnauthorized) {
+			t.Errorf("without a bundle, signed for %s, taken on %q: %v", topic, other, err)
+		}
+	}
+	if _, _, err := v.Verify(unbound, topic); err != nil {
+		t.Errorf("an unbound request, binding not required: %v", err)
+	}
+	v.RequireTopic = true
+	if _, _, err := v.Verify(unbound, topic); !errors.Is(err, ErrUnauthorized) || !strings.Contains(err.Error(), TopicHeader) {
+		t.Errorf("an unbound request, binding required: %v", err)
+	}
+	if _, _, err := v.Verify(bound, topic); err != nil {
+		t.Errorf("a bound request, binding required: %v", err)
 	}
 }
 
@@ -123,12 +165,12 @@ func TestUnwrapWithoutBundle(t *testing.T) {
 	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	cert := p.controller(t, key, time.Now().Add(time.Hour))
 	payload := []byte(`{"id":"u1"}`)
-	msg, _ := Sign(payload, key, []*x509.Certificate{cert})
-	got, who, err := Unwrap(msg)
+	msg, _ := Sign(payload, key, []*x509.Certificate{cert}, "")
+	got, who, err := Unwrap(msg, "t")
 	if err != nil || string(got) != string(payload) || !strings.HasPrefix(who, "unverified: ") {
 		t.Fatalf("%q %q %v", got, who, err)
 	}
-	if _, _, err := Unwrap([]byte(string(msg[:len(msg)-4]) + "AAAA")); !errors.Is(err, ErrUnauthorized) {
+	if _, _, err := Unwrap([]byte(string(msg[:len(msg)-4])+"AAAA"), "t"); !errors.Is(err, ErrUnauthorized) {
 		t.Fatalf("bad signature: %v", err)
 	}
 	if string(PeekPayload(msg)) != string(payload) {

@@ -27,6 +27,8 @@ import (
 
 var fuzzNow = time.Date(2026, 6, 1, 0, 0, 0, 0, time.UTC)
 
+const fuzzTopic = "iot-hsm/fz/cmd/sign"
+
 const fuzzPayload = `{"id":"fz-1","expires_at":"2026-06-01T00:05:00Z","args":{"slot_id":"s1","kind":"digest","digest":"AAEC"}}`
 
 // fuzzES256 is fuzzPayload signed by the ES256 controller (seed 4), whose
@@ -94,18 +96,18 @@ var fuzzSetup = sync.OnceValues(func() (*fuzzPKI, error) {
 	}
 	v.Now = func() time.Time { return fuzzNow }
 	p := &fuzzPKI{verifier: v, valid: map[string][]byte{}, ecPub: &ecKey.PublicKey}
-	if p.valid["EdDSA"], err = Sign([]byte(fuzzPayload), edKey, []*x509.Certificate{edCert, ca}); err != nil {
+	if p.valid["EdDSA"], err = Sign([]byte(fuzzPayload), edKey, []*x509.Certificate{edCert, ca}, ""); err != nil {
 		return nil, err
 	}
 	// ECDSA signatures are randomised, and fuzz workers are separate
 	// processes, so the ES256 message is fixed here (made once with Sign by
 	// ecKey over ecCert); it must still verify.
 	p.valid["ES256"] = []byte(fuzzES256)
-	if _, _, err := v.Verify(p.valid["ES256"]); err != nil {
+	if _, _, err := v.Verify(p.valid["ES256"], fuzzTopic); err != nil {
 		return nil, fmt.Errorf("the fixed ES256 JWS: %w", err)
 	}
 	_ = ecCert
-	if p.untrusted, err = Sign([]byte(fuzzPayload), edKey, []*x509.Certificate{rogueCert}); err != nil {
+	if p.untrusted, err = Sign([]byte(fuzzPayload), edKey, []*x509.Certificate{rogueCert}, ""); err != nil {
 		return nil, err
 	}
 	return p, nil
@@ -169,7 +171,7 @@ func FuzzVerify(f *testing.F) {
 		p := fuzzPKIFor(t)
 		IsJWS(msg)
 		PeekPayload(msg)
-		uPayload, uWho, uErr := Unwrap(msg)
+		uPayload, uWho, uErr := Unwrap(msg, fuzzTopic)
 		if uErr != nil && !errors.Is(uErr, ErrUnauthorized) {
 			t.Fatalf("Unwrap refusal is not ErrUnauthorized: %v", uErr)
 		}
@@ -177,7 +179,7 @@ func FuzzVerify(f *testing.F) {
 			t.Fatalf("Unwrap requester %q is not marked unverified", uWho)
 		}
 
-		payload, who, err := p.verifier.Verify(msg)
+		payload, who, err := p.verifier.Verify(msg, fuzzTopic)
 		if err != nil {
 			if !errors.Is(err, ErrUnauthorized) {
 				t.Fatalf("Verify refusal is not ErrUnauthorized: %v", err)

@@ -11,6 +11,12 @@ type Trust struct {
 	// the operators') certificates. When set, only requests signed (compact JWS with
 	// an x5c chain) by a certificate chaining to it are executed.
 	Controllers string `toml:"controllers"`
+	// RequireTopic refuses signed requests that do not name, in their protected
+	// header "topic", the MQTT topic they were published to. Without the binding a
+	// signed request can be published again to another appliance or under another
+	// command. PROTOCOL.md does not define the header, so it is off unless every
+	// controller sends it (iot-hsm console always does).
+	RequireTopic bool `toml:"require_topic"`
 }
 
 // ReadControllers returns the bundle's PEM, or nil when none is configured.

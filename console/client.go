@@ -171,7 +171,7 @@ func (s *session) request(cmd, topic string, rf *requestFlags, args any) (reply 
 	if len(payload) > protocol.MaxPayload {
 		return nil, nil, usagef("the request is %d bytes; the device accepts at most %d", len(payload), protocol.MaxPayload)
 	}
-	if payload, err = s.signRequest(payload); err != nil {
+	if payload, err = s.signRequest(payload, topic); err != nil {
 		return nil, nil, err
 	}
 	ctx, cancel := context.WithDeadline(context.Background(), expires)

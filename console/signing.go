@@ -10,8 +10,9 @@ import (
 )
 
 // signRequest wraps the request in a compact JWS when --sign-key is given: appliances
-// configured with trust.controllers execute only signed requests.
-func (s *session) signRequest(payload []byte) ([]byte, error) {
+// configured with trust.controllers execute only signed requests. The signature
+// covers the topic too, so the request cannot be published again elsewhere.
+func (s *session) signRequest(payload []byte, topic string) ([]byte, error) {
 	if s.opts.signKey == "" && s.opts.signCert == "" {
 		return payload, nil
 	}
@@ -39,7 +40,7 @@ func (s *session) signRequest(payload []byte) ([]byte, error) {
 	if len(chain) == 0 {
 		return nil, usagef("--sign-cert: no PEM certificate")
 	}
-	out, err := auth.Sign(payload, key, chain)
+	out, err := auth.Sign(payload, key, chain, topic)
 	if err != nil {
 		return nil, usagef("signing the request: %v", err)
 	}

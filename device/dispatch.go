@@ -71,7 +71,7 @@ func (d *Device) Handle(topic string, payload []byte) {
 		d.dropped.Add(1)
 		return
 	}
-	payload, requester, perr := d.authenticate(payload)
+	payload, requester, perr := d.authenticate(topic, payload)
 	if perr != nil {
 		// Answer where the request asked, though nothing in it can be trusted: the
 		// refusal itself carries nothing.
@@ -97,6 +97,13 @@ func (d *Device) Handle(topic string, payload []byte) {
 		d.refuse(req, cmd, requester, protocol.Errorf(protocol.CodeUnauthorized, "a signed request must carry expires_at"))
 		return
 	}
+	// The reply cache is what stops a signed request from running twice; a request
+	// that outlives it could be replayed once its reply is pruned.
+	if d.opts.Verifier != nil && req.ExpiresAt.After(d.opts.Now().Add(d.opts.ReplyRetention)) {
+		d.refuse(req, cmd, requester, protocol.Errorf(protocol.CodeUnauthorized,
+			"a signed request must expire within %v (how long replies are kept against replays)", d.opts.ReplyRetention))
+		return
+	}
 	if d.expired(req) {
 		d.refuse(req, cmd, requester, protocol.Errorf(protocol.CodeExpired, "request expired at %s", req.ExpiresAt.UTC().Format(time.RFC3339)))
 		return
@@ -118,7 +125,7 @@ func (d *Device) Handle(topic string, payload []byte) {
 // authenticate unwraps a signed request. With a controllers bundle configured only
 // signed requests chaining to it pass; without one, a signed request is taken after
 // its signature is checked against its own certificate.
-func (d *Device) authenticate(payload []byte) ([]byte, string, *protocol.Error) {
+func (d *Device) authenticate(topic string, payload []byte) ([]byte, string, *protocol.Error) {
 	if len(payload) > 2*protocol.MaxPayload {
 		return payload, "", nil // DecodeRequest refuses it as oversize
 	}
@@ -127,13 +134,13 @@ func (d *Device) authenticate(payload []byte) ([]byte, string, *protocol.Error) 
 	case d.opts.Verifier != nil && !jws:
 		return payload, "", protocol.Errorf(protocol.CodeUnauthorized, "this appliance takes only signed requests (compact JWS)")
 	case d.opts.Verifier != nil:
-		inner, who, err := d.opts.Verifier.Verify(payload)
+		inner, who, err := d.opts.Verifier.Verify(payload, topic)
 		if err != nil {
 			return payload, "", protocol.Errorf(protocol.CodeUnauthorized, "%v", err)
 		}
 		return inner, who, nil
 	case jws:
-		inner, who, err := auth.Unwrap(payload)
+		inner, who, err := auth.Unwrap(payload, topic)
 		if err != nil {
 			return payload, "", protocol.Errorf(protocol.CodeUnauthorized, "%v", err)
 		}

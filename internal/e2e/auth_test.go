@@ -65,7 +65,7 @@ func send(t *testing.T, op *operator, a *appliance, cmd string, args any, expire
 	payload, _ := json.Marshal(protocol.Request{ID: id, ReplyTo: op.replyTo, ExpiresAt: expires, Args: raw})
 	if key != nil {
 		var err error
-		if payload, err = auth.Sign(payload, key, []*x509.Certificate{cert}); err != nil {
+		if payload, err = auth.Sign(payload, key, []*x509.Certificate{cert}, a.dev.Topics().Cmd(cmd)); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -140,5 +140,30 @@ func TestSignedRequestsAndAuditTrail(t *testing.T) {
 	forged := strings.Replace(string(data), leaf.Serial, "01", 1)
 	if _, err := audit.Verify(strings.NewReader(forged)); !errors.Is(err, audit.ErrBroken) || !strings.Contains(err.Error(), "line 8") {
 		t.Fatalf("a changed serial: %v", err)
+	}
+
+	// Someone on the broker takes a signed slot.show and publishes it, unchanged, as
+	// slot.clear with destroy_key (the arguments fit): refused, the slot stays.
+	raw, _ := json.Marshal(protocol.SlotIDArgs{SlotID: res.SlotID})
+	id := randomID()
+	payload, _ := json.Marshal(protocol.Request{ID: id, ReplyTo: op.replyTo, ExpiresAt: &soon, Args: raw})
+	signed, err := auth.Sign(payload, key, []*x509.Certificate{cert}, a.dev.Topics().Cmd(protocol.CmdSlotShow))
+	if err != nil {
+		t.Fatal(err)
+	}
+	op.publish(a.dev.Topics().Cmd(protocol.CmdSlotClear), signed)
+	failed(t, op.wait(id, 1, time.Minute), protocol.CodeUnauthorized)
+	show := ok[protocol.SlotShow](t, send(t, op, a, protocol.CmdSlotShow, protocol.SlotIDArgs{SlotID: res.SlotID}, &soon, key, cert))
+	if show.State != "provisioned" {
+		t.Fatalf("after a replayed request: slot %s", show.State)
+	}
+
+	// A signed request that would outlive the reply cache could be replayed once its
+	// reply is pruned: refused.
+	later := time.Now().Add(48 * time.Hour).UTC()
+	r := send(t, op, a, protocol.CmdSlotShow, protocol.SlotIDArgs{SlotID: res.SlotID}, &later, key, cert)
+	failed(t, r, protocol.CodeUnauthorized)
+	if !strings.Contains(r.Error.Message, "expire within") {
+		t.Fatalf("a request expiring in 48h: %s", r.Error.Message)
 	}
 }

@@ -748,7 +748,10 @@ func TestFaultTokenRemoved(t *testing.T) {
 	pulled := mark()
 	waitFor("hsm_offline replies with the token gone", protocol.CodeHSMOffline, pulled, 30*time.Second)
 	var offlineID string
-	for _, id := range ids[pulled:] {
+	mu.Lock()
+	sent := append([]string(nil), ids[pulled:]...)
+	mu.Unlock()
+	for _, id := range sent {
 		if rs := o.got(id); len(rs) > 0 && rs[0].Error != nil && rs[0].Error.Code == protocol.CodeHSMOffline {
 			offlineID = id
 			break

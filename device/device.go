@@ -89,6 +89,9 @@ type Device struct {
 	caSubs   map[string]bool      // ca_ids subscribed
 	issuers  map[string]*issuerCache
 	present  map[string]bool // last published presence per HSM
+	// presenceSeen: the start-up baseline of present is taken; HSMs new after it
+	// get an hsm.present event.
+	presenceSeen bool
 
 	watchLive liveness // the presence scan running now, for the watchdog
 

@@ -190,12 +190,15 @@ func (d *Device) notePresence() {
 		d.mu.Lock()
 		was, known := d.present[info.ID]
 		d.present[info.ID] = info.Present
+		// The first look at start-up is the baseline the status document tells;
+		// an HSM first seen after it (a YubiKey plugged in) is news.
+		baseline := !d.presenceSeen
 		d.mu.Unlock()
 		if known && was == info.Present {
 			continue
 		}
 		changed = true
-		if known {
+		if known || !baseline && info.Present {
 			typ := "hsm.absent"
 			if info.Present {
 				typ = "hsm.present"
@@ -205,6 +208,9 @@ func (d *Device) notePresence() {
 			d.event(protocol.Event{Type: typ, HSM: info.ID})
 		}
 	}
+	d.mu.Lock()
+	d.presenceSeen = true
+	d.mu.Unlock()
 	if changed {
 		d.PublishStatus()
 	}

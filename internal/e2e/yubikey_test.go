@@ -36,6 +36,13 @@ func startYubiKeyAppliance(t *testing.T, brokerURL, pin string) (*appliance, *pc
 	}
 	plugged := pcscdtest.PlugCard(t, card, ykVPCD)
 	pcscdtest.ProtectManagementKey(t, ykReader)
+	return startPIVAppliance(t, brokerURL, pin, card), plugged, card
+}
+
+// startPIVAppliance starts an appliance whose only backend is the PIV one, with the
+// hotplug watcher as `iot-hsm run` has it; card's attestation root is trusted.
+func startPIVAppliance(t *testing.T, brokerURL, pin string, card *vyubikey.Card) *appliance {
+	t.Helper()
 	roots := x509.NewCertPool()
 	roots.AddCert(card.AttestationRoot())
 	prov := yubikey.NewProvider(yubikey.ProviderOptions{Default: yubikey.Options{PIN: pin}, AttestationRoots: roots, CardState: hotplug.CardState})
@@ -46,7 +53,31 @@ func startYubiKeyAppliance(t *testing.T, brokerURL, pin string) (*appliance, *pc
 	done := make(chan struct{})
 	go func() { w.Run(ctx); close(done) }()
 	t.Cleanup(func() { cancel(); <-done })
-	return a, plugged, card
+	return a
+}
+
+// A YubiKey plugged in for the first time after the appliance started is announced
+// like one coming back: an hsm.present event, and the status lists it.
+func TestYubiKeyFirstPluggedAfterStart(t *testing.T) {
+	b := brokers(t)[1]
+	card, err := vyubikey.New(vyubikey.Config{Serial: 20242024, StatePath: filepath.Join(t.TempDir(), "card.json")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := startPIVAppliance(t, b.url, "123456", card)
+	watch := watchStatus(t, b.url, a)
+	watch.until(t, "the appliance online without the key", func(st protocol.Status) bool { return st.Online && len(st.HSMs) == 0 })
+	pcscdtest.PlugCard(t, card, ykVPCD)
+	watch.until(t, "the key listed", func(st protocol.Status) bool {
+		return len(st.HSMs) == 1 && st.HSMs[0].ID == ykHSM && st.HSMs[0].Present
+	})
+	deadline := time.Now().Add(5 * time.Second)
+	for !watch.saw("hsm.present", ykHSM) {
+		if time.Now().After(deadline) {
+			t.Fatal("no hsm.present event for a YubiKey plugged in after the start")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 }
 
 func TestYubiKeyWorkflowOverMQTT(t *testing.T) {

@@ -64,8 +64,8 @@ bench: build
 clean:
 	rm -rf bin
 
-# Static ARM binaries and the appliance image (README: "Cross builds and the appliance
-# image"). cross: bin/iot-hsm-linux-arm64 and bin/iot-hsm-linux-armv7, static cgo builds
+# Static ARM binaries and the appliance image (docs/cross-and-image.md). cross:
+# bin/iot-hsm-linux-arm64 and bin/iot-hsm-linux-armv7, static cgo builds
 # with Debian's cross compilers and a static pcsc-lite built once from Debian's source
 # package (cross/build/); installs what is missing. cross-test: both binaries under
 # qemu-user, unit tests through `go test -exec`, and the arm64 daemon on Debian's arm64

@@ -11,7 +11,8 @@ import (
 	"github.com/BurntSushi/toml"
 )
 
-// Config is the whole configuration file. README.md documents every field.
+// Config is the whole configuration file. docs/configuration.md documents every field
+// or links the page that does.
 type Config struct {
 	DeviceID    string   `toml:"device_id"`
 	StateDir    string   `toml:"state_dir"`

@@ -5,7 +5,7 @@ import (
 	"time"
 )
 
-// OTA configures over-the-air updates (README.md, "Over-the-air updates").
+// OTA configures over-the-air updates (docs/ota.md).
 //
 //	[ota]
 //	mode = "binary"                      # binary | rauc | off

@@ -1,8 +1,8 @@
 package config
 
 // Secrets configures the PINs stored at rest (hsm.set_pin with persist): they are
-// sealed in <state_dir>/secrets.enc with a key kept in KeyFile. README.md ("Secrets
-// at rest") says what this protects and what it does not.
+// sealed in <state_dir>/secrets.enc with a key kept in KeyFile. docs/security.md
+// ("Secrets at rest") says what this protects and what it does not.
 //
 //	[secrets]
 //	key_file = "/etc/iot-hsm/secrets.key"   # default; created 0600 on first use

@@ -44,6 +44,9 @@ global flags (also accepted after COMMAND):
   --username U, --password-file F
   --ca-file F, --cert-file F, --key-file F
   --allow-plaintext     allow tcp:// to a broker that is not on this machine
+  --sign-key F, --sign-cert F
+                        sign requests (JWS) with this PEM private key and its PEM
+                        certificate (and chain), for appliances with [trust] controllers
 
 protocol commands (each also takes --id ID and --out FILE; FILE may be - for stdin):
   status
@@ -61,6 +64,9 @@ protocol commands (each also takes --id ID and --out FILE; FILE may be - for std
   audit.tail [--n N]
   reload
   restart
+  ota.update --url URL --sha256 HEX --size BYTES [--signature FILE.minisig]
+                 [--wait=false] [--wait-timeout D]
+  ota.status
 
 other commands:
   devices [--wait D]                     devices seen through their retained status

@@ -12,6 +12,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"encoding/pem"
+	"flag"
 	"log/slog"
 	"net"
 	"os"
@@ -648,4 +649,26 @@ func TestUsageErrors(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestHelpListsEveryCommandAndGlobalFlag: iot-hsm console help names every command
+// the console dispatches and every global flag, so neither can be added without it.
+func TestHelpListsEveryCommandAndGlobalFlag(t *testing.T) {
+	clearEnv(t)
+	code, stdout, stderr := run(t, "", "help")
+	if code != 0 || stderr != "" {
+		t.Fatalf("exit %d, stderr %q", code, stderr)
+	}
+	for name := range commands {
+		if !regexp.MustCompile(`(?m)^  ` + regexp.QuoteMeta(name) + `( |$)`).MatchString(stdout) {
+			t.Errorf("help does not list the command %s", name)
+		}
+	}
+	fs := flag.NewFlagSet("globals", flag.ContinueOnError)
+	(&options{}).register(fs)
+	fs.VisitAll(func(f *flag.Flag) {
+		if !regexp.MustCompile(`(?m)^  (.*, )?--` + regexp.QuoteMeta(f.Name) + `( |,|$)`).MatchString(stdout) {
+			t.Errorf("help does not list the global flag --%s", f.Name)
+		}
+	})
 }

@@ -130,12 +130,12 @@ done
 			grep -E '^(--- |ok|FAIL|PASS|panic|SIGSEGV)'
 		exit "${PIPESTATUS[0]}"
 	fi
-	# Without the thread fix in hsm/pkcs11 (README, "Cross builds": the libc.so.6 that a
+	# Without the thread fix in hsm/pkcs11 (docs/cross-and-image.md: the libc.so.6 that a
 	# module brings into a static binary sets up its ctype tables only on the thread that
 	# loaded it), a module re-initialised or loaded again on another OS thread crashes:
 	# one process per test, and the re-initialisation test left out.
 	echo "--- arm64: hsm/pkcs11 tests, one process each, under $QEMU, Debian's arm64 SoftHSM2 module"
-	echo "    KNOWN DEFECT: TestTokenRemovedAndReturned left out until hsm/pkcs11 pins module calls (README: Cross builds)"
+	echo "    KNOWN DEFECT: TestTokenRemovedAndReturned left out until hsm/pkcs11 pins module calls (docs/cross-and-image.md)"
 	for t in $("$QEMU" "$CROSS_DIR/arm64/pkcs11.test" -test.list '.*'); do
 		case $t in TestCertificateIsPairedWithKey | TestTokenRemovedAndReturned) continue ;; esac
 		"$QEMU" "$CROSS_DIR/arm64/pkcs11.test" -test.count=1 -test.run "^$t\$" >"$CROSS_DIR/arm64/pkcs11.$t.log" 2>&1 ||
@@ -174,7 +174,7 @@ pin = "1234"
 CONF
 
 eval "$(bash "$CROSS" env arm64)"
-# Without the thread fix in hsm/pkcs11 (README, "Cross builds"), the module's
+# Without the thread fix in hsm/pkcs11 (docs/cross-and-image.md), the module's
 # C_Initialize crashes when Go runs it on another OS thread than the dlopen before it:
 # a start that dies that way is retried (at most 5 starts) and reported; with the fix,
 # one start must do.
@@ -230,7 +230,7 @@ pkcs11-tool --module "$host_module" --token-label cross-ca --read-object --type 
 cmp <(openssl pkey -pubin -inform DER -in "$E/pub.der" -outform DER) <(openssl x509 -in "$E/root.pem" -noout -pubkey | openssl pkey -pubin -outform DER) ||
 	die "the root's public key is not the token's key"
 pass "arm64: static binary dlopened Debian's arm64 libsofthsm2.so; provision + selfsign over MQTT; openssl verifies the root"
-[ "$crashes" -eq 0 ] || echo "note: $crashes start(s) crashed first (the known static-dlopen thread defect; README: Cross builds)"
+[ "$crashes" -eq 0 ] || echo "note: $crashes start(s) crashed first (the known static-dlopen thread defect; docs/cross-and-image.md)"
 cleanup
 trap - EXIT
 

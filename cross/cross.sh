@@ -174,7 +174,7 @@ build_one() {
 		# The linker's one expected warning is the documented cost of static glibc:
 		# dlopen (PKCS#11 modules) needs a module built against the same glibc.
 		if grep -q "Using 'dlopen' in statically linked" "$errf"; then
-			log "note: static glibc + dlopen: a PKCS#11 module must be built against glibc $(glibc_version "$TRIPLET") (README: Cross builds)"
+			log "note: static glibc + dlopen: a PKCS#11 module must be built against glibc $(glibc_version "$TRIPLET") (docs/cross-and-image.md)"
 		fi
 		grep -v -e "^# " -e "in function \`" -e "statically linked applications requires at runtime" "$errf" >&2 || true
 	)

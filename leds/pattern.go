@@ -3,7 +3,7 @@
 // through periph.io, Linux LED-class devices (/sys/class/leds, blinking with the
 // kernel's timer trigger so the CPU is not woken for it) and none.
 //
-// What each state looks like is in README.md ("LEDs"); the mapping is StatusPattern,
+// What each state looks like is in docs/leds.md; the mapping is StatusPattern,
 // HSMPattern and SlotPattern.
 package leds
 

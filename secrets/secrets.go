@@ -17,8 +17,8 @@
 // The sealed file is replaced atomically (temporary file, fsync, rename, fsync of the
 // directory): a crash leaves the old file or the new one, never a mix.
 //
-// What this protects, and what it does not, is written down in README.md ("Secrets
-// at rest"): whoever holds both files holds the PINs.
+// What this protects, and what it does not, is written down in docs/security.md
+// ("Secrets at rest"): whoever holds both files holds the PINs.
 package secrets
 
 import (

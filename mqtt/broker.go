@@ -6,6 +6,8 @@ import (
 	"log/slog"
 	"net"
 	"sync"
+	"sync/atomic"
+	"time"
 
 	mochi "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/listeners"
@@ -19,6 +21,8 @@ import (
 type Broker struct {
 	server   *mochi.Server
 	listener *closingTCP
+	quiet    *quietHook
+	quietGap time.Duration // how long without a publish counts as quiet
 	once     sync.Once
 }
 
@@ -36,6 +40,10 @@ func StartBroker(addr string) (*Broker, error) {
 	if err := server.AddHook(new(allowAll), nil); err != nil {
 		return nil, fmt.Errorf("mqtt: embedded broker: %w", err)
 	}
+	quiet := &quietHook{}
+	if err := server.AddHook(quiet, nil); err != nil {
+		return nil, fmt.Errorf("mqtt: embedded broker: %w", err)
+	}
 	l := &closingTCP{TCP: listeners.NewTCP(listeners.Config{Type: listeners.TypeTCP, ID: "tcp", Address: addr})}
 	// AddListener opens the socket, so an address in use fails here and Addr is
 	// the bound one from now on.
@@ -46,7 +54,7 @@ func StartBroker(addr string) (*Broker, error) {
 		server.Close()
 		return nil, fmt.Errorf("mqtt: embedded broker: %w", err)
 	}
-	return &Broker{server: server, listener: l}, nil
+	return &Broker{server: server, listener: l, quiet: quiet, quietGap: 100 * time.Millisecond}, nil
 }
 
 // Addr returns the host:port the broker listens on.
@@ -60,11 +68,43 @@ func (b *Broker) URL() string {
 }
 
 // Close disconnects every client and stops listening. Sessions and retained
-// messages are lost.
+// messages are lost. What was published just before (the daemon's offline status,
+// on its way out) still reaches the subscribers: mochi acknowledges a publish before
+// it passes it on, so Close first waits until nothing has been published for a
+// moment, a second at most.
 func (b *Broker) Close() error {
 	var err error
-	b.once.Do(func() { err = b.server.Close() })
+	b.once.Do(func() {
+		if b.quietGap > 0 {
+			b.quiet.wait(b.quietGap, time.Second)
+		}
+		err = b.server.Close()
+	})
 	return err
+}
+
+// quietHook notes when mochi last handed a message to its subscribers.
+type quietHook struct {
+	mochi.HookBase
+	last atomic.Int64 // unix nanoseconds
+}
+
+func (*quietHook) ID() string { return "quiet" }
+
+func (*quietHook) Provides(b byte) bool { return b == mochi.OnPublished }
+
+func (h *quietHook) OnPublished(*mochi.Client, packets.Packet) { h.last.Store(time.Now().UnixNano()) }
+
+// wait returns once nothing has been published for gap, or after most.
+func (h *quietHook) wait(gap, most time.Duration) {
+	start := time.Now()
+	for {
+		time.Sleep(gap / 4)
+		now := time.Now()
+		if now.Sub(start) >= gap && now.Sub(time.Unix(0, h.last.Load())) >= gap || now.Sub(start) >= most {
+			return
+		}
+	}
 }
 
 // closingTCP is mochi's TCP listener with its own way of closing: it keeps the

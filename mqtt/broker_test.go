@@ -20,6 +20,7 @@ func TestBrokerCloseWhileClientsChurn(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		b.quietGap = 0 // no publishes here; the grace would only slow the rounds
 		stop := make(chan struct{})
 		var wg sync.WaitGroup
 		for range 16 {
@@ -53,5 +54,35 @@ func TestBrokerCloseWhileClientsChurn(t *testing.T) {
 		}
 		close(stop)
 		wg.Wait()
+	}
+}
+
+// A message published right before Close reaches its subscriber: the daemon's
+// offline status is the last thing it publishes before closing its broker.
+func TestBrokerCloseDeliversTheLastMessage(t *testing.T) {
+	for round := 0; round < 20; round++ {
+		b, err := StartBroker("127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		sub, pub := newClient(t, b.URL(), "sub"), newClient(t, b.URL(), "pub")
+		start(t, sub)
+		start(t, pub)
+		got := make(chan []byte, 4)
+		if err := sub.Subscribe("t/status", func(_ string, p []byte) { got <- p }); err != nil {
+			t.Fatal(err)
+		}
+		publish(t, pub, "t/status", "offline", true)
+		pub.Close(100 * time.Millisecond)
+		b.Close()
+		select {
+		case p := <-got:
+			if string(p) != "offline" {
+				t.Fatalf("round %d: got %q", round, p)
+			}
+		case <-time.After(2 * time.Second):
+			t.Fatalf("round %d: the message published before Close never arrived", round)
+		}
+		sub.Close(100 * time.Millisecond)
 	}
 }

@@ -13,15 +13,23 @@ import (
 const external = "../buildroot"
 
 // TestApplianceConfigParses: the image's /etc/iot-hsm/config.toml is accepted by the
-// daemon's own parser (unknown keys are errors) and keeps state on the data partition.
+// daemon's own parser (unknown keys are errors) and keeps state and the secrets key on
+// the data partition.
 func TestApplianceConfigParses(t *testing.T) {
 	path := filepath.Join(external, "board/iot-hsm/rootfs-overlay/etc/iot-hsm/config.toml")
 	cfg, err := config.Load(path)
 	if err != nil {
 		t.Fatalf("%s: %v", path, err)
 	}
-	if cfg.StateDir != "/var/lib/iot-hsm" {
-		t.Errorf("state_dir = %q, want the data partition /var/lib/iot-hsm", cfg.StateDir)
+	// The data partition is the only writable place that survives an A/B update:
+	// the state and the key sealing stored PINs must both be on it, apart.
+	const data = "/var/lib/iot-hsm/"
+	if !strings.HasPrefix(cfg.StateDir, data) {
+		t.Errorf("state_dir = %q, want a directory on the data partition %s", cfg.StateDir, data)
+	}
+	key := cfg.Secrets.Key()
+	if !strings.HasPrefix(key, data) || strings.HasPrefix(key, filepath.Clean(cfg.StateDir)+"/") {
+		t.Errorf("[secrets] key_file = %q, want it on the data partition %s and outside state_dir %s (the root filesystem is read-only)", key, data, cfg.StateDir)
 	}
 	if !strings.HasPrefix(cfg.MQTT.EmbeddedListen, "127.0.0.1:") && cfg.MQTT.Broker == "" {
 		t.Errorf("without a broker the embedded one must stay on loopback, not %q", cfg.MQTT.EmbeddedListen)

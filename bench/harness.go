@@ -115,6 +115,18 @@ func (t transport) Publish(ctx context.Context, topic string, payload []byte, re
 	shims.publish.add(time.Since(t0))
 	return err
 }
+// PublishAsync times each reply from the moment it is put in flight to its PUBACK;
+// the replies of a batch overlap.
+func (t transport) PublishAsync(topic string, payload []byte, retained bool) func(context.Context) error {
+	t0 := time.Now()
+	wait := t.c.PublishAsync(topic, payload, retained)
+	return func(ctx context.Context) error {
+		err := wait(ctx)
+		shims.publish.add(time.Since(t0))
+		return err
+	}
+}
+
 func (t transport) Subscribe(filter string, h func(string, []byte)) error {
 	return t.c.Subscribe(filter, h)
 }

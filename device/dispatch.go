@@ -378,16 +378,48 @@ func (d *Device) commit(batch []finished) {
 	if offline {
 		d.notePresence() // a token went away under these requests
 	}
+	out := make([]outMsg, 0, len(batch))
 	for i, f := range batch {
 		dups := d.done(f.j)
-		d.publish(outMsg{topic: d.replyTopic(f.j.req), payload: payloads[i]})
+		out = append(out, outMsg{topic: d.replyTopic(f.j.req), payload: payloads[i]})
 		if len(dups) > 0 {
 			rep := f.rep
 			rep.Replayed = true
 			again, _ := json.Marshal(rep)
 			for _, topic := range dups {
-				d.publish(outMsg{topic: topic, payload: again})
+				out = append(out, outMsg{topic: topic, payload: again})
 			}
+		}
+	}
+	d.publishAll(out)
+}
+
+// asyncPublisher is a transport that can put a message in flight without waiting
+// for the broker's acknowledgement (mqtt.Client).
+type asyncPublisher interface {
+	PublishAsync(topic string, payload []byte, retained bool) (wait func(ctx context.Context) error)
+}
+
+// publishAll publishes the replies of a batch with all of them in flight at once:
+// waiting for each PUBACK in turn made the finisher, not the token, the limit of a
+// fast token (one broker round trip per reply).
+func (d *Device) publishAll(msgs []outMsg) {
+	ap, ok := d.tr.(asyncPublisher)
+	if !ok || len(msgs) == 1 {
+		for _, m := range msgs {
+			d.publish(m)
+		}
+		return
+	}
+	waits := make([]func(context.Context) error, len(msgs))
+	for i, m := range msgs {
+		waits[i] = ap.PublishAsync(m.topic, m.payload, m.retained)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for i, wait := range waits {
+		if err := wait(ctx); err != nil {
+			slog.Warn("publish failed", "topic", msgs[i].topic, "err", err)
 		}
 	}
 }

@@ -636,7 +636,29 @@ func (c *Client) Publish(ctx context.Context, topic string, payload []byte, reta
 	if !c.paho.IsConnectionOpen() {
 		return ErrNotConnected
 	}
+	return waitPublished(ctx, c.paho.Publish(topic, qos, retained, payload))
+}
+
+// PublishAsync puts a message in flight and returns at once; wait blocks until the
+// broker acknowledged it (or ctx ends) and says how it went. Several messages in
+// flight cost one broker round trip instead of one each.
+func (c *Client) PublishAsync(topic string, payload []byte, retained bool) (wait func(ctx context.Context) error) {
+	if !validTopicName(topic) {
+		return func(context.Context) error { return fmt.Errorf("%w: %q", ErrTopic, topic) }
+	}
+	select {
+	case <-c.closing:
+		return func(context.Context) error { return fmt.Errorf("%w: client closed", ErrNotConnected) }
+	default:
+	}
+	if !c.paho.IsConnectionOpen() {
+		return func(context.Context) error { return ErrNotConnected }
+	}
 	tok := c.paho.Publish(topic, qos, retained, payload)
+	return func(ctx context.Context) error { return waitPublished(ctx, tok) }
+}
+
+func waitPublished(ctx context.Context, tok paho.Token) error {
 	select {
 	case <-tok.Done():
 		if err := tok.Error(); err != nil {

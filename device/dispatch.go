@@ -104,12 +104,14 @@ func (d *Device) Handle(topic string, payload []byte) {
 			"a signed request must expire within %v (how long replies are kept against replays)", d.opts.ReplyRetention))
 		return
 	}
-	if d.expired(req) {
-		d.refuse(req, cmd, requester, protocol.Errorf(protocol.CodeExpired, "request expired at %s", req.ExpiresAt.UTC().Format(time.RFC3339)))
-		return
-	}
+	// A repeat gets the stored reply even after its expires_at: nothing runs, and a
+	// requester that lost the first reply still learns the outcome.
 	fp := protocol.Fingerprint(cmd, req.Args)
 	if d.replayed(req, cmd, fp) {
+		return
+	}
+	if d.expired(req) {
+		d.refuse(req, cmd, requester, protocol.Errorf(protocol.CodeExpired, "request expired at %s", req.ExpiresAt.UTC().Format(time.RFC3339)))
 		return
 	}
 	j := &job{cmd: cmd, req: req, fp: fp, caID: caID, deadline: 30 * time.Second, requester: requester}

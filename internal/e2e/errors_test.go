@@ -3,6 +3,7 @@ package e2e
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"encoding/pem"
 	"reflect"
 	"strings"
@@ -47,9 +48,28 @@ func TestDuplicateIDIsAnsweredFromTheCache(t *testing.T) {
 			if !s2r.Replayed || s1.Certificate != s2.Certificate || s1.Serial != s2.Serial {
 				t.Fatal("a repeated sign did not return the first certificate")
 			}
+
+			// A repeat that arrives after its expires_at still gets the stored
+			// reply: nothing runs, and a PKI that lost the first reply gets its
+			// certificate. A new request that late is expired.
+			soon := time.Now().Add(time.Second).UTC()
+			raw, _ := json.Marshal(protocol.SignArgs{SlotID: pub.SlotID, Kind: protocol.KindCertificate, CSR: leafCSR(t, "late.example.com"),
+				Profile: &protocol.Profile{Validity: "24h"}})
+			lp, _ := json.Marshal(protocol.Request{ID: "sign-late", ReplyTo: op.replyTo, ExpiresAt: &soon, Args: raw})
+			op.publish(a.dev.Topics().Cmd(protocol.CmdSign), lp)
+			l1 := ok[protocol.SignResult](t, op.wait("sign-late", 1, time.Minute))
+			time.Sleep(time.Until(soon) + 100*time.Millisecond)
+			op.publish(a.dev.Topics().Cmd(protocol.CmdSign), lp)
+			l2r := op.wait("sign-late", 2, time.Minute)
+			if l2 := ok[protocol.SignResult](t, l2r); !l2r.Replayed || l2.Serial != l1.Serial {
+				t.Fatalf("a late repeat: replayed %v, serial %s, want the stored reply with %s", l2r.Replayed, l2.Serial, l1.Serial)
+			}
+			late, _ := json.Marshal(protocol.Request{ID: "sign-late-new", ReplyTo: op.replyTo, ExpiresAt: &soon, Args: raw})
+			op.publish(a.dev.Topics().Cmd(protocol.CmdSign), late)
+			failed(t, op.wait("sign-late-new", 1, time.Minute), protocol.CodeExpired)
 			st := ok[protocol.Status](t, op.call(a, protocol.CmdStatus, struct{}{}))
-			if st.Counters.Signatures != 1 {
-				t.Fatalf("%d signatures counted, want 1", st.Counters.Signatures)
+			if st.Counters.Signatures != 2 {
+				t.Fatalf("%d signatures counted, want 2 (sign-1 and sign-late, once each)", st.Counters.Signatures)
 			}
 
 			// The same id with other content is a conflict, and runs nothing.

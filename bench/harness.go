@@ -115,6 +115,7 @@ func (t transport) Publish(ctx context.Context, topic string, payload []byte, re
 	shims.publish.add(time.Since(t0))
 	return err
 }
+
 // PublishAsync times each reply from the moment it is put in flight to its PUBACK;
 // the replies of a batch overlap.
 func (t transport) PublishAsync(topic string, payload []byte, retained bool) func(context.Context) error {

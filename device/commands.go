@@ -130,14 +130,29 @@ func (d *Device) setPIN(ctx context.Context, a protocol.HSMSetPINArgs) (any, err
 	if err := d.checkPersist(a); err != nil {
 		return nil, err
 	}
-	if a.ManagementKey != "" || a.SOPIN != "" {
-		if tok.Info().Kind == hsm.KindPKCS11 {
-			return nil, fmt.Errorf("%w: a PKCS#11 token takes only the user PIN", ErrBadRequest)
+	if a.SOPIN != "" {
+		// Checking it could only cost one of its tries: nothing here uses it.
+		return nil, fmt.Errorf("%w: so_pin: the appliance never needs a security officer PIN or PUK; send the user PIN only", ErrBadRequest)
+	}
+	var mgmtKey []byte
+	if a.ManagementKey != "" {
+		if _, ok := tok.(hsm.ManagementKeyer); !ok {
+			return nil, fmt.Errorf("%w: management_key: %s has no management key", ErrBadRequest, a.HSM)
+		}
+		if mgmtKey, err = hex.DecodeString(a.ManagementKey); err != nil || len(mgmtKey) != 16 && len(mgmtKey) != 24 && len(mgmtKey) != 32 {
+			return nil, fmt.Errorf("%w: management_key must be 16, 24 or 32 bytes in hex", ErrBadRequest)
 		}
 	}
-	err = tok.Login(ctx, a.PIN)
 	defer d.PublishStatus()
-	if err != nil {
+	if mgmtKey != nil {
+		// The card checks the PIN and the key together, before either is kept; a
+		// wrong PIN here is the one try this request costs, Login below then
+		// presents a PIN the card has just accepted.
+		if err := tok.(hsm.ManagementKeyer).SetManagementKey(ctx, a.PIN, mgmtKey); err != nil {
+			return nil, err
+		}
+	}
+	if err = tok.Login(ctx, a.PIN); err != nil {
 		return nil, err
 	}
 	if err := d.keepPIN(a); err != nil {
@@ -288,7 +303,8 @@ func toProtocolError(err error) *protocol.Error {
 		code = protocol.CodeNotFound
 	case errors.Is(err, ErrBadRequest), errors.Is(err, hsm.ErrInvalidSlot), errors.Is(err, ca.ErrProfile),
 		errors.Is(err, ca.ErrBadPEM), errors.Is(err, ca.ErrKeyMismatch), errors.Is(err, ca.ErrNotCA),
-		errors.Is(err, ca.ErrChain), errors.Is(err, ca.ErrNotValidNow), errors.Is(err, ca.ErrUnsupportedKey):
+		errors.Is(err, ca.ErrChain), errors.Is(err, ca.ErrNotValidNow), errors.Is(err, ca.ErrUnsupportedKey),
+		errors.Is(err, hsm.ErrManagementKey):
 		code = protocol.CodeBadRequest
 	case errors.Is(err, hsm.ErrUnsupported):
 		code = protocol.CodeUnsupported

@@ -19,6 +19,7 @@ var (
 	ErrInvalidConfig = errors.New("invalid configuration")
 	ErrUnauthorized  = errors.New("unauthorized") // the backend refused our credentials or their permissions
 	ErrBusy          = errors.New("busy")         // the backend is rate limiting us: retry later
+	ErrManagementKey = errors.New("management key refused")
 )
 
 // PINError reports a rejected PIN with the number of tries the token still allows, so

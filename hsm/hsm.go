@@ -85,6 +85,15 @@ type Provider interface {
 	Close() error
 }
 
+// ManagementKeyer is implemented by tokens that have a management key apart from
+// their PIN (a YubiKey's PIV management key). SetManagementKey has the token check
+// pin and key, then keeps the key in memory for administrative commands (writing
+// keys and certificates). A refused key is ErrManagementKey; a refused PIN is a
+// *PINError, as from Login.
+type ManagementKeyer interface {
+	SetManagementKey(ctx context.Context, pin string, key []byte) error
+}
+
 // Attester is implemented by tokens that can prove a key was generated inside them
 // (a YubiKey's PIV attestation). The chain starts with the key's attestation
 // certificate and has been checked against the backend's attestation roots.

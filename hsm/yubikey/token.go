@@ -32,6 +32,7 @@ type Token struct {
 	pinSet        bool // the PIN was accepted by this card
 	pinFromConfig bool
 	retries       int
+	mgmtKey       []byte // given with hsm.set_pin and checked by the card; memory only
 	idle          *time.Timer
 }
 
@@ -237,9 +238,39 @@ func (t *Token) Login(ctx context.Context, pin string) error {
 			return err
 		}
 		t.pin, t.pinSet = pin, true
+		// An accepted PIN resets the card's counter to its maximum, which PIV does
+		// not tell (an empty VERIFY answers 9000 once verified): the count left
+		// from an earlier failure would now be wrong, so it is unknown.
+		t.retries = -1
 		if r, err := yk.Retries(); err == nil {
 			t.retries = r
 		}
+		return nil
+	})
+}
+
+// SetManagementKey implements hsm.ManagementKeyer. PIV has no command that only
+// checks a management key, so the card checks it by a write that changes nothing:
+// the PIN-protected metadata object, read with pin and written back byte for byte
+// (a card without one gets an empty one). The key is kept in memory only.
+func (t *Token) SetManagementKey(ctx context.Context, pin string, key []byte) error {
+	if pin == "" {
+		return fmt.Errorf("%w: %s: empty PIN", hsm.ErrPINRequired, t.id)
+	}
+	return t.do(ctx, func(yk *piv.YubiKey) error {
+		md, err := yk.Metadata(pin) // verifies the PIN: a wrong one is a PIN error
+		if err != nil {
+			return err
+		}
+		// Without the key field the raw object is written back unchanged.
+		md.ManagementKey = nil
+		if err := yk.SetMetadata(key, md); err != nil {
+			if isTransport(err) {
+				return err
+			}
+			return fmt.Errorf("%w: %s refused the management key", hsm.ErrManagementKey, t.id)
+		}
+		t.mgmtKey = append([]byte(nil), key...)
 		return nil
 	})
 }
@@ -256,10 +287,13 @@ func (t *Token) pinFor() (string, error) {
 	return "", fmt.Errorf("%w: no PIN set for %s", hsm.ErrPINRequired, t.id)
 }
 
-// managementKey finds the key for administrative commands (t.mu held): an explicit
-// one from the configuration, else the PIN-protected one in the card's metadata,
-// else (labs only) the factory key.
+// managementKey finds the key for administrative commands (t.mu held): one given
+// with hsm.set_pin, else an explicit one from the configuration, else the
+// PIN-protected one in the card's metadata, else (labs only) the factory key.
 func (t *Token) managementKey(yk *piv.YubiKey) ([]byte, error) {
+	if t.mgmtKey != nil {
+		return t.mgmtKey, nil
+	}
 	o := t.p.options(t.serial)
 	if len(o.ManagementKey) > 0 {
 		return o.ManagementKey, nil

@@ -202,3 +202,30 @@ func TestYubiKeyWrongPINOverMQTT(t *testing.T) {
 
 // TestMain stops a pcscd these tests had to start themselves.
 func TestMain(m *testing.M) { pcscdtest.Main(m) }
+
+// hsm.set_pin with a management key: the card checks it before anything is kept. A
+// wrong key is refused and changes nothing on the card (its PIN-protected key still
+// serves); an SO PIN or PUK is refused without being tried.
+func TestYubiKeySetPINWithManagementKey(t *testing.T) {
+	b := brokers(t)[1]
+	a, _, _ := startYubiKeyAppliance(t, b.url, "")
+	op := newOperator(t, b.url)
+	r := op.call(a, protocol.CmdHSMSetPIN, protocol.HSMSetPINArgs{HSM: ykHSM, PIN: "123456", SOPIN: "12345678"})
+	failed(t, r, protocol.CodeBadRequest)
+	failed(t, op.call(a, protocol.CmdHSMSetPIN, protocol.HSMSetPINArgs{HSM: ykHSM, PIN: "123456", ManagementKey: "not hex"}), protocol.CodeBadRequest)
+
+	wrong := "0f0e0d0c0b0a09080706050403020100f0e0d0c0b0a09080"
+	r = op.call(a, protocol.CmdHSMSetPIN, protocol.HSMSetPINArgs{HSM: ykHSM, PIN: "123456", ManagementKey: wrong})
+	failed(t, r, protocol.CodeBadRequest)
+	if !strings.Contains(r.Error.Message, "refused the management key") || strings.Contains(r.Error.Message, wrong) {
+		t.Fatalf("wrong management key reply: %q", r.Error.Message)
+	}
+	st := ok[protocol.Status](t, op.call(a, protocol.CmdStatus, struct{}{}))
+	if st.HSMs[0].PIN.Set {
+		t.Fatalf("a PIN was kept although its request was refused: %+v", st.HSMs[0].PIN)
+	}
+
+	// The card is as it was: the PIN alone unlocks its PIN-protected management key.
+	ok[protocol.SetPINResult](t, op.call(a, protocol.CmdHSMSetPIN, protocol.HSMSetPINArgs{HSM: ykHSM, PIN: "123456"}))
+	ok[protocol.ProvisionResult](t, op.call(a, protocol.CmdSlotProvision, protocol.ProvisionArgs{HSM: ykHSM, Slot: "9a", Mode: "generate", KeyType: "p256"}))
+}

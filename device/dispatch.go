@@ -475,12 +475,14 @@ func (d *Device) failQueued(hsmID string) {
 	}
 }
 
-// audited are the commands the audit trail records: every provisioning action and
-// every signature. Reads (status, lists, show, audit.tail) are not recorded.
+// audited are the commands the audit trail records: every provisioning action, every
+// signature, and what changes the running software (reload, restart, an update).
+// Reads (status, lists, show, audit.tail, ota.status) are not recorded.
 var audited = map[string]bool{
 	protocol.CmdHSMSetPIN: true, protocol.CmdSlotProvision: true, protocol.CmdSlotSelfSign: true,
 	protocol.CmdSlotCSR: true, protocol.CmdSlotImport: true, protocol.CmdSlotClear: true,
 	protocol.CmdSign: true, protocol.CmdReload: true, protocol.CmdRestart: true,
+	protocol.CmdOTAUpdate: true,
 }
 
 // journaled are the audited commands that change the appliance's state (token or

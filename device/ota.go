@@ -34,6 +34,8 @@ func (d *Device) routeOTA(j *job) (string, *protocol.Error) {
 			break
 		}
 		j.run = func(context.Context, *job) (any, error) { return d.opts.OTA.Update(a) }
+		// Who asked to install what: the trail's digest is the image's SHA-256.
+		j.rec.Subject, j.rec.Digest = a.URL, a.SHA256
 		return "", nil
 	case protocol.CmdOTAStatus:
 		var none struct{}

@@ -2,15 +2,22 @@ package device
 
 import (
 	"fmt"
+	"path/filepath"
 	"strings"
 	"testing"
 
+	"github.com/iot-hsm/iot-hsm/audit"
 	"github.com/iot-hsm/iot-hsm/protocol"
 )
 
 func TestOTACommands(t *testing.T) {
 	var got protocol.OTAUpdateArgs
-	d, tr, _ := startDevice(t, Options{OTA: OTAHooks{
+	log, err := audit.Open(filepath.Join(t.TempDir(), "audit.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer log.Close()
+	d, tr, _ := startDevice(t, Options{Audit: log, OTA: OTAHooks{
 		Update: func(a protocol.OTAUpdateArgs) (any, error) {
 			got = a
 			if a.URL == "http://busy" {
@@ -35,6 +42,17 @@ func TestOTACommands(t *testing.T) {
 	request(d, protocol.CmdOTAStatus, "s1", "")
 	if r := tr.reply(t, d, "s1"); !r.OK || !strings.Contains(string(r.Result), `"idle"`) {
 		t.Errorf("ota.status: %+v %s", r.Error, r.Result)
+	}
+
+	// An update changes what runs: who asked for which image is in the trail, the
+	// refused one too; reading the status is not.
+	var recs []string
+	for _, r := range log.Tail(0) {
+		recs = append(recs, fmt.Sprintf("%s %s %s %s %s", r.RequestID, r.Command, r.Result, r.Subject, r.Digest))
+	}
+	want := []string{"u1 ota.update ok http://x/bin ab", "u3 ota.update conflict http://busy ab"}
+	if strings.Join(recs, "\n") != strings.Join(want, "\n") {
+		t.Errorf("audit trail:\n%s\nwant\n%s", strings.Join(recs, "\n"), strings.Join(want, "\n"))
 	}
 }
 

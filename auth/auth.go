@@ -2,7 +2,9 @@
 // certificate chain leads to the controllers' CA bundle. With such a bundle
 // configured, a party that can merely publish to the broker cannot sign or provision
 // anything; with requests bound to their topic (TopicHeader) it cannot replay them
-// to another appliance or under another command either.
+// to another appliance's command topics or under another command either. A CA topic
+// is shared by every appliance holding that CA's key: a signed sign request
+// published there again can reach a member that has not seen its id.
 package auth
 
 import (

@@ -299,6 +299,9 @@ func (d *Device) runJob(j *job) (protocol.Reply, bool) {
 	}
 	if journaled[j.cmd] {
 		in := store.Intent{Command: j.cmd, SlotID: j.slotID, Requester: j.requester, Started: d.opts.Now().UTC()}
+		if d.opts.Audit != nil {
+			in.AuditSeq = d.opts.Audit.Head().Seq
+		}
 		if err := d.store.PutIntent(j.req.ID, in); err != nil {
 			slog.Error("state store not writable; request not run", "cmd", j.cmd, "id", j.req.ID, "err", err)
 			return protocol.Reply{ID: j.req.ID, Cmd: j.cmd,
@@ -376,6 +379,11 @@ func (d *Device) commit(batch []finished) {
 	}
 	if err := d.store.PutReplies(cache, settled...); err != nil {
 		slog.Error("caching replies", "err", err)
+		// The intents are settled all the same (their audit records are written);
+		// left behind, the next start would take them for interrupted requests.
+		if err := d.store.DeleteIntents(settled...); err != nil {
+			slog.Error("dropping settled intents", "err", err)
+		}
 	}
 	if offline {
 		d.notePresence() // a token went away under these requests

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"log/slog"
+	"net/url"
 	"time"
 
 	"github.com/iot-hsm/iot-hsm/protocol"
@@ -34,8 +35,10 @@ func (d *Device) routeOTA(j *job) (string, *protocol.Error) {
 			break
 		}
 		j.run = func(context.Context, *job) (any, error) { return d.opts.OTA.Update(a) }
-		// Who asked to install what: the trail's digest is the image's SHA-256.
-		j.rec.Subject, j.rec.Digest = a.URL, a.SHA256
+		// Who asked to install what: the trail's digest is the image's SHA-256. The
+		// URL goes in without credentials or query (a presigned URL's signature
+		// must not live on in the trail, nor be served by audit.tail).
+		j.rec.Subject, j.rec.Digest = redactURL(a.URL), a.SHA256
 		return "", nil
 	case protocol.CmdOTAStatus:
 		var none struct{}
@@ -49,6 +52,16 @@ func (d *Device) routeOTA(j *job) (string, *protocol.Error) {
 		return "", nil
 	}
 	return "", protocol.Errorf(protocol.CodeUnsupported, "%s is not available here (ota.mode is off)", j.cmd)
+}
+
+// redactURL drops the user information, query and fragment of a URL.
+func redactURL(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return "(unparsable URL)"
+	}
+	u.User, u.RawQuery, u.Fragment, u.RawFragment = nil, "", "", ""
+	return u.String()
 }
 
 // OTAEvent publishes an update's progress on the events topic. It publishes at once

@@ -37,17 +37,19 @@ func (d *Device) recoverIntents() {
 	if len(intents) == 0 {
 		return
 	}
-	recorded := map[string]bool{}
+	// The newest audit record of each id: an intent is recorded when a record of its
+	// id came after the intent was written.
+	recorded := map[string]uint64{}
 	if d.opts.Audit != nil {
 		for _, r := range d.opts.Audit.Tail(0) {
-			recorded[r.RequestID] = true
+			recorded[r.RequestID] = r.Seq
 		}
 	}
 	var recs []audit.Record
 	ids := slices.Sorted(maps.Keys(intents))
 	for _, id := range ids {
 		in := intents[id]
-		if recorded[id] {
+		if seq, ok := recorded[id]; ok && seq > in.AuditSeq {
 			continue // stopped after its audit record: recoverLostReplies answers it
 		}
 		result, note := d.settle(in)
@@ -97,11 +99,12 @@ func (d *Device) settle(in store.Intent) (result, note string) {
 }
 
 // ranOnce tells the audit records whose request must not run again when it is
-// redelivered: those that ran, and an interrupted PIN change, which may have
-// landed: running it again would present the old PIN, and a wrong PIN costs one of
-// the token's few tries. Any other interrupted request left its slot record as it
-// was; running it again is what the requester wants, and safe: a key half made on
-// the token makes the retry fail with "holds a key", it does not make a second one.
+// redelivered: those that ran, and an interrupted hsm.set_pin. That one presents a
+// PIN to the card; if the card refused it before the stop, running it again would
+// spend a second try that nobody decided on. Any other interrupted request left its
+// slot record as it was; running it again is what the requester wants, and safe: a
+// key half made on the token makes the retry fail with "holds a key", it does not
+// make a second one.
 func ranOnce(r audit.Record) bool {
 	return r.Result == "ok" || r.Result == resultInterrupted && r.Command == protocol.CmdHSMSetPIN
 }

@@ -102,14 +102,24 @@ func TestInterruptedRequestsReachTheAuditTrail(t *testing.T) {
 	// Stopped after its audit record: nothing more is written for it.
 	put("clear-audited", protocol.CmdSlotClear, "tok/0d")
 	al.Append(audit.Record{RequestID: "clear-audited", Command: protocol.CmdSlotClear, SlotID: "tok/0d", Result: "ok"})
+	// A first try answered hsm_offline (recorded, not cached), then a retry under the
+	// same id stopped inside: the old record is not the retry's.
+	first, _ := al.Append(audit.Record{RequestID: "pin-retry", Command: protocol.CmdHSMSetPIN, Result: "hsm_offline"})
+	if err := st.PutIntent("pin-retry", store.Intent{Command: protocol.CmdHSMSetPIN, Requester: "pki", Started: t0, AuditSeq: first.Seq}); err != nil {
+		t.Fatal(err)
+	}
 
 	d := New(Options{DeviceID: "t", Audit: al}, &Slots{Store: st, Registry: NewRegistry()})
 	d.recoverIntents()
 	d.recoverLostReplies()
 
-	want := map[string]string{"prov-done": "ok", "import-cut": "interrupted", "prov-cut": "interrupted", "pin": "interrupted", "clear-audited": "ok"}
+	want := map[string]string{"prov-done": "ok", "import-cut": "interrupted", "prov-cut": "interrupted", "pin": "interrupted",
+		"clear-audited": "ok", "pin-retry": "interrupted"}
 	got := map[string][]audit.Record{}
 	for _, r := range al.Tail(0) {
+		if r.RequestID == "pin-retry" && r.Result == "hsm_offline" {
+			continue // the first try's own record
+		}
 		got[r.RequestID] = append(got[r.RequestID], r)
 	}
 	for id, result := range want {
@@ -153,13 +163,13 @@ func TestInterruptedRequestsReachTheAuditTrail(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer f.Close()
-	if n, err := audit.Verify(f); err != nil || n != 5 {
-		t.Errorf("audit trail: %d records, %v; want 5, intact", n, err)
+	if n, err := audit.Verify(f); err != nil || n != 7 {
+		t.Errorf("audit trail: %d records, %v; want 7, intact", n, err)
 	}
 
 	// A second start finds nothing more to do.
 	d.recoverIntents()
-	if n := len(al.Tail(0)); n != 5 {
-		t.Errorf("%d audit records after a second start, want 5", n)
+	if n := len(al.Tail(0)); n != 7 {
+		t.Errorf("%d audit records after a second start, want 7", n)
 	}
 }

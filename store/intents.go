@@ -20,6 +20,10 @@ type Intent struct {
 	SlotID    string    `json:"slot_id,omitempty"`
 	Requester string    `json:"requester,omitempty"`
 	Started   time.Time `json:"started"`
+	// AuditSeq is the audit trail's last record when the intent was written: only a
+	// later record of the same id can be this run's (an earlier refusal or offline
+	// answer under the same id is a different attempt).
+	AuditSeq uint64 `json:"audit_seq"`
 }
 
 // PutIntent records that request id is about to run.

@@ -214,7 +214,9 @@ func (t *Token) mapErr(err error) error {
 	}
 	var ae piv.AuthErr
 	if errors.As(err, &ae) {
-		t.pin, t.pinSet, t.retries = "", false, ae.Retries
+		// A refused PIN forgets the credentials given with it, the management
+		// key from hsm.set_pin included.
+		t.pin, t.pinSet, t.retries, t.mgmtKey = "", false, ae.Retries, nil
 		return &hsm.PINError{Token: t.id, Retries: ae.Retries}
 	}
 	if errors.Is(err, piv.ErrNotFound) {

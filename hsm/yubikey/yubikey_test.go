@@ -234,6 +234,17 @@ func TestSetManagementKey(t *testing.T) {
 		t.Fatal("the signer's key is not the generated one")
 	}
 	sign(t, s)
+
+	// A refused PIN forgets the management key that came with set_pin.
+	if err := tok.Login(ctx, "000000"); !errors.Is(err, hsm.ErrPINIncorrect) {
+		t.Fatalf("wrong PIN: %v", err)
+	}
+	if err := tok.Login(ctx, piv.DefaultPIN); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tok.Generate(ctx, "9d", hsm.P256, hsm.KeyOptions{}); !errors.Is(err, hsm.ErrPINRequired) {
+		t.Fatalf("after a refused PIN: %v, want ErrPINRequired (the management key forgotten)", err)
+	}
 }
 
 func TestUnplugAndReplug(t *testing.T) {

@@ -309,7 +309,7 @@ func (d *Device) runJob(j *job) (protocol.Reply, bool) {
 		}
 		j.intent = true
 	}
-	ctx, cancel := context.WithTimeout(d.ctx, j.deadline)
+	ctx, cancel := context.WithTimeout(withRequestID(d.ctx, j.req.ID), j.deadline)
 	result, err := j.run(ctx, j)
 	cancel()
 	rep := protocol.Reply{ID: j.req.ID, Cmd: j.cmd, OK: err == nil}

@@ -52,7 +52,7 @@ func (d *Device) recoverIntents() {
 		if seq, ok := recorded[id]; ok && seq > in.AuditSeq {
 			continue // stopped after its audit record: recoverLostReplies answers it
 		}
-		result, note := d.settle(in)
+		result, note := d.settle(id, in)
 		recs = append(recs, audit.Record{RequestID: id, Requester: in.Requester, Command: in.Command,
 			SlotID: in.SlotID, Result: result, Note: note})
 		slog.Warn("a request was running when the appliance stopped", "cmd", in.Command, "id", id, "slot", in.SlotID, "result", result)
@@ -76,10 +76,9 @@ func (d *Device) recoverIntents() {
 	}
 }
 
-// settle decides from the slot record what an interrupted request left behind. One
-// worker runs a token's requests one at a time, so a slot record written after the
-// intent was written by this request.
-func (d *Device) settle(in store.Intent) (result, note string) {
+// settle decides from the slot record what an interrupted request left behind: a
+// record written by request id shows its change landed.
+func (d *Device) settle(id string, in store.Intent) (result, note string) {
 	const stopped = "the appliance stopped before this was recorded; recorded at the next start"
 	if in.SlotID == "" {
 		return resultInterrupted, stopped + "; whether it took effect is unknown"
@@ -92,7 +91,7 @@ func (d *Device) settle(in store.Intent) (result, note string) {
 		return resultInterrupted, stopped + "; there is no slot record (a key may have been made on the token: slot.provision with mode existing takes it over)"
 	case err != nil:
 		return resultInterrupted, stopped + "; the slot record could not be read"
-	case !rec.UpdatedAt.Before(in.Started) && in.Command != protocol.CmdSlotClear:
+	case rec.Request == id && in.Command != protocol.CmdSlotClear:
 		return "ok", fmt.Sprintf("%s; the slot record shows it done (%s)", stopped, rec.State)
 	}
 	return resultInterrupted, fmt.Sprintf("%s; the slot is still %s", stopped, rec.State)

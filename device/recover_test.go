@@ -80,21 +80,24 @@ func TestInterruptedRequestsReachTheAuditTrail(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	slot := func(id string, state store.State, updated time.Time) {
+	slot := func(id string, state store.State, updated time.Time, by string) {
 		t.Helper()
 		if _, err := st.UpdateSlot(id, func(r *store.Slot, _ bool) error {
-			r.State, r.UpdatedAt = state, updated
+			r.State, r.UpdatedAt, r.Request = state, updated, by
 			return nil
 		}); err != nil {
 			t.Fatal(err)
 		}
 	}
-	// Stopped after the slot record: the provisioning happened.
+	// Stopped after the slot record: the provisioning happened. The clock stepped
+	// back meanwhile (a Pi without a battery-backed clock): the record's own
+	// request id tells, not its time.
 	put("prov-done", protocol.CmdSlotProvision, "tok/0a")
-	slot("tok/0a", store.KeyReady, t0.Add(time.Second))
-	// Stopped before the slot record of an import: the slot is as it was.
+	slot("tok/0a", store.KeyReady, t0.Add(-time.Hour), "prov-done")
+	// Stopped before the slot record of an import: the slot is as it was, written
+	// by another request, later by the clock.
 	put("import-cut", protocol.CmdSlotImport, "tok/0b")
-	slot("tok/0b", store.CSRPending, t0.Add(-time.Hour))
+	slot("tok/0b", store.CSRPending, t0.Add(time.Hour), "csr-earlier")
 	// Stopped inside a generation: no slot record at all.
 	put("prov-cut", protocol.CmdSlotProvision, "tok/0c")
 	// A PIN change: nothing tells whether it landed.

@@ -129,7 +129,7 @@ func (s *Slots) Provision(ctx context.Context, a ProvisionArgs) (store.Slot, err
 		*rec = store.Slot{
 			ID: slotID, HSM: a.HSM, Slot: a.Slot, State: store.KeyReady, KeyType: string(kt),
 			Label: a.Label, Mode: a.Mode, PublicKey: string(pubPEM), CAID: caID,
-			Attestation: attestation, Note: note, CreatedAt: now, UpdatedAt: now,
+			Attestation: attestation, Note: note, CreatedAt: now, UpdatedAt: now, Request: requestID(ctx),
 		}
 		return nil
 	})
@@ -212,7 +212,7 @@ func (s *Slots) SelfSign(ctx context.Context, slotID string, provisioningPEM []b
 	if err := storeOnToken(ctx, tok, rec.Slot, cert); err != nil {
 		return nil, err
 	}
-	return cert, s.update(slotID, func(r *store.Slot) {
+	return cert, s.update(ctx, slotID, func(r *store.Slot) {
 		r.State, r.Certificate, r.Chain, r.CSR = store.Provisioned, string(ca.EncodeCertificatePEM(cert)), "", ""
 	})
 }
@@ -232,7 +232,7 @@ func (s *Slots) CSR(ctx context.Context, slotID string, provisioningPEM []byte) 
 	if err != nil {
 		return nil, err
 	}
-	return csr, s.update(slotID, func(r *store.Slot) {
+	return csr, s.update(ctx, slotID, func(r *store.Slot) {
 		r.State, r.CSR = store.CSRPending, string(ca.EncodeCSRPEM(csr))
 	})
 }
@@ -274,19 +274,32 @@ func (s *Slots) ImportCert(ctx context.Context, slotID string, certPEM, chainPEM
 	if err := storeOnToken(ctx, tok, rec.Slot, cert); err != nil {
 		return nil, err
 	}
-	return cert, s.update(slotID, func(r *store.Slot) {
+	return cert, s.update(ctx, slotID, func(r *store.Slot) {
 		r.State, r.Certificate, r.CSR = store.Provisioned, string(ca.EncodeCertificatePEM(cert)), ""
 		r.Chain = string(ca.EncodeCertificatesPEM(chain))
 	})
 }
 
-func (s *Slots) update(slotID string, fn func(*store.Slot)) error {
+func (s *Slots) update(ctx context.Context, slotID string, fn func(*store.Slot)) error {
 	_, err := s.Store.UpdateSlot(slotID, func(r *store.Slot, _ bool) error {
 		fn(r)
-		r.UpdatedAt = s.now().UTC()
+		r.UpdatedAt, r.Request = s.now().UTC(), requestID(ctx)
 		return nil
 	})
 	return err
+}
+
+// requestKey carries the id of the request a slot change is made for.
+type requestKey struct{}
+
+// withRequestID marks ctx as running request id.
+func withRequestID(ctx context.Context, id string) context.Context {
+	return context.WithValue(ctx, requestKey{}, id)
+}
+
+func requestID(ctx context.Context) string {
+	id, _ := ctx.Value(requestKey{}).(string)
+	return id
 }
 
 // knownCAs are the certificates (and chains) of the other provisioned slots: a root

@@ -89,6 +89,10 @@ type Slot struct {
 	Note        string    `json:"note,omitempty"` // what the operator should know, e.g. why there is no attestation
 	CreatedAt   time.Time `json:"created_at"`
 	UpdatedAt   time.Time `json:"updated_at"`
+	// Request is the id of the request that wrote the record last: after a stop,
+	// it tells whether an interrupted request's change landed (clocks cannot: a Pi
+	// has no battery-backed clock).
+	Request string `json:"request,omitempty"`
 }
 
 // Slot returns the record with id, or ErrNotFound.

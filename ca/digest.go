@@ -19,16 +19,31 @@ import (
 // because a CA key signing a collision-prone digest is how certificates get
 // forged.
 func (is *Issuer) SignDigest(digest []byte, hash crypto.Hash, pss bool, now time.Time) ([]byte, error) {
-	if err := is.Usable(now); err != nil {
+	sig, check, err := is.SignDigestThenCheck(digest, hash, pss, now)
+	if err != nil {
 		return nil, err
+	}
+	if err := check(); err != nil {
+		return nil, err
+	}
+	return sig, nil
+}
+
+// SignDigestThenCheck is SignDigest with the verification of the signature left
+// to the caller: check must pass before the signature is handed out. The device
+// runs it off the token's worker, so that the token signs the next request
+// meanwhile.
+func (is *Issuer) SignDigestThenCheck(digest []byte, hash crypto.Hash, pss bool, now time.Time) (sig []byte, check func() error, err error) {
+	if err := is.Usable(now); err != nil {
+		return nil, nil, err
 	}
 	switch hash {
 	case crypto.SHA256, crypto.SHA384, crypto.SHA512:
 	default:
-		return nil, fmt.Errorf("%w: hash %v is not allowed for raw digests (SHA-256, SHA-384, SHA-512 are)", ErrProfile, hash)
+		return nil, nil, fmt.Errorf("%w: hash %v is not allowed for raw digests (SHA-256, SHA-384, SHA-512 are)", ErrProfile, hash)
 	}
 	if len(digest) != hash.Size() {
-		return nil, fmt.Errorf("%w: digest of %d octets for %v, which has %d", ErrProfile, len(digest), hash, hash.Size())
+		return nil, nil, fmt.Errorf("%w: digest of %d octets for %v, which has %d", ErrProfile, len(digest), hash, hash.Size())
 	}
 
 	var opts crypto.SignerOpts = hash
@@ -44,7 +59,7 @@ func (is *Issuer) SignDigest(digest []byte, hash crypto.Hash, pss bool, now time
 		}
 	case *ecdsa.PublicKey:
 		if pss {
-			return nil, fmt.Errorf("%w: PSS is an RSA padding, the CA key is ECDSA", ErrProfile)
+			return nil, nil, fmt.Errorf("%w: PSS is an RSA padding, the CA key is ECDSA", ErrProfile)
 		}
 		verify = func(sig []byte) error {
 			if !ecdsa.VerifyASN1(pub, digest, sig) {
@@ -53,17 +68,20 @@ func (is *Issuer) SignDigest(digest []byte, hash crypto.Hash, pss bool, now time
 			return nil
 		}
 	default:
-		return nil, fmt.Errorf("%w: CA key type %T", ErrUnsupportedKey, is.Cert.PublicKey)
+		return nil, nil, fmt.Errorf("%w: CA key type %T", ErrUnsupportedKey, is.Cert.PublicKey)
 	}
 
-	sig, err := is.Signer.Sign(rand.Reader, digest, opts)
+	sig, err = is.Signer.Sign(rand.Reader, digest, opts)
 	if err != nil {
-		return nil, fmt.Errorf("ca: sign digest: %w", err)
+		return nil, nil, fmt.Errorf("ca: sign digest: %w", err)
 	}
 	// Tokens differ in how they take PSS parameters; a signature with the
 	// wrong salt length or padding must not be handed out as good.
-	if err := verify(sig); err != nil {
-		return nil, fmt.Errorf("ca: the slot key produced a signature that does not verify: %w", err)
+	check = func() error {
+		if err := verify(sig); err != nil {
+			return fmt.Errorf("ca: the slot key produced a signature that does not verify: %w", err)
+		}
+		return nil
 	}
-	return sig, nil
+	return sig, check, nil
 }

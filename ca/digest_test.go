@@ -6,6 +6,7 @@ import (
 	"crypto/rsa"
 	"crypto/sha256"
 	"crypto/sha512"
+	"io"
 	"testing"
 	"time"
 )
@@ -72,5 +73,38 @@ func TestSignDigest(t *testing.T) {
 				wantPolicy(t, sig, err)
 			})
 		})
+	}
+}
+
+// flipSigner is a token that returns a damaged signature.
+type flipSigner struct{ crypto.Signer }
+
+func (f flipSigner) Sign(r io.Reader, digest []byte, opts crypto.SignerOpts) ([]byte, error) {
+	sig, err := f.Signer.Sign(r, digest, opts)
+	if err == nil {
+		sig[len(sig)-1] ^= 1
+	}
+	return sig, err
+}
+
+// A signature that does not verify is never given out: SignDigest fails, and
+// SignDigestThenCheck's check does.
+func TestSignDigestCatchesAFaultySigner(t *testing.T) {
+	now := time.Now()
+	d := sha256.Sum256([]byte("x"))
+	for _, kind := range []string{"rsa2048", "p256"} {
+		root, key := labRoot(t, kind, 80, now)
+		is := &Issuer{Cert: root, Signer: flipSigner{key}}
+		if sig, err := is.SignDigest(d[:], crypto.SHA256, false, now); err == nil {
+			t.Errorf("%s: a damaged signature was returned: %x", kind, sig)
+		}
+		_, check, err := is.SignDigestThenCheck(d[:], crypto.SHA256, false, now)
+		if err != nil || check() == nil {
+			t.Errorf("%s: err %v, and the check of a damaged signature passed", kind, err)
+		}
+		good := &Issuer{Cert: root, Signer: key}
+		if _, check, err := good.SignDigestThenCheck(d[:], crypto.SHA256, false, now); err != nil || check() != nil {
+			t.Errorf("%s: a good signature: %v", kind, err)
+		}
 	}
 }

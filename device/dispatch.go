@@ -29,6 +29,9 @@ type job struct {
 	requester string       // who signed the request, when requests are signed
 	rec       audit.Record // what the handler did, for the audit trail
 	intent    bool         // an intent was stored before it ran (journaled)
+	// check, when set, must pass before the result leaves: the verification of a
+	// signature, run by the finisher so the token signs the next request meanwhile.
+	check func() error
 }
 
 type handler func(ctx context.Context, j *job) (any, error)
@@ -350,6 +353,17 @@ func (d *Device) runFinisher(ch <-chan finished) {
 // them: nothing leaves unrecorded, and a redelivery always finds a request either in
 // flight or in the cache.
 func (d *Device) commit(batch []finished) {
+	for i := range batch {
+		f := &batch[i]
+		if f.j.check == nil || !f.rep.OK {
+			continue
+		}
+		if err := f.j.check(); err != nil {
+			slog.Error("signature withheld", "cmd", f.j.cmd, "id", f.j.req.ID, "err", err)
+			f.rep = protocol.Reply{ID: f.j.req.ID, Cmd: f.j.cmd,
+				Error: protocol.Errorf(protocol.CodeInternal, "the HSM produced a signature that does not verify; it was not handed out")}
+		}
+	}
 	recorded := true
 	if err := d.recordBatch(batch); err != nil {
 		recorded = false // the intents stay: the next start records these requests

@@ -187,7 +187,7 @@ func (d *Device) sign(ctx context.Context, j *job, a protocol.SignArgs) (any, er
 		if err != nil {
 			return nil, err
 		}
-		if res.Signature, err = is.SignDigest(a.Digest, h, a.PSS, now); err != nil {
+		if res.Signature, j.check, err = is.SignDigestThenCheck(a.Digest, h, a.PSS, now); err != nil {
 			return nil, err
 		}
 		j.rec.Digest = hex.EncodeToString(a.Digest)

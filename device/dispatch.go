@@ -103,8 +103,11 @@ func (d *Device) Handle(topic string, payload []byte) {
 	// The reply cache is what stops a signed request from running twice; a request
 	// that outlives it could be replayed once its reply is pruned.
 	if d.opts.Verifier != nil && req.ExpiresAt.After(d.opts.Now().Add(d.opts.ReplyRetention)) {
+		// The device's clock is named: a Pi without a battery-backed clock and
+		// without NTP may be days behind, and then this is where it shows.
 		d.refuse(req, cmd, requester, protocol.Errorf(protocol.CodeUnauthorized,
-			"a signed request must expire within %v (how long replies are kept against replays)", d.opts.ReplyRetention))
+			"a signed request must expire within %v of this appliance's clock, which reads %s (replies are kept that long against replays)",
+			d.opts.ReplyRetention, d.opts.Now().UTC().Format(time.RFC3339)))
 		return
 	}
 	// A repeat gets the stored reply even after its expires_at: nothing runs, and a

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"fmt"
 	"net"
 	"os"
@@ -9,9 +8,10 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"time"
+
+	"github.com/iot-hsm/iot-hsm/internal/syncbuf"
 )
 
 const mosquittoPath = "/usr/sbin/mosquitto"
@@ -22,7 +22,7 @@ type mosquitto struct {
 	url  string
 	cmd  *exec.Cmd
 	done chan struct{}
-	log  *lockedBuffer
+	log  *syncbuf.Buffer
 }
 
 func startMosquitto(dir string) (*mosquitto, error) {
@@ -51,7 +51,7 @@ func startMosquitto(dir string) (*mosquitto, error) {
 	if err := os.WriteFile(conf, []byte(strings.Join(lines, "\n")+"\n"), 0o600); err != nil {
 		return nil, err
 	}
-	m := &mosquitto{url: fmt.Sprintf("tcp://127.0.0.1:%d", port), log: new(lockedBuffer), done: make(chan struct{})}
+	m := &mosquitto{url: fmt.Sprintf("tcp://127.0.0.1:%d", port), log: new(syncbuf.Buffer), done: make(chan struct{})}
 	m.cmd = exec.Command(mosquittoPath, "-c", conf)
 	m.cmd.Stdout, m.cmd.Stderr = m.log, m.log
 	if err := m.cmd.Start(); err != nil {
@@ -100,21 +100,4 @@ func freePort() (int, error) {
 	}
 	defer l.Close()
 	return l.Addr().(*net.TCPAddr).Port, nil
-}
-
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }

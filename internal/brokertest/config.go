@@ -8,6 +8,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/iot-hsm/iot-hsm/internal/syncbuf"
 )
 
 // StartMosquittoConfig starts mosquitto with a whole configuration file's text, used
@@ -20,7 +22,7 @@ func StartMosquittoConfig(t testing.TB, port int, conf string) *Mosquitto {
 	if _, err := os.Stat(MosquittoPath); err != nil {
 		t.Fatalf("brokertest: mosquitto is required: %v (apt-get install mosquitto)", err)
 	}
-	m := &Mosquitto{Port: port, URL: fmt.Sprintf("tcp://127.0.0.1:%d", port), log: new(lockedBuffer)}
+	m := &Mosquitto{Port: port, URL: fmt.Sprintf("tcp://127.0.0.1:%d", port), log: new(syncbuf.Buffer)}
 	m.conf = filepath.Join(t.TempDir(), "mosquitto.conf")
 	if err := os.WriteFile(m.conf, []byte(conf), 0o600); err != nil {
 		t.Fatalf("brokertest: %v", err)

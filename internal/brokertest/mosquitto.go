@@ -2,7 +2,6 @@
 package brokertest
 
 import (
-	"bytes"
 	"fmt"
 	"net"
 	"os"
@@ -13,6 +12,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/iot-hsm/iot-hsm/internal/syncbuf"
 )
 
 // MosquittoPath is where Debian installs the broker.
@@ -31,7 +32,7 @@ type Mosquitto struct {
 	mu   sync.Mutex
 	cmd  *exec.Cmd
 	done chan struct{} // closed when cmd has been waited for
-	log  *lockedBuffer
+	log  *syncbuf.Buffer
 }
 
 // StartMosquitto starts mosquitto on a free loopback port and stops it when the test
@@ -44,7 +45,7 @@ func StartMosquitto(t testing.TB, extraConf ...string) *Mosquitto {
 	if _, err := os.Stat(MosquittoPath); err != nil {
 		t.Fatalf("brokertest: mosquitto is required: %v (apt-get install mosquitto)", err)
 	}
-	m := &Mosquitto{Port: FreePort(t), log: new(lockedBuffer)}
+	m := &Mosquitto{Port: FreePort(t), log: new(syncbuf.Buffer)}
 	m.URL = fmt.Sprintf("tcp://127.0.0.1:%d", m.Port)
 
 	lines := []string{
@@ -145,23 +146,4 @@ func FreePort(t testing.TB) int {
 	}
 	defer l.Close()
 	return l.Addr().(*net.TCPAddr).Port
-}
-
-// lockedBuffer collects the broker's output, written from exec's copying goroutine
-// and read by the test.
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }

@@ -25,6 +25,7 @@ import (
 
 	"github.com/iot-hsm/iot-hsm/audit"
 	"github.com/iot-hsm/iot-hsm/ca"
+	"github.com/iot-hsm/iot-hsm/internal/syncbuf"
 	"github.com/iot-hsm/iot-hsm/mqtt"
 	"github.com/iot-hsm/iot-hsm/protocol"
 )
@@ -59,7 +60,7 @@ allow_plaintext = true
 func startDaemonIn(t *testing.T, dir, stateDir, deviceID, brokerURL string) *daemon {
 	t.Helper()
 	bin := binary(t)
-	d := &daemon{t: t, log: &syncBuffer{}, dir: dir, config: filepath.Join(dir, "config.toml"),
+	d := &daemon{t: t, log: &syncbuf.Buffer{}, dir: dir, config: filepath.Join(dir, "config.toml"),
 		broker: brokerURL, deviceID: deviceID, exited: make(chan struct{})}
 	d.writeConfig(fmt.Sprintf(faultConfig, deviceID, brokerURL))
 	d.command(bin, "run", "--dev", "--config", d.config, "--state-dir", stateDir)

@@ -4,7 +4,6 @@
 package daemontest
 
 import (
-	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -22,6 +21,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/iot-hsm/iot-hsm/internal/brokertest"
+	"github.com/iot-hsm/iot-hsm/internal/syncbuf"
 	"github.com/iot-hsm/iot-hsm/mqtt"
 	"github.com/iot-hsm/iot-hsm/protocol"
 )
@@ -197,24 +198,6 @@ func (n *notifySocket) lastStatus() string {
 	return ""
 }
 
-// syncBuffer collects the daemon's log.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // daemonOpts say how to start the daemon.
 type daemonOpts struct {
 	systemd  bool          // NOTIFY_SOCKET (and WATCHDOG_USEC when watchdog > 0)
@@ -228,7 +211,7 @@ type daemonOpts struct {
 type daemon struct {
 	t        *testing.T
 	cmd      *exec.Cmd
-	log      *syncBuffer
+	log      *syncbuf.Buffer
 	dir      string
 	config   string
 	broker   string
@@ -254,16 +237,6 @@ hung_grace = "1s"
 disabled = true
 `
 
-func freePort(t *testing.T) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
-}
-
 func randomID() string {
 	b := make([]byte, 6)
 	rand.Read(b)
@@ -277,9 +250,9 @@ func startDaemon(t *testing.T, o daemonOpts) *daemon {
 	t.Helper()
 	bin := binary(t)
 	dir := t.TempDir()
-	d := &daemon{t: t, log: &syncBuffer{}, dir: dir, config: filepath.Join(dir, "config.toml"),
+	d := &daemon{t: t, log: &syncbuf.Buffer{}, dir: dir, config: filepath.Join(dir, "config.toml"),
 		deviceID: "ihsm-e2e-" + randomID(), exited: make(chan struct{})}
-	listen := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	listen := fmt.Sprintf("127.0.0.1:%d", brokertest.FreePort(t))
 	d.broker = "tcp://" + listen
 	args := []string{"run", "--dev", "--config", d.config, "--state-dir", filepath.Join(dir, "state")}
 	if o.brokerDown {

@@ -28,6 +28,7 @@ import (
 
 	"aead.dev/minisign"
 
+	"github.com/iot-hsm/iot-hsm/internal/syncbuf"
 	"github.com/iot-hsm/iot-hsm/mqtt"
 	"github.com/iot-hsm/iot-hsm/protocol"
 )
@@ -52,33 +53,6 @@ func randomID() string {
 	return hex.EncodeToString(b)
 }
 
-func freePort(t *testing.T) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // supervisor runs the daemon as the unit does: Restart=on-failure plus
 // RestartForceExitStatus=75, with NOTIFY_SOCKET set so the daemon exits 75 to restart.
 type supervisor struct {
@@ -86,7 +60,7 @@ type supervisor struct {
 	bin    string
 	args   []string
 	env    []string
-	log    *syncBuffer
+	log    *syncbuf.Buffer
 	starts atomic.Int32
 	mu     sync.Mutex
 	cmd    *exec.Cmd
@@ -114,7 +88,7 @@ func supervise(t *testing.T, bin string, args []string) *supervisor {
 			}
 		}
 	}()
-	s := &supervisor{t: t, bin: bin, args: args, log: &syncBuffer{}, stop: make(chan struct{}), done: make(chan struct{})}
+	s := &supervisor{t: t, bin: bin, args: args, log: &syncbuf.Buffer{}, stop: make(chan struct{}), done: make(chan struct{})}
 	for _, e := range os.Environ() {
 		switch k, _, _ := strings.Cut(e, "="); k {
 		case "NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "INVOCATION_ID", "SOFTHSM2_CONF":

@@ -13,6 +13,7 @@ import (
 
 	"aead.dev/minisign"
 
+	"github.com/iot-hsm/iot-hsm/internal/brokertest"
 	"github.com/iot-hsm/iot-hsm/protocol"
 )
 
@@ -46,7 +47,7 @@ func TestBinaryUpdate(t *testing.T) {
 		t.Fatal(err)
 	}
 	deviceID := "ihsm-ota-" + randomID()
-	listen := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	listen := fmt.Sprintf("127.0.0.1:%d", brokertest.FreePort(t))
 	cfg := filepath.Join(work, "config.toml")
 	os.WriteFile(cfg, []byte(fmt.Sprintf(`device_id = %q
 [service]

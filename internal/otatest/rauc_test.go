@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/iot-hsm/iot-hsm/internal/brokertest"
 	"github.com/iot-hsm/iot-hsm/protocol"
 )
 
@@ -172,7 +173,7 @@ func TestRAUCUpdate(t *testing.T) {
 	work := t.TempDir()
 	bin := build(t, work, "v1.0.0", "")
 	deviceID := "ihsm-rauc-" + randomID()
-	listen := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	listen := fmt.Sprintf("127.0.0.1:%d", brokertest.FreePort(t))
 	cfg := filepath.Join(work, "config.toml")
 	rebootLog := filepath.Join(work, "reboot.log")
 	os.WriteFile(cfg, []byte(fmt.Sprintf(`device_id = %q

@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/iot-hsm/iot-hsm/internal/atomicfile"
 	"github.com/iot-hsm/iot-hsm/protocol"
 )
 
@@ -84,7 +85,7 @@ func swapBinary(bin, newPath string) (prev string, err error) {
 		os.Remove(staged)
 		return "", fmt.Errorf("swapping the binary: %w", err)
 	}
-	return prev, syncDir(dir)
+	return prev, atomicfile.SyncDir(dir)
 }
 
 // restoreBinary puts the previous binary back, atomically, and keeps it as prev.
@@ -100,7 +101,7 @@ func restoreBinary(bin, prev string) error {
 		return err
 	}
 	slog.Warn("ota: previous binary restored", "binary", bin)
-	return syncDir(filepath.Dir(bin))
+	return atomicfile.SyncDir(filepath.Dir(bin))
 }
 
 func copyFile(from, to string, mode os.FileMode) error {

@@ -39,6 +39,8 @@ import (
 	"sort"
 	"strings"
 	"sync"
+
+	"github.com/iot-hsm/iot-hsm/internal/atomicfile"
 )
 
 // Defaults.
@@ -248,9 +250,7 @@ func (s *Store) read() (*sealedFile, error) {
 	return &f, nil
 }
 
-// write replaces the sealed file atomically: a temporary file in the same
-// directory, written and fsynced, renamed over the old one, then the directory
-// fsynced so that the rename survives a power cut (s.mu held).
+// write replaces the sealed file atomically and durably (s.mu held).
 func (s *Store) write(f *sealedFile) error {
 	data, err := json.MarshalIndent(f, "", "  ")
 	if err != nil {
@@ -260,34 +260,10 @@ func (s *Store) write(f *sealedFile) error {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return fmt.Errorf("secrets: %v", err)
 	}
-	tmp, err := os.CreateTemp(dir, "."+SealedName+".*") // 0600
-	if err != nil {
-		return fmt.Errorf("secrets: %v", err)
-	}
-	done := false
-	defer func() {
-		if !done {
-			tmp.Close()
-			os.Remove(tmp.Name())
-		}
-	}()
-	if err := tmp.Chmod(0o600); err != nil {
-		return fmt.Errorf("secrets: %v", err)
-	}
-	if _, err := tmp.Write(append(data, '\n')); err != nil {
+	if err := atomicfile.Write(s.path, append(data, '\n'), 0o600); err != nil {
 		return fmt.Errorf("secrets: writing %s: %v", s.path, err)
 	}
-	if err := tmp.Sync(); err != nil {
-		return fmt.Errorf("secrets: writing %s: %v", s.path, err)
-	}
-	if err := tmp.Close(); err != nil {
-		return fmt.Errorf("secrets: writing %s: %v", s.path, err)
-	}
-	if err := os.Rename(tmp.Name(), s.path); err != nil {
-		return fmt.Errorf("secrets: %v", err)
-	}
-	done = true
-	return syncDir(dir)
+	return nil
 }
 
 // readKey reads the key file: 32 raw bytes, or 64 hex digits and an optional
@@ -367,7 +343,7 @@ func (s *Store) createKey() ([]byte, error) {
 		}
 		return fail(err)
 	}
-	if err := syncDir(dir); err != nil {
+	if err := atomicfile.SyncDir(dir); err != nil {
 		return fail(err)
 	}
 	return key, nil
@@ -430,18 +406,6 @@ func open(key []byte, hsmID string, e entry) (string, error) {
 		return "", fmt.Errorf("%w: entry %q is malformed", ErrTampered, hsmID)
 	}
 	return string(plain[2 : 2+binary.BigEndian.Uint16(plain)]), nil
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return fmt.Errorf("secrets: %v", err)
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil {
-		return fmt.Errorf("secrets: fsync %s: %v", dir, err)
-	}
-	return nil
 }
 
 // wipe overwrites a buffer (best effort: Go may have copied it).

@@ -43,13 +43,14 @@ func (s *session) cmdHSMList(args []string) error {
 // cmdSetPIN takes secrets only from files or stdin: a PIN on the command line
 // would be visible to every user through the process list and kept in shell history.
 func (s *session) cmdSetPIN(args []string) error {
-	fs, rf := s.requestFlags(protocol.CmdHSMSetPIN, "--hsm ID (--pin-file F | --pin-stdin) [--management-key-file F] [--so-pin-file F] [--persist]")
+	fs, rf := s.requestFlags(protocol.CmdHSMSetPIN, "--hsm ID (--pin-file F | --pin-stdin) [--management-key-file F] [--so-pin-file F] [--persist] [--force]")
 	hsmID := fs.String("hsm", "", "the HSM id")
 	pinFile := fs.String("pin-file", "", "read the PIN from `FILE` (- for stdin)")
 	pinStdin := fs.Bool("pin-stdin", false, "read the PIN from stdin")
 	mgmtFile := fs.String("management-key-file", "", "read the YubiKey management key from `FILE`")
 	soFile := fs.String("so-pin-file", "", "read the security officer PIN from `FILE`")
 	persist := fs.Bool("persist", false, "keep the PIN on the appliance across restarts")
+	force := fs.Bool("force", false, "present the PIN even when the token has one try left (a wrong PIN then blocks it)")
 	if err := s.parse(fs, args); err != nil {
 		return err
 	}
@@ -64,7 +65,7 @@ func (s *session) cmdSetPIN(args []string) error {
 	case *pinFile == "":
 		return usagef("--pin-file or --pin-stdin is required (a PIN is never taken from the command line)")
 	}
-	a := protocol.HSMSetPINArgs{HSM: *hsmID, Persist: *persist}
+	a := protocol.HSMSetPINArgs{HSM: *hsmID, Persist: *persist, Force: *force}
 	var err error
 	if a.PIN, err = s.readSecret("pin-file", *pinFile); err != nil {
 		return err

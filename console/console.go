@@ -51,7 +51,7 @@ global flags (also accepted after COMMAND):
 protocol commands (each also takes --id ID and --out FILE; FILE may be - for stdin):
   status
   hsm.list
-  hsm.set_pin --hsm ID (--pin-file F | --pin-stdin) [--management-key-file F] [--so-pin-file F] [--persist]
+  hsm.set_pin --hsm ID (--pin-file F | --pin-stdin) [--management-key-file F] [--so-pin-file F] [--persist] [--force]
   slot.provision --hsm ID --slot S --mode generate|import|existing [--key-type T]
                  [--key-pem FILE] [--key-password-file F] [--label L] [--overwrite]
   slot.selfsign --slot-id ID --provisioning-cert FILE

@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"log/slog"
 	"time"
 
 	"github.com/iot-hsm/iot-hsm/ca"
@@ -143,22 +144,65 @@ func (d *Device) setPIN(ctx context.Context, a protocol.HSMSetPINArgs) (any, err
 			return nil, fmt.Errorf("%w: management_key must be 16, 24 or 32 bytes in hex", ErrBadRequest)
 		}
 	}
-	defer d.PublishStatus()
-	if mgmtKey != nil {
-		// The card checks the PIN and the key together, before either is kept; a
-		// wrong PIN here is the one try this request costs, Login below then
-		// presents a PIN the card has just accepted.
-		if err := tok.(hsm.ManagementKeyer).SetManagementKey(ctx, a.PIN, mgmtKey); err != nil {
-			return nil, err
-		}
+	if err := lastTryGuard(ctx, tok, a); err != nil {
+		return nil, err
 	}
-	if err = tok.Login(ctx, a.PIN); err != nil {
+	defer d.PublishStatus()
+	if err := d.tryPIN(ctx, tok, a, mgmtKey); err != nil {
 		return nil, err
 	}
 	if err := d.keepPIN(a); err != nil {
 		return nil, err
 	}
 	return protocol.SetPINResult{HSM: a.HSM, PIN: pinStatus(tok.Info().PIN)}, nil
+}
+
+// lastTryGuard refuses to present a PIN that, if wrong, would block the token,
+// unless the request says force: an unblock needs the PUK or SO PIN, which the
+// appliance never holds.
+func lastTryGuard(ctx context.Context, tok hsm.Token, a protocol.HSMSetPINArgs) error {
+	pc, ok := tok.(hsm.PINCounter)
+	if !ok {
+		return nil
+	}
+	n, err := pc.PINRetries(ctx)
+	switch {
+	case err != nil:
+		return err
+	case n == 0:
+		return &hsm.PINError{Token: a.HSM, Retries: 0}
+	case n == 1 && !a.Force:
+		e := protocol.Errorf(protocol.CodeConflict,
+			"%s has 1 PIN try left and a wrong PIN would block it; nothing was tried. Check the PIN and send it again with force",
+			a.HSM)
+		e.Details = map[string]any{"retries": 1}
+		return e
+	}
+	return nil
+}
+
+// tryPIN has the token check the PIN (and the management key, when one is given).
+// A refused PIN leaves the PIN the token already works with in use.
+func (d *Device) tryPIN(ctx context.Context, tok hsm.Token, a protocol.HSMSetPINArgs, mgmtKey []byte) error {
+	err := d.checkPIN(ctx, tok, a, mgmtKey)
+	var pe *hsm.PINError
+	if errors.As(err, &pe) {
+		slog.Warn("hsm.set_pin: the token refused the PIN", "hsm", a.HSM, "retries", pe.Retries,
+			"working_pin_kept", tok.Info().PIN.Set)
+	}
+	return err
+}
+
+func (d *Device) checkPIN(ctx context.Context, tok hsm.Token, a protocol.HSMSetPINArgs, mgmtKey []byte) error {
+	if mgmtKey != nil {
+		// The card checks the PIN and the key together, before either is kept; a
+		// wrong PIN here is the one try this request costs, Login below then
+		// presents a PIN the card has just accepted.
+		if err := tok.(hsm.ManagementKeyer).SetManagementKey(ctx, a.PIN, mgmtKey); err != nil {
+			return err
+		}
+	}
+	return tok.Login(ctx, a.PIN)
 }
 
 func pinStatus(p hsm.PINStatus) protocol.PINStatus {

@@ -14,11 +14,9 @@ import (
 	"github.com/iot-hsm/iot-hsm/store"
 )
 
-// lostDigest marks a cached "reply" that stands for a request which ran and was
-// recorded in the audit trail, but whose reply was lost when the appliance stopped
-// between the audit record and the reply cache. A redelivery then learns what
+// lostDigest marks a lost reply (store.LostDigest): a redelivery then learns what
 // happened instead of running the request a second time.
-var lostDigest = []byte("lost-in-crash")
+var lostDigest = store.LostDigest
 
 // resultInterrupted is the audit result of a request the appliance stopped inside,
 // whose effect could not be confirmed from the state it left.

@@ -132,3 +132,21 @@ func TestSetPINPersistWithoutStore(t *testing.T) {
 		t.Fatalf("without persist and without a store: %+v", rep.Error)
 	}
 }
+
+// A wrong PIN sent to hsm.set_pin (by anyone who may publish commands) leaves the
+// PIN the token works with in use: the CAs on that token stay online.
+func TestWrongPINKeepsTheWorkingLogin(t *testing.T) {
+	d, tr, r := startDevice(t, Options{})
+	request(d, protocol.CmdHSMSetPIN, "wrong", setPINArgs(r.hsmID, "000000", false, ""))
+	if rep := tr.reply(t, d, "wrong"); rep.OK || rep.Error.Code != protocol.CodePINIncorrect {
+		t.Fatalf("wrong PIN: %+v", rep)
+	}
+	st := d.Status()
+	if len(st.HSMs) != 1 || !st.HSMs[0].PIN.Set {
+		t.Fatalf("status after a refused PIN: %+v", st.HSMs)
+	}
+	request(d, protocol.CmdSlotProvision, "gen", `{"hsm":"`+r.hsmID+`","slot":"51","mode":"generate","key_type":"p256"}`)
+	if rep := tr.reply(t, d, "gen"); !rep.OK {
+		t.Fatalf("the token after a refused PIN: %+v", rep.Error)
+	}
+}

@@ -94,6 +94,13 @@ type ManagementKeyer interface {
 	SetManagementKey(ctx context.Context, pin string, key []byte) error
 }
 
+// PINCounter is implemented by tokens that can tell how many PIN tries are left
+// without spending one (a YubiKey's empty VERIFY, a PKCS#11 token's flags), so a
+// PIN change can be refused before it would block the token. -1 is unknown.
+type PINCounter interface {
+	PINRetries(ctx context.Context) (int, error)
+}
+
 // Attester is implemented by tokens that can prove a key was generated inside them
 // (a YubiKey's PIV attestation). The chain starts with the key's attestation
 // certificate and has been checked against the backend's attestation roots.

@@ -13,6 +13,9 @@ type HSMSetPINArgs struct {
 	ManagementKey string `json:"management_key,omitempty"`
 	SOPIN         string `json:"so_pin,omitempty"`
 	Persist       bool   `json:"persist,omitempty"`
+	// Force presents the PIN even when the token has one try left, which a wrong
+	// PIN would block.
+	Force bool `json:"force,omitempty"`
 }
 
 type ProvisionArgs struct {

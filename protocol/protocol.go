@@ -221,9 +221,15 @@ func DecodeArgs(raw json.RawMessage, v any) *Error {
 }
 
 // Fingerprint identifies a request's content, so the same id with other content can
-// be told from a redelivery. Whitespace in args does not change it.
+// be told from a redelivery. Whitespace in args does not change it. The fingerprint is
+// kept on disk with the cached reply, so the secret arguments (a PIN, a management
+// key, an imported private key and its password) are left out: an unkeyed hash of a
+// 6-digit PIN is the PIN to anyone holding a copy of the state file.
 func Fingerprint(cmd string, args json.RawMessage) []byte {
 	var compact bytes.Buffer
+	if secretCommands[cmd] {
+		args = withoutSecrets(args)
+	}
 	if json.Compact(&compact, args) != nil {
 		compact.Write(args)
 	}
@@ -232,4 +238,33 @@ func Fingerprint(cmd string, args json.RawMessage) []byte {
 	h.Write([]byte{0})
 	h.Write(compact.Bytes())
 	return h.Sum(nil)
+}
+
+// secretCommands take secret arguments; secretFields are those arguments.
+var (
+	secretCommands = map[string]bool{CmdHSMSetPIN: true, CmdSlotProvision: true}
+	secretFields   = []string{"pin", "so_pin", "management_key", "key_pem", "key_password"}
+)
+
+// withoutSecrets returns args without the secret fields, its keys sorted. Keys are
+// compared as encoding/json matches them to struct fields (case-insensitively), so
+// that no spelling of "pin" keeps it in. Arguments that are not an object are
+// returned as they are: DecodeArgs refuses them, and nothing of them is stored.
+func withoutSecrets(args json.RawMessage) json.RawMessage {
+	var m map[string]json.RawMessage
+	if json.Unmarshal(args, &m) != nil {
+		return args
+	}
+	for k := range m {
+		for _, f := range secretFields {
+			if strings.EqualFold(k, f) {
+				delete(m, k)
+			}
+		}
+	}
+	out, err := json.Marshal(m)
+	if err != nil {
+		return args
+	}
+	return out
 }

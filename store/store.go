@@ -36,15 +36,15 @@ func Open(dir string) (*Store, error) {
 		return nil, fmt.Errorf("store: state directory: %w", err)
 	}
 	path := filepath.Join(dir, FileName)
-	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: time.Second})
+	if err := upgrade(path); err != nil {
+		return nil, err
+	}
+	db, err := openBolt(path)
 	if err != nil {
-		if errors.Is(err, bolterrors.ErrTimeout) {
-			return nil, fmt.Errorf("store: %s is in use by another iot-hsm process", path)
-		}
-		return nil, fmt.Errorf("store: open %s: %w", path, err)
+		return nil, err
 	}
 	err = db.Update(func(tx *bolt.Tx) error {
-		for _, b := range [][]byte{bucketSlots, bucketReplies, bucketIntents} {
+		for _, b := range [][]byte{bucketSlots, bucketReplies, bucketIntents, bucketMeta} {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 				return err
 			}
@@ -56,6 +56,19 @@ func Open(dir string) (*Store, error) {
 		return nil, fmt.Errorf("store: initialise %s: %w", path, err)
 	}
 	return &Store{db: db}, nil
+}
+
+// openBolt opens the file. A second process on the same directory gets a clear error
+// after a second instead of waiting forever on the lock.
+func openBolt(path string) (*bolt.DB, error) {
+	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: time.Second})
+	if errors.Is(err, bolterrors.ErrTimeout) {
+		return nil, fmt.Errorf("store: %s is in use by another iot-hsm process", path)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("store: open %s: %w", path, err)
+	}
+	return db, nil
 }
 
 // Close closes the file.

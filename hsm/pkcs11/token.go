@@ -124,12 +124,28 @@ func (t *Token) Login(ctx context.Context, pin string) error {
 	t.pin, t.pinSet = pin, true
 	err := t.withSession(ctx, func(pkcs11.SessionHandle) error { return nil })
 	if err != nil {
+		// A refused new PIN leaves the working one in place: the next session logs
+		// in with it again, so one mistyped hsm.set_pin does not take every CA of
+		// the token offline. Only a refused working PIN is forgotten, so that it is
+		// never presented again.
 		t.pin, t.pinSet = old, oldSet
-		if errors.Is(err, hsm.ErrPINIncorrect) || errors.Is(err, hsm.ErrPINBlocked) {
+		if (errors.Is(err, hsm.ErrPINIncorrect) || errors.Is(err, hsm.ErrPINBlocked)) && (old == pin || errors.Is(err, hsm.ErrPINBlocked)) {
 			t.pin, t.pinSet = "", false
 		}
 	}
 	return err
+}
+
+// PINRetries implements hsm.PINCounter from the token's flags, read afresh: PKCS#11
+// tells only "final try" (1) and "locked" (0); otherwise the count is unknown (-1).
+func (t *Token) PINRetries(ctx context.Context) (int, error) {
+	if err := ctx.Err(); err != nil {
+		return -1, err
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.refreshFlags()
+	return retriesFromFlags(t.flags), nil
 }
 
 // do runs fn with the token's logged-in session.

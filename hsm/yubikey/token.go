@@ -33,7 +33,10 @@ type Token struct {
 	pinFromConfig bool
 	retries       int
 	mgmtKey       []byte // given with hsm.set_pin and checked by the card; memory only
-	idle          *time.Timer
+	// trying is a PIN being checked for hsm.set_pin (t.mu held): when the card
+	// refuses it, the working credentials are kept.
+	trying string
+	idle   *time.Timer
 }
 
 func (t *Token) holds(reader string) bool {
@@ -184,6 +187,7 @@ func (t *Token) do(ctx context.Context, fn func(yk *piv.YubiKey) error) error {
 		return err
 	}
 	err := fn(t.yk)
+	defer func() { t.trying = "" }()
 	if isTransport(err) {
 		logger().Warn("YubiKey transaction failed", "hsm", t.id, "err", err)
 		t.markAbsentLocked(err.Error())
@@ -214,9 +218,13 @@ func (t *Token) mapErr(err error) error {
 	}
 	var ae piv.AuthErr
 	if errors.As(err, &ae) {
-		// A refused PIN forgets the credentials given with it, the management
-		// key from hsm.set_pin included.
-		t.pin, t.pinSet, t.retries, t.mgmtKey = "", false, ae.Retries, nil
+		t.retries = ae.Retries
+		// A refused working PIN is forgotten, with the management key given with
+		// it, so it is never presented again. A refused new PIN (hsm.set_pin)
+		// leaves the working one in use, unless the card is now blocked.
+		if t.trying == "" || t.trying == t.pin || ae.Retries == 0 {
+			t.pin, t.pinSet, t.mgmtKey = "", false, nil
+		}
 		return &hsm.PINError{Token: t.id, Retries: ae.Retries}
 	}
 	if errors.Is(err, piv.ErrNotFound) {
@@ -236,6 +244,7 @@ func (t *Token) Login(ctx context.Context, pin string) error {
 		return fmt.Errorf("%w: %s: empty PIN", hsm.ErrPINRequired, t.id)
 	}
 	return t.do(ctx, func(yk *piv.YubiKey) error {
+		t.trying = pin
 		if err := yk.VerifyPIN(pin); err != nil {
 			return err
 		}
@@ -251,6 +260,24 @@ func (t *Token) Login(ctx context.Context, pin string) error {
 	})
 }
 
+// PINRetries implements hsm.PINCounter: an empty VERIFY tells the count without
+// spending a try. A card on which the PIN is verified in this session does not say
+// (-1); its count is then at the maximum anyway.
+func (t *Token) PINRetries(ctx context.Context) (int, error) {
+	n := -1
+	err := t.do(ctx, func(yk *piv.YubiKey) error {
+		r, err := yk.Retries()
+		if err == nil {
+			n, t.retries = r, r
+		}
+		if isTransport(err) {
+			return err
+		}
+		return nil
+	})
+	return n, err
+}
+
 // SetManagementKey implements hsm.ManagementKeyer. PIV has no command that only
 // checks a management key, so the card checks it by a write that changes nothing:
 // the PIN-protected metadata object, read with pin and written back byte for byte
@@ -260,6 +287,7 @@ func (t *Token) SetManagementKey(ctx context.Context, pin string, key []byte) er
 		return fmt.Errorf("%w: %s: empty PIN", hsm.ErrPINRequired, t.id)
 	}
 	return t.do(ctx, func(yk *piv.YubiKey) error {
+		t.trying = pin
 		md, err := yk.Metadata(pin) // verifies the PIN: a wrong one is a PIN error
 		if err != nil {
 			return err

@@ -235,15 +235,21 @@ func TestSetManagementKey(t *testing.T) {
 	}
 	sign(t, s)
 
-	// A refused PIN forgets the management key that came with set_pin.
-	if err := tok.Login(ctx, "000000"); !errors.Is(err, hsm.ErrPINIncorrect) {
+	// A refused new PIN leaves the working PIN and the management key that came
+	// with it in use: one mistyped hsm.set_pin does not take the CA offline.
+	if err := tok.Login(ctx, "000000"); !errors.Is(err, hsm.ErrPINIncorrect) || hsm.PINRetries(err) != 2 {
 		t.Fatalf("wrong PIN: %v", err)
 	}
-	if err := tok.Login(ctx, piv.DefaultPIN); err != nil {
-		t.Fatal(err)
+	if !tok.Info().PIN.Set {
+		t.Fatal("the working PIN was dropped by a refused one")
 	}
-	if _, err := tok.Generate(ctx, "9d", hsm.P256, hsm.KeyOptions{}); !errors.Is(err, hsm.ErrPINRequired) {
-		t.Fatalf("after a refused PIN: %v, want ErrPINRequired (the management key forgotten)", err)
+	if _, err := tok.Generate(ctx, "9d", hsm.P256, hsm.KeyOptions{}); err != nil {
+		t.Fatalf("after a refused new PIN: %v, want the working credentials still in use", err)
+	}
+	// The appliance does not present the working PIN again to reset the counter:
+	// that would give whoever sends wrong PINs unlimited guesses.
+	if n, err := tok.PINRetries(ctx); err != nil || n != 2 {
+		t.Fatalf("PIN counter after a refused PIN: %d, %v, want 2", n, err)
 	}
 }
 

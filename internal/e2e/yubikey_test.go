@@ -196,8 +196,38 @@ func TestYubiKeyWrongPINOverMQTT(t *testing.T) {
 		t.Fatalf("status after one wrong PIN (not retried): %+v", st.HSMs)
 	}
 	failed(t, op.call(a, protocol.CmdHSMSetPIN, protocol.HSMSetPINArgs{HSM: ykHSM, PIN: "999998"}), protocol.CodePINIncorrect)
-	failed(t, op.call(a, protocol.CmdHSMSetPIN, protocol.HSMSetPINArgs{HSM: ykHSM, PIN: "999997"}), protocol.CodePINBlocked)
+	// One try left: a PIN is presented only when the request says force.
+	r = op.call(a, protocol.CmdHSMSetPIN, protocol.HSMSetPINArgs{HSM: ykHSM, PIN: "999997"})
+	failed(t, r, protocol.CodeConflict)
+	if r.Error.Details["retries"] != float64(1) || !strings.Contains(r.Error.Message, "force") {
+		t.Fatalf("last-try refusal: %+v", r.Error)
+	}
+	st = ok[protocol.Status](t, op.call(a, protocol.CmdStatus, struct{}{}))
+	if *st.HSMs[0].PIN.Retries != 1 {
+		t.Fatalf("the refused request spent a try: %+v", st.HSMs[0].PIN)
+	}
+	failed(t, op.call(a, protocol.CmdHSMSetPIN, protocol.HSMSetPINArgs{HSM: ykHSM, PIN: "999997", Force: true}), protocol.CodePINBlocked)
 	failed(t, op.call(a, protocol.CmdHSMSetPIN, protocol.HSMSetPINArgs{HSM: ykHSM, PIN: "123456"}), protocol.CodePINBlocked)
+}
+
+// A wrong PIN sent to hsm.set_pin leaves the card's working PIN in use (the slot
+// keeps signing), and the reply says how many tries are left.
+func TestYubiKeyWrongPINKeepsTheWorkingOne(t *testing.T) {
+	b := brokers(t)[1]
+	a, _, _ := startYubiKeyAppliance(t, b.url, "123456")
+	op := newOperator(t, b.url)
+	ok[protocol.ProvisionResult](t, op.call(a, protocol.CmdSlotProvision, protocol.ProvisionArgs{HSM: ykHSM, Slot: "9c", Mode: "generate", KeyType: "p256"}))
+	r := op.call(a, protocol.CmdHSMSetPIN, protocol.HSMSetPINArgs{HSM: ykHSM, PIN: "654321"})
+	failed(t, r, protocol.CodePINIncorrect)
+	if r.Error.Details["retries"] != float64(2) {
+		t.Fatalf("wrong PIN reply: %+v", r.Error)
+	}
+	st := ok[protocol.Status](t, op.call(a, protocol.CmdStatus, struct{}{}))
+	if !st.HSMs[0].PIN.Set {
+		t.Fatalf("the working PIN was dropped: %+v", st.HSMs[0].PIN)
+	}
+	ok[protocol.CertificateResult](t, op.call(a, protocol.CmdSlotSelfSign, protocol.ProvisioningCertArgs{SlotID: ykHSM + "/9c",
+		ProvisioningCert: provisioningCert(t, "After a wrong PIN", 0)}))
 }
 
 // TestMain stops a pcscd these tests had to start themselves.

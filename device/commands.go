@@ -33,6 +33,9 @@ func (d *Device) route(j *job) (string, *protocol.Error) {
 		if a.HSM == "" || a.PIN == "" {
 			return "", protocol.Errorf(protocol.CodeBadRequest, "hsm and pin are required")
 		}
+		if e := d.knownHSM(a.HSM); e != nil {
+			return "", e
+		}
 		j.run = func(ctx context.Context, _ *job) (any, error) { return d.setPIN(ctx, a) }
 		return a.HSM, nil
 	case protocol.CmdSlotProvision:
@@ -42,6 +45,9 @@ func (d *Device) route(j *job) (string, *protocol.Error) {
 		}
 		if a.HSM == "" || a.Slot == "" || a.Mode == "" {
 			return "", protocol.Errorf(protocol.CodeBadRequest, "hsm, slot and mode are required")
+		}
+		if e := d.knownHSM(a.HSM); e != nil {
+			return "", e
 		}
 		j.deadline = 3 * time.Minute // RSA-4096 generation on a YubiKey takes minutes
 		j.run = func(ctx context.Context, _ *job) (any, error) { return d.provision(ctx, a) }
@@ -111,7 +117,10 @@ func (d *Device) route(j *job) (string, *protocol.Error) {
 	return "", protocol.Errorf(protocol.CodeUnknownCommand, "unknown command %q", j.cmd)
 }
 
-// slotHSM checks a slot id and returns its HSM, so the job runs on that token's worker.
+// slotHSM checks that a slot has a record and returns its HSM, so the job runs on
+// that token's worker. An unknown slot is answered at intake: workers, cached replies
+// and audit records are for requests that can do something, and the HSM ids with a
+// slot record are a bounded set that no request can grow.
 func (d *Device) slotHSM(slotID string) (string, *protocol.Error) {
 	if slotID == "" {
 		return "", protocol.Errorf(protocol.CodeBadRequest, "slot_id is required")
@@ -120,7 +129,24 @@ func (d *Device) slotHSM(slotID string) (string, *protocol.Error) {
 	if err != nil {
 		return "", toProtocolError(err)
 	}
+	if _, err := d.store.Slot(slotID); err != nil {
+		if errors.Is(err, store.ErrNotFound) {
+			return "", protocol.Errorf(protocol.CodeNotFound, "slot %s is not provisioned (slot.provision first; hsm.list shows the HSMs)", slotID)
+		}
+		return "", toProtocolError(err)
+	}
+	// The HSM of a slot record may be absent (a YubiKey not plugged in since the
+	// start); its worker answers hsm_offline, or clears the record.
 	return hsmID, nil
+}
+
+// knownHSM answers not_found at intake for an HSM id no backend has shown: workers
+// exist only for the HSMs the appliance has.
+func (d *Device) knownHSM(id string) *protocol.Error {
+	if _, err := d.reg.Token(id); err != nil {
+		return protocol.Errorf(protocol.CodeNotFound, "no HSM %q on this appliance (hsm.list shows the HSMs)", id)
+	}
+	return nil
 }
 
 func (d *Device) setPIN(ctx context.Context, a protocol.HSMSetPINArgs) (any, error) {

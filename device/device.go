@@ -97,7 +97,9 @@ type Device struct {
 
 	outbox chan outMsg
 
-	requests, signatures, errors, dropped atomic.Uint64
+	refused refusals // refusals sampled into the audit trail
+
+	requests, signatures, errors, dropped, refusedCount atomic.Uint64
 }
 
 type outMsg struct {
@@ -182,6 +184,7 @@ func (d *Device) Stop() {
 	d.workers = map[string]*worker{}
 	d.mu.Unlock()
 	d.wg.Wait()
+	d.flushRefusals()
 }
 
 // Connected is called by the transport after every (re)connect: the retained status

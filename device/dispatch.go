@@ -10,6 +10,7 @@ import (
 	"github.com/iot-hsm/iot-hsm/auth"
 	"github.com/iot-hsm/iot-hsm/hsm"
 	"log/slog"
+	"slices"
 	"time"
 
 	"github.com/iot-hsm/iot-hsm/protocol"
@@ -40,7 +41,23 @@ type handler func(ctx context.Context, j *job) (any, error)
 // run again; they get the reply, marked replayed, when it is ready.
 type inflight struct {
 	fp     []byte
-	dupsTo []string // reply topics of redeliveries
+	dupsTo []string // reply topics of redeliveries, each once
+}
+
+// maxDups bounds the reply topics kept per request in flight: redeliveries with
+// ever new reply_to topics must not grow memory without bound.
+const maxDups = 8
+
+// addDup keeps topic for the reply of a redelivery; false when the bound is reached.
+func (f *inflight) addDup(topic string) bool {
+	if slices.Contains(f.dupsTo, topic) {
+		return true
+	}
+	if len(f.dupsTo) >= maxDups {
+		return false
+	}
+	f.dupsTo = append(f.dupsTo, topic)
+	return true
 }
 
 type worker struct {
@@ -158,13 +175,11 @@ func (d *Device) authenticate(topic string, payload []byte) ([]byte, string, *pr
 }
 
 // refuse answers a request that is not run, and records the refusal in the audit
-// trail: a forged or stale request is something an auditor wants to see.
+// trail: a forged or stale request is something an auditor wants to see. A flood of
+// them is sampled (refusals.go).
 func (d *Device) refuse(req protocol.Request, cmd, requester string, e *protocol.Error) {
-	if d.opts.Audit != nil {
-		if _, err := d.opts.Audit.Append(audit.Record{RequestID: req.ID, Requester: requester, Command: cmd, Result: e.Code}); err != nil {
-			slog.Error("audit trail", "err", err)
-		}
-	}
+	d.refusedCount.Add(1)
+	d.noteRefusal(audit.Record{RequestID: req.ID, Requester: requester, Command: cmd, Result: e.Code})
 	if req.ID == "" {
 		d.dropped.Add(1)
 		return
@@ -183,12 +198,13 @@ func (d *Device) replayed(req protocol.Request, cmd string, fp []byte) bool {
 	d.mu.Lock()
 	if f, ok := d.inflight[req.ID]; ok {
 		same := bytes.Equal(f.fp, fp)
-		if same {
-			f.dupsTo = append(f.dupsTo, d.replyTopic(req))
-		}
+		kept := same && f.addDup(d.replyTopic(req))
 		d.mu.Unlock()
-		if !same {
+		switch {
+		case !same:
 			d.replyNow(req, cmd, protocol.Errorf(protocol.CodeConflict, "id %s is in use by another request", req.ID))
+		case !kept:
+			d.replyNow(req, cmd, protocol.Errorf(protocol.CodeBusy, "id %s is still running and has %d redeliveries waiting; retry later", req.ID, maxDups))
 		}
 		return true
 	}
@@ -391,7 +407,7 @@ func (d *Device) commit(batch []finished) {
 			settled = append(settled, f.j.req.ID)
 		}
 		payloads[i], _ = json.Marshal(f.rep)
-		if cacheable(f.rep) {
+		if cacheable(f.j.cmd, f.rep) {
 			cache[f.j.req.ID] = store.Reply{Digest: f.j.fp, Payload: payloads[i], Stored: d.opts.Now()}
 		}
 		offline = offline || f.rep.Error != nil && f.rep.Error.Code == protocol.CodeHSMOffline
@@ -467,8 +483,13 @@ func (d *Device) done(j *job) []string {
 }
 
 // cacheable: replies are kept so that a redelivery never runs twice, except answers
-// that say nothing ran and a retry may succeed (busy, expired, token offline).
-func cacheable(rep protocol.Reply) bool {
+// that say nothing ran and a retry may succeed (busy, expired, token offline), and
+// the answers to reads (status, lists, show, audit.tail, ota.status): running one
+// again does nothing, and caching it would let any client fill the disk.
+func cacheable(cmd string, rep protocol.Reply) bool {
+	if !audited[cmd] {
+		return false
+	}
 	if rep.Error == nil {
 		return true
 	}

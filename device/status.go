@@ -20,7 +20,7 @@ func (d *Device) Status() protocol.Status {
 		Online: true, Device: d.opts.DeviceID, Version: d.opts.Version, StartedAt: &started,
 		Time: d.opts.Now().UTC(), Broker: "disconnected", HSMs: []protocol.StatusHSM{}, Slots: []protocol.StatusSlot{},
 		Counters: protocol.Counters{Requests: d.requests.Load(), Signatures: d.signatures.Load(),
-			Errors: d.errors.Load(), Dropped: d.dropped.Load()},
+			Errors: d.errors.Load(), Dropped: d.dropped.Load(), Refused: d.refusedCount.Load()},
 	}
 	if d.tr != nil && d.tr.Connected() {
 		st.Broker = "connected"

@@ -241,6 +241,9 @@ type Counters struct {
 	Signatures uint64 `json:"signatures"`
 	Errors     uint64 `json:"errors"`
 	Dropped    uint64 `json:"dropped"`
+	// Refused counts requests refused before they were read: not signed by a
+	// trusted controller, or stale. The audit trail holds a sample of them.
+	Refused uint64 `json:"refused"`
 }
 
 // Event is one message on the events topic.

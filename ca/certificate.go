@@ -58,6 +58,10 @@ type Profile struct {
 //     checked before signing, and the signed certificate verifies with
 //     x509.Verify through the whole chain at its notBefore, which enforces
 //     the constraints of every CA above as well;
+//   - the subject's emailAddress attributes, and a host-like commonName
+//     when there is no DNS SAN, respect the name constraints of the issuer
+//     and every CA in its chain (checkSubjectNames), which x509.Verify
+//     would not catch;
 //   - an RSA subject key has at least 2048 bits.
 //
 // The subject is the CSR's, byte for byte; the issuer is the CA's subject,

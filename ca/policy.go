@@ -42,6 +42,13 @@ func (is *Issuer) checkChild(c *x509.Certificate, pub crypto.PublicKey) error {
 	if err := checkNameConstraints(is.Cert, c); err != nil {
 		return err
 	}
+	// x509.Verify applies the SAN constraints of the CAs above after
+	// signing, but never looks at the subject: that is checked here.
+	for _, up := range is.chain() {
+		if err := checkSubjectNames(up, c); err != nil {
+			return err
+		}
+	}
 	if k, ok := pub.(*rsa.PublicKey); ok && k.N.BitLen() < minRSABits {
 		return fmt.Errorf("%w: RSA subject key of %d bits, at least %d required", ErrPolicy, k.N.BitLen(), minRSABits)
 	}
@@ -100,11 +107,12 @@ func (is *Issuer) checkPathLen(c *x509.Certificate) error {
 	return nil
 }
 
-// checkNameConstraints checks c's subject alternative names against the
-// issuing CA's name constraints (RFC 5280 4.2.1.10) before signing. The
-// constraints of CAs further up are left to x509.Verify after signing; this
-// check exists so that the common case, a constrained issuing CA, is refused
-// before the HSM signs anything.
+// checkNameConstraints checks c's subject alternative names, and the names
+// in its subject that relying parties act on (see checkSubjectNames),
+// against the issuing CA's name constraints (RFC 5280 4.2.1.10) before
+// signing. The SAN constraints of CAs further up are left to x509.Verify
+// after signing; this check exists so that the common case, a constrained
+// issuing CA, is refused before the HSM signs anything.
 //
 // Where Go's verifier is more lenient than RFC 5280 (it lets a URI
 // constraint without a leading period match subdomains, an email domain
@@ -128,7 +136,10 @@ func checkNameConstraints(ca, c *x509.Certificate) error {
 			}
 		}
 	}
-	return checkNames("URI", c.URIs, ca.PermittedURIDomains, ca.ExcludedURIDomains, uriWithin, uriWithin)
+	if err := checkNames("URI", c.URIs, ca.PermittedURIDomains, ca.ExcludedURIDomains, uriWithin, uriWithin); err != nil {
+		return err
+	}
+	return checkSubjectNames(ca, c)
 }
 
 // checkNames refuses a name that may fall in an excluded subtree or that
@@ -268,8 +279,7 @@ func checkSANSyntax(c *x509.Certificate) error {
 		}
 	}
 	for _, e := range c.EmailAddresses {
-		at := strings.LastIndexByte(e, '@')
-		if at <= 0 || !validMailboxLocal(e[:at]) || !validDNSName(e[at+1:]) {
+		if !validMailbox(e) {
 			return fmt.Errorf("invalid email address %q", e)
 		}
 	}

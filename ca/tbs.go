@@ -19,9 +19,9 @@ import (
 //   - the issuer name is not the CA's subject byte for byte;
 //   - the TBS's signature algorithm is not the one for the CA key;
 //   - it is not a version 3 certificate, or its serial is not positive;
-//   - validity, path length, name constraints or subject key as in
-//     IssueCertificate (without the path-length default: a TBS is signed
-//     as is or not at all);
+//   - validity, path length, name constraints (of SANs and subject) or
+//     subject key as in IssueCertificate (without the path-length default:
+//     a TBS is signed as is or not at all);
 //   - an authority key identifier that is not the CA's;
 //   - a critical extension Go does not process: x509.Verify would refuse
 //     the signed certificate anyway, so the HSM is not asked to sign it.

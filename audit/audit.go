@@ -142,6 +142,23 @@ func (l *Log) Tail(n int) []Record {
 	return append([]Record(nil), l.tail[len(l.tail)-n:]...)
 }
 
+// Since calls each for every record after seq, oldest first, reading the whole file:
+// start-up recovery must find a request however many records followed it, not only
+// among those kept in memory.
+func (l *Log) Since(seq uint64, each func(Record)) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	fi, err := l.f.Stat()
+	if err != nil {
+		return fmt.Errorf("audit: %w", err)
+	}
+	return scan(io.NewSectionReader(l.f, 0, fi.Size()), func(r Record) {
+		if r.Seq > seq {
+			each(r)
+		}
+	})
+}
+
 // Head returns the last record written.
 func (l *Log) Head() Record {
 	l.mu.Lock()

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
+	"math"
 	"slices"
 
 	"github.com/iot-hsm/iot-hsm/audit"
@@ -35,20 +36,24 @@ func (d *Device) recoverIntents() {
 	if len(intents) == 0 {
 		return
 	}
-	// The newest audit record of each id: an intent is recorded when a record of its
-	// id came after the intent was written.
-	recorded := map[string]uint64{}
-	if d.opts.Audit != nil {
-		for _, r := range d.opts.Audit.Tail(0) {
-			recorded[r.RequestID] = r.Seq
-		}
+	// The newest audit record of each intent's id: an intent is recorded when a
+	// record of its id came after the intent was written.
+	recorded, err := d.intentRecords(intents)
+	if err != nil {
+		slog.Error("reading the audit trail for interrupted requests; kept for the next start", "err", err)
+		return
 	}
 	var recs []audit.Record
 	ids := slices.Sorted(maps.Keys(intents))
 	for _, id := range ids {
 		in := intents[id]
-		if seq, ok := recorded[id]; ok && seq > in.AuditSeq {
-			continue // stopped after its audit record: recoverLostReplies answers it
+		if r, ok := recorded[id]; ok && r.Seq > in.AuditSeq {
+			// Stopped after its audit record: a redelivery is told, however far
+			// back in the trail the record is.
+			if _, err := d.store.Reply(id); errors.Is(err, store.ErrNotFound) && ranOnce(r) {
+				d.markLost(r)
+			}
+			continue
 		}
 		result, note := d.settle(id, in)
 		recs = append(recs, audit.Record{RequestID: id, Requester: in.Requester, Command: in.Command,
@@ -72,6 +77,25 @@ func (d *Device) recoverIntents() {
 	if err := d.store.DeleteIntents(ids...); err != nil {
 		slog.Error("dropping settled intents", "err", err)
 	}
+}
+
+// intentRecords returns the newest audit record of each intent's id written after
+// the oldest intent, read from the whole trail.
+func (d *Device) intentRecords(intents map[string]store.Intent) (map[string]audit.Record, error) {
+	recorded := map[string]audit.Record{}
+	if d.opts.Audit == nil {
+		return recorded, nil
+	}
+	oldest := uint64(math.MaxUint64)
+	for _, in := range intents {
+		oldest = min(oldest, in.AuditSeq)
+	}
+	err := d.opts.Audit.Since(oldest, func(r audit.Record) {
+		if _, ok := intents[r.RequestID]; ok {
+			recorded[r.RequestID] = r
+		}
+	})
+	return recorded, err
 }
 
 // settle decides from the slot record what an interrupted request left behind: a

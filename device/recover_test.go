@@ -1,6 +1,7 @@
 package device
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -174,5 +175,47 @@ func TestInterruptedRequestsReachTheAuditTrail(t *testing.T) {
 	d.recoverIntents()
 	if n := len(al.Tail(0)); n != 7 {
 		t.Errorf("%d audit records after a second start, want 7", n)
+	}
+}
+
+// An intent whose audit record is followed by more records than the trail keeps in
+// memory is still found recorded: it gets no second, "interrupted" record, and a
+// redelivery is told it ran.
+func TestRecoveryReadsTheWholeTrail(t *testing.T) {
+	dir := t.TempDir()
+	st, err := store.Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	al, err := audit.Open(filepath.Join(dir, "audit.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer al.Close()
+	if err := st.PutIntent("clear-far", store.Intent{Command: protocol.CmdSlotClear, SlotID: "tok/0e", Started: time.Now()}); err != nil {
+		t.Fatal(err)
+	}
+	rec, _ := al.Append(audit.Record{RequestID: "clear-far", Command: protocol.CmdSlotClear, SlotID: "tok/0e", Result: "ok"})
+	for i := range 300 {
+		al.Append(audit.Record{RequestID: fmt.Sprintf("sign-%d", i), Command: protocol.CmdSign, Result: "ok"})
+	}
+	head := al.Head().Seq
+
+	d := New(Options{DeviceID: "t", Audit: al, Now: time.Now}, &Slots{Store: st, Registry: NewRegistry()})
+	d.recoverIntents()
+
+	if h := al.Head().Seq; h != head {
+		t.Fatalf("%d records were added for a request already recorded", h-head)
+	}
+	rep, err := st.Reply("clear-far")
+	if err != nil {
+		t.Fatalf("no answer kept for a redelivery: %v", err)
+	}
+	if e, lost := lostReply(rep); !lost || e.Details["audit_seq"] != rec.Seq {
+		t.Fatalf("redelivery answer %v %+v, want conflict naming audit record %d", lost, e, rec.Seq)
+	}
+	if left, _ := st.Intents(); len(left) != 0 {
+		t.Fatalf("intents left: %v", left)
 	}
 }

@@ -64,7 +64,7 @@ protocol commands (each also takes --id ID and --out FILE; FILE may be - for std
   audit.tail [--n N]
   reload
   restart
-  ota.update --url URL --sha256 HEX --size BYTES [--signature FILE.minisig]
+  ota.update --url URL --sha256 HEX --size BYTES [--signature FILE.minisig] [--allow-downgrade]
                  [--wait=false] [--wait-timeout D]
   ota.status
 

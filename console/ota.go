@@ -12,7 +12,7 @@ import (
 // cmdOTAUpdate starts an update and follows it with a progress bar until it is
 // committed, rolled back or refused (--wait=false returns once it started).
 func (s *session) cmdOTAUpdate(args []string) error {
-	fs, rf := s.requestFlags(protocol.CmdOTAUpdate, "--url URL --sha256 HEX --size BYTES [--signature FILE.minisig]")
+	fs, rf := s.requestFlags(protocol.CmdOTAUpdate, "--url URL --sha256 HEX --size BYTES [--signature FILE.minisig] [--allow-downgrade]")
 	var a protocol.OTAUpdateArgs
 	var sigFile string
 	var wait bool
@@ -21,6 +21,7 @@ func (s *session) cmdOTAUpdate(args []string) error {
 	fs.StringVar(&a.SHA256, "sha256", "", "the update's SHA-256, hex")
 	fs.Int64Var(&a.Size, "size", 0, "the update's size in bytes")
 	fs.StringVar(&sigFile, "signature", "", "the detached minisign signature (`FILE`.minisig); required in binary mode")
+	fs.BoolVar(&a.AllowDowngrade, "allow-downgrade", false, "install a version older than the running one (never below the appliance's minimum); needs --sign-key")
 	fs.BoolVar(&wait, "wait", true, "follow the update until it is committed, rolled back or refused")
 	fs.DurationVar(&waitFor, "wait-timeout", 15*time.Minute, "how long to follow it")
 	if err := s.parse(fs, args); err != nil {

@@ -5,8 +5,10 @@ import (
 	"encoding/json"
 	"log/slog"
 	"net/url"
+	"strings"
 	"time"
 
+	"github.com/iot-hsm/iot-hsm/audit"
 	"github.com/iot-hsm/iot-hsm/protocol"
 )
 
@@ -31,6 +33,9 @@ func (d *Device) routeOTA(j *job) (string, *protocol.Error) {
 		if a.URL == "" || a.SHA256 == "" || a.Size <= 0 {
 			return "", protocol.Errorf(protocol.CodeBadRequest, "url, sha256 and size are required")
 		}
+		if a.AllowDowngrade && !controllerSigned(j.requester) {
+			return "", d.refuseDowngrade(j, a)
+		}
 		if d.opts.OTA.Update == nil {
 			break
 		}
@@ -39,6 +44,9 @@ func (d *Device) routeOTA(j *job) (string, *protocol.Error) {
 		// URL goes in without credentials or query (a presigned URL's signature
 		// must not live on in the trail, nor be served by audit.tail).
 		j.rec.Subject, j.rec.Digest = redactURL(a.URL), a.SHA256
+		if a.AllowDowngrade {
+			j.rec.Note = "allow_downgrade"
+		}
 		return "", nil
 	case protocol.CmdOTAStatus:
 		var none struct{}
@@ -52,6 +60,28 @@ func (d *Device) routeOTA(j *job) (string, *protocol.Error) {
 		return "", nil
 	}
 	return "", protocol.Errorf(protocol.CodeUnsupported, "%s is not available here (ota.mode is off)", j.cmd)
+}
+
+// refuseDowngrade answers an allow_downgrade that no trusted controller signed, and
+// keeps the attempt in the audit trail.
+func (d *Device) refuseDowngrade(j *job, a protocol.OTAUpdateArgs) *protocol.Error {
+	e := protocol.Errorf(protocol.CodeUnauthorized,
+		"allow_downgrade needs a request signed by a trusted controller ([trust] controllers)")
+	if d.opts.Audit != nil {
+		rec := audit.Record{RequestID: j.req.ID, Requester: j.requester, Command: j.cmd, Subject: redactURL(a.URL),
+			Digest: a.SHA256, Result: e.Code, Note: "allow_downgrade"}
+		if _, err := d.opts.Audit.Append(rec); err != nil {
+			slog.Error("audit trail", "err", err)
+		}
+	}
+	return e
+}
+
+// controllerSigned reports whether the request's signature chains to the
+// controllers' bundle: a JWS taken without one is only checked against its own
+// certificate, and its requester is marked unverified.
+func controllerSigned(requester string) bool {
+	return requester != "" && !strings.HasPrefix(requester, "unverified:")
 }
 
 // redactURL drops the user information, query and fragment of a URL.

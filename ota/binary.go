@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/iot-hsm/iot-hsm/internal/atomicfile"
@@ -21,7 +22,7 @@ const maxStarts = 2
 
 // installBinary tries the new binary, swaps it in (keeping the running one as
 // <binary>.prev), records the trial and asks for the restart.
-func (u *Updater) installBinary(path string, baseline Health) error {
+func (u *Updater) installBinary(path string, to Version, baseline Health) error {
 	u.progress(protocol.OTAInstall, 0, "trying the new binary")
 	if err := os.Chmod(path, 0o755); err != nil {
 		return err
@@ -30,12 +31,15 @@ func (u *Updater) installBinary(path string, baseline Health) error {
 	if err != nil {
 		return fmt.Errorf("%w: the new binary does not run here: %v", ErrRefused, err)
 	}
+	if f := strings.Fields(ver); len(f) == 0 || f[len(f)-1] != to.String() {
+		return fmt.Errorf("%w: the new binary reports %q, its signature says version %s", ErrVersionMismatch, ver, to)
+	}
 	u.progress(protocol.OTAInstall, 30, "new binary reports version "+ver)
 	prev, err := swapBinary(u.o.Binary, path)
 	if err != nil {
 		return err
 	}
-	t := trial{Mode: ModeBinary, From: u.o.Version, URL: u.Status().URL, Binary: u.o.Binary, Prev: prev,
+	t := trial{Mode: ModeBinary, From: u.o.Version, To: to.String(), URL: u.Status().URL, Binary: u.o.Binary, Prev: prev,
 		Baseline: baseline, Started: time.Now().UTC()}
 	if err := writeJSON(u.trialPath(), t); err != nil {
 		if rerr := restoreBinary(u.o.Binary, prev); rerr != nil {

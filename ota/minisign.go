@@ -43,14 +43,15 @@ func short(s string) string {
 
 // VerifyFile checks the detached minisign signature (the text of a .minisig file) of
 // the file at path against the keys: one of them must have made it. Both the legacy
-// (Ed) and the prehashed (ED, minisign's default) forms are accepted.
-func (k Keys) VerifyFile(path string, signature []byte) error {
+// (Ed) and the prehashed (ED, minisign's default) forms are accepted. It returns the
+// trusted comment, which the signature covers too.
+func (k Keys) VerifyFile(path string, signature []byte) (trustedComment string, err error) {
 	if len(k) == 0 {
-		return fmt.Errorf("%w: no minisign public key configured (ota.public_keys)", ErrRefused)
+		return "", fmt.Errorf("%w: no minisign public key configured (ota.public_keys)", ErrRefused)
 	}
 	var sig minisign.Signature
 	if err := sig.UnmarshalText(signature); err != nil {
-		return fmt.Errorf("%w: signature: %v", ErrRefused, err)
+		return "", fmt.Errorf("%w: signature: %v", ErrRefused, err)
 	}
 	for _, key := range k {
 		if key.ID() != sig.KeyID {
@@ -61,26 +62,26 @@ func (k Keys) VerifyFile(path string, signature []byte) error {
 			// Legacy signatures cover the whole message, not its hash.
 			msg, err := os.ReadFile(path)
 			if err != nil {
-				return err
+				return "", err
 			}
 			ok = minisign.Verify(key, msg, signature)
 		} else {
 			f, err := os.Open(path)
 			if err != nil {
-				return err
+				return "", err
 			}
 			r := minisign.NewReader(f)
 			_, err = io.Copy(io.Discard, r)
 			f.Close()
 			if err != nil {
-				return err
+				return "", err
 			}
 			ok = r.Verify(key, signature)
 		}
 		if ok {
-			return nil
+			return sig.TrustedComment, nil
 		}
-		return fmt.Errorf("%w: the signature does not verify with key %X", ErrRefused, key.ID())
+		return "", fmt.Errorf("%w: the signature does not verify with key %X", ErrRefused, key.ID())
 	}
-	return fmt.Errorf("%w: signed by key %X, which is not among ota.public_keys", ErrRefused, sig.KeyID)
+	return "", fmt.Errorf("%w: signed by key %X, which is not among ota.public_keys", ErrRefused, sig.KeyID)
 }

@@ -100,18 +100,18 @@ func TestVerifyFile(t *testing.T) {
 	io.Copy(io.Discard, r)
 	hashed := r.Sign(priv)
 	for _, sig := range [][]byte{legacy, hashed} {
-		if err := keys.VerifyFile(f, sig); err != nil {
+		if _, err := keys.VerifyFile(f, sig); err != nil {
 			t.Errorf("good signature refused: %v", err)
 		}
 	}
-	if err := keys.VerifyFile(f, minisign.Sign(other, []byte("payload"))); !errors.Is(err, ErrRefused) {
+	if _, err := keys.VerifyFile(f, minisign.Sign(other, []byte("payload"))); !errors.Is(err, ErrRefused) {
 		t.Errorf("unknown key: %v", err)
 	}
 	os.WriteFile(f, []byte("payloaD"), 0o600)
-	if err := keys.VerifyFile(f, hashed); !errors.Is(err, ErrRefused) {
+	if _, err := keys.VerifyFile(f, hashed); !errors.Is(err, ErrRefused) {
 		t.Errorf("tampered file: %v", err)
 	}
-	if err := (Keys{otherPub}[:0]).VerifyFile(f, hashed); !errors.Is(err, ErrRefused) {
+	if _, err := (Keys{otherPub}[:0]).VerifyFile(f, hashed); !errors.Is(err, ErrRefused) {
 		t.Errorf("no keys: %v", err)
 	}
 }

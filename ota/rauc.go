@@ -124,6 +124,20 @@ func (r *RAUC) Install(ctx context.Context, path string, progress func(pct int, 
 	}
 }
 
+// BundleVersion is the version in the bundle's manifest, read by RAUC's Info, which
+// checks the bundle's signature against RAUC's keyring first: the version is signed.
+func (r *RAUC) BundleVersion(ctx context.Context, path string) (Version, error) {
+	var compatible, version string
+	if err := r.obj.CallWithContext(ctx, raucIface+".Info", 0, path).Store(&compatible, &version); err != nil {
+		return Version{}, fmt.Errorf("%w: rauc: reading the bundle: %v", ErrRefused, err)
+	}
+	v, err := ParseVersion(version)
+	if err != nil {
+		return Version{}, fmt.Errorf("rauc: the bundle's manifest version: %w", err)
+	}
+	return v, nil
+}
+
 func (r *RAUC) lastError() string {
 	v, err := r.obj.GetProperty(raucIface + ".LastError")
 	if err != nil {
@@ -135,7 +149,7 @@ func (r *RAUC) lastError() string {
 
 // installRAUC hands the verified bundle to RAUC, records the trial and asks for the
 // reboot; the daemon reboots once no request is in flight.
-func (u *Updater) installRAUC(path string, baseline Health) error {
+func (u *Updater) installRAUC(path string, to Version, baseline Health) error {
 	u.progress(protocol.OTAInstall, 0, "installing into the other slot")
 	before, err := u.o.RAUC.BootSlot()
 	if err != nil {
@@ -146,7 +160,7 @@ func (u *Updater) installRAUC(path string, baseline Health) error {
 	}); err != nil {
 		return err
 	}
-	t := trial{Mode: ModeRAUC, From: u.o.Version, URL: u.Status().URL, BootSlot: before,
+	t := trial{Mode: ModeRAUC, From: u.o.Version, To: to.String(), URL: u.Status().URL, BootSlot: before,
 		Baseline: baseline, Started: time.Now().UTC()}
 	if err := writeJSON(u.trialPath(), t); err != nil {
 		return fmt.Errorf("recording the trial: %w", err)

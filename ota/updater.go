@@ -107,7 +107,7 @@ func (u *Updater) progress(phase string, pct int, msg string) {
 	changed := u.st.Phase != phase || u.st.Percent/5 != pct/5 || u.st.Message != msg
 	u.st.Phase, u.st.Percent, u.st.Message = phase, pct, msg
 	if phase != protocol.OTAFailed {
-		u.st.Error = ""
+		u.st.Error, u.st.ErrorCode = "", ""
 	}
 	now := time.Now().UTC()
 	u.st.Updated = &now
@@ -125,8 +125,9 @@ func (u *Updater) finish(phase string, err error, msg string) {
 	}
 	u.progress(phase, 100, msg)
 	u.mu.Lock()
+	u.st.ErrorCode = ""
 	if err != nil {
-		u.st.Error = err.Error()
+		u.st.Error, u.st.ErrorCode = err.Error(), errorCode(err)
 	}
 	u.running = false
 	st := u.st
@@ -139,8 +140,20 @@ func (u *Updater) finish(phase string, err error, msg string) {
 	}
 }
 
+// errorCode is the protocol code of an update refused before anything was replaced.
+func errorCode(err error) string {
+	switch {
+	case errors.Is(err, ErrDowngrade):
+		return protocol.CodePolicyDenied
+	case errors.Is(err, ErrRefused):
+		return protocol.CodeBadRequest
+	}
+	return ""
+}
+
 // Start begins an update and returns at once; progress goes to the events topic and
-// to Status.
+// to Status. a.AllowDowngrade is taken as given: the device lets only requests
+// signed by a trusted controller carry it.
 func (u *Updater) Start(a protocol.OTAUpdateArgs) (protocol.OTAStatus, error) {
 	if u.o.Mode == ModeOff {
 		return protocol.OTAStatus{}, fmt.Errorf("%w: updates are off (ota.mode)", ErrRefused)
@@ -182,21 +195,20 @@ func (u *Updater) run(a protocol.OTAUpdateArgs) {
 		return
 	}
 	u.progress(protocol.OTAVerify, 0, "")
-	if a.Signature != "" || u.o.Mode == ModeBinary {
-		if err := u.o.Keys.VerifyFile(path, []byte(a.Signature)); err != nil {
-			slog.Error("ota: signature refused", "err", err)
-			os.Remove(path)
-			u.finish(protocol.OTAFailed, err, "")
-			return
-		}
+	to, err := u.verify(path, a)
+	if err != nil {
+		slog.Error("ota: update refused", "err", err)
+		os.Remove(path)
+		u.finish(protocol.OTAFailed, err, "")
+		return
 	}
-	u.progress(protocol.OTAVerify, 100, "signature and SHA-256 verified")
+	u.progress(protocol.OTAVerify, 100, "SHA-256, signature and version "+to.String()+" verified")
 	baseline := u.o.Health()
 	switch u.o.Mode {
 	case ModeBinary:
-		err = u.installBinary(path, baseline)
+		err = u.installBinary(path, to, baseline)
 	case ModeRAUC:
-		err = u.installRAUC(path, baseline)
+		err = u.installRAUC(path, to, baseline)
 	}
 	os.Remove(path)
 	if err != nil {
@@ -205,11 +217,47 @@ func (u *Updater) run(a protocol.OTAUpdateArgs) {
 	}
 }
 
+// verify checks the signature, then the signed version (the minisign trusted
+// comment's in binary mode, the bundle manifest's in rauc mode) against the running
+// version and the minimum version.
+func (u *Updater) verify(path string, a protocol.OTAUpdateArgs) (Version, error) {
+	var comment string
+	if a.Signature != "" || u.o.Mode == ModeBinary {
+		c, err := u.o.Keys.VerifyFile(path, []byte(a.Signature))
+		if err != nil {
+			return Version{}, err
+		}
+		comment = c
+	}
+	var to Version
+	var err error
+	if u.o.Mode == ModeRAUC {
+		to, err = u.o.RAUC.BundleVersion(u.ctx, path)
+	} else {
+		to, err = versionOfComment(comment)
+	}
+	if err != nil {
+		return Version{}, err
+	}
+	floor, err := u.floor()
+	if err != nil {
+		return Version{}, err
+	}
+	if err := admit(u.o.Version, to, floor, a.AllowDowngrade); err != nil {
+		return Version{}, err
+	}
+	if a.AllowDowngrade {
+		slog.Warn("ota: update admitted with allow_downgrade", "running", u.o.Version, "to", to)
+	}
+	return to, nil
+}
+
 // trial is the record of an update on trial, on the data partition: the new binary
 // (or the new system after the reboot) reads it and proves itself against Baseline.
 type trial struct {
 	Mode     string    `json:"mode"`
 	From     string    `json:"from_version"`
+	To       string    `json:"to_version,omitempty"` // the signed version
 	URL      string    `json:"url,omitempty"`
 	Binary   string    `json:"binary,omitempty"`
 	Prev     string    `json:"prev,omitempty"`
@@ -285,6 +333,11 @@ func (u *Updater) commit(t trial) {
 			return
 		}
 	}
+	to := t.To
+	if to == "" {
+		to = u.o.Version
+	}
+	u.raiseFloor(t.From, to)
 	os.Remove(u.trialPath())
 	slog.Info("ota: update committed", "from", t.From, "to", u.o.Version)
 	u.finish(protocol.OTACommitted, nil, fmt.Sprintf("%s -> %s committed", t.From, u.o.Version))

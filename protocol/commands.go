@@ -294,6 +294,10 @@ type OTAUpdateArgs struct {
 	SHA256    string `json:"sha256"`
 	Size      int64  `json:"size"`
 	Signature string `json:"signature,omitempty"`
+	// AllowDowngrade lets in an update older than the running version (never one
+	// below the minimum version); only a request signed by a trusted controller
+	// may carry it.
+	AllowDowngrade bool `json:"allow_downgrade,omitempty"`
 }
 
 // OTA phases, in the order an update goes through them; idle and failed are outside
@@ -323,6 +327,9 @@ type OTAStatus struct {
 	Previous string     `json:"previous_version,omitempty"`
 	BootSlot string     `json:"boot_slot,omitempty"`
 	Updated  *time.Time `json:"updated,omitempty"`
+	// ErrorCode classes a refused update: policy_denied for a version refusal
+	// (older than the running version or the minimum), bad_request for the others.
+	ErrorCode string `json:"error_code,omitempty"`
 }
 
 // OTAEvent is an update's progress on the events topic; Type is "ota".

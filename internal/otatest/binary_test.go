@@ -333,14 +333,19 @@ func (s *server) put(path string, data []byte, cutOnce bool) string {
 	return s.URL + path
 }
 
-// sign makes a prehashed (ED) signature, minisign's default since 0.8.
-func sign(t *testing.T, key minisign.PrivateKey, data []byte) string {
+// sign makes a prehashed (ED) signature, minisign's default since 0.8, whose trusted
+// comment names the version as `minisign -S -t "version:..."` does; "" leaves
+// minisign's default comment, which names none.
+func sign(t *testing.T, key minisign.PrivateKey, data []byte, version string) string {
 	t.Helper()
 	r := minisign.NewReader(bytes.NewReader(data))
 	if _, err := io.Copy(io.Discard, r); err != nil {
 		t.Fatal(err)
 	}
-	return string(r.Sign(key))
+	if version == "" {
+		return string(r.Sign(key))
+	}
+	return string(r.SignWithComments(key, "timestamp:1700000000\tversion:"+version, "signature from the test key"))
 }
 
 func sha(data []byte) string {

@@ -18,8 +18,9 @@ import (
 )
 
 // TestBinaryUpdate: v1 runs; a v2 whose download is cut halfway resumes and is
-// committed; a wrong hash and a signature by an unknown key are refused before the
-// binary changes; a v3 that never becomes healthy is rolled back to v2 by itself.
+// committed; a wrong hash, a signature by an unknown key and one that names no
+// version are refused before the binary changes; v1, validly signed, is then refused
+// as a downgrade; a v3 that never becomes healthy is rolled back to v2 by itself.
 // The slots and the reply cache are the same after the update and after the rollback.
 func TestBinaryUpdate(t *testing.T) {
 	if testing.Short() {
@@ -80,13 +81,15 @@ binary = %q
 	// Refused before anything is replaced: a wrong hash, then an unknown signer.
 	before := fileSHA(t, bin)
 	url := srv.put("/v2-badhash", v2data, false)
-	refuse(t, op, protocol.OTAUpdateArgs{URL: url, SHA256: strings.Repeat("ab", 32), Size: int64(len(v2data)), Signature: sign(t, priv, v2data)}, "SHA-256")
+	refuse(t, op, protocol.OTAUpdateArgs{URL: url, SHA256: strings.Repeat("ab", 32), Size: int64(len(v2data)), Signature: sign(t, priv, v2data, "v2.0.0")}, "SHA-256")
 	url = srv.put("/v2-stranger", v2data, false)
-	refuse(t, op, protocol.OTAUpdateArgs{URL: url, SHA256: sha(v2data), Size: int64(len(v2data)), Signature: sign(t, strangerKey, v2data)}, "not among ota.public_keys")
+	refuse(t, op, protocol.OTAUpdateArgs{URL: url, SHA256: sha(v2data), Size: int64(len(v2data)), Signature: sign(t, strangerKey, v2data, "v2.0.0")}, "not among ota.public_keys")
 	tampered := append([]byte(nil), v2data...)
 	tampered[len(tampered)/3] ^= 1
 	url = srv.put("/v2-tampered", tampered, false)
-	refuse(t, op, protocol.OTAUpdateArgs{URL: url, SHA256: sha(tampered), Size: int64(len(tampered)), Signature: sign(t, priv, v2data)}, "does not verify")
+	refuse(t, op, protocol.OTAUpdateArgs{URL: url, SHA256: sha(tampered), Size: int64(len(tampered)), Signature: sign(t, priv, v2data, "v2.0.0")}, "does not verify")
+	url = srv.put("/v2-noversion", v2data, false)
+	refuse(t, op, protocol.OTAUpdateArgs{URL: url, SHA256: sha(v2data), Size: int64(len(v2data)), Signature: sign(t, priv, v2data, "")}, "carries no version")
 	if got := fileSHA(t, bin); got != before {
 		t.Fatal("a refused update changed the installed binary")
 	}
@@ -96,7 +99,7 @@ binary = %q
 
 	// The good update, its download cut halfway once.
 	url = srv.put("/v2", v2data, true)
-	r := op.call(protocol.CmdOTAUpdate, protocol.OTAUpdateArgs{URL: url, SHA256: sha(v2data), Size: int64(len(v2data)), Signature: sign(t, priv, v2data)})
+	r := op.call(protocol.CmdOTAUpdate, protocol.OTAUpdateArgs{URL: url, SHA256: sha(v2data), Size: int64(len(v2data)), Signature: sign(t, priv, v2data, "v2.0.0")})
 	decode[protocol.OTAStatus](t, r)
 	st := op.waitOTA("v2.0.0", protocol.OTACommitted, 90*time.Second)
 	if st.Previous != "v1.0.0" {
@@ -121,10 +124,11 @@ binary = %q
 		}
 	}
 	sameState(t, op, "after the update", slotsBefore, provID, provArgs, prov)
+	noDowngrade(t, op, srv, priv, v1data, bin, state)
 
 	// An update that never becomes healthy: rolled back within the window.
 	url = srv.put("/v3", v3data, false)
-	r = op.call(protocol.CmdOTAUpdate, protocol.OTAUpdateArgs{URL: url, SHA256: sha(v3data), Size: int64(len(v3data)), Signature: sign(t, priv, v3data)})
+	r = op.call(protocol.CmdOTAUpdate, protocol.OTAUpdateArgs{URL: url, SHA256: sha(v3data), Size: int64(len(v3data)), Signature: sign(t, priv, v3data, "v3.0.0-broken")})
 	decode[protocol.OTAStatus](t, r)
 	st = op.waitOTA("v2.0.0", protocol.OTARolledBack, 120*time.Second)
 	if !strings.Contains(st.Error, "not healthy") {
@@ -142,7 +146,34 @@ binary = %q
 	sameState(t, op, "after the rollback", slotsBefore, provID, provArgs, prov)
 }
 
-func refuse(t *testing.T, op *operator, a protocol.OTAUpdateArgs, want string) {
+// noDowngrade: v1, validly signed, is older than the running v2: refused, the binary
+// stays v2, and the committed v1 -> v2 raised the floor to v1. Without a trusted
+// controllers bundle no request may carry allow_downgrade.
+func noDowngrade(t *testing.T, op *operator, srv *server, priv minisign.PrivateKey, v1data []byte, bin, state string) {
+	t.Helper()
+	before := fileSHA(t, bin)
+	a := protocol.OTAUpdateArgs{URL: srv.put("/v1", v1data, false), SHA256: sha(v1data), Size: int64(len(v1data)),
+		Signature: sign(t, priv, v1data, "v1.0.0")}
+	st := refuse(t, op, a, "v1.0.0 is older than the running v2.0.0")
+	if st.ErrorCode != protocol.CodePolicyDenied || fileSHA(t, bin) != before {
+		t.Errorf("the downgrade: error code %q, binary unchanged: %v", st.ErrorCode, fileSHA(t, bin) == before)
+	}
+	wantFloor(t, state, "v1.0.0")
+	a.AllowDowngrade = true
+	if r := op.call(protocol.CmdOTAUpdate, a); r.OK || r.Error.Code != protocol.CodeUnauthorized {
+		t.Errorf("allow_downgrade in an unsigned request: %+v", r.Error)
+	}
+}
+
+// wantFloor: the minimum version on the data partition is want.
+func wantFloor(t *testing.T, state, want string) {
+	t.Helper()
+	if b, _ := os.ReadFile(filepath.Join(state, "ota", "min_version")); string(b) != want+"\n" {
+		t.Errorf("min_version is %q, want %s", b, want)
+	}
+}
+
+func refuse(t *testing.T, op *operator, a protocol.OTAUpdateArgs, want string) protocol.OTAStatus {
 	t.Helper()
 	r := op.call(protocol.CmdOTAUpdate, a)
 	decode[protocol.OTAStatus](t, r)
@@ -154,11 +185,12 @@ func refuse(t *testing.T, op *operator, a protocol.OTAUpdateArgs, want string) {
 				t.Fatalf("refused with %q, want it to mention %q", st.Error, want)
 			}
 			t.Logf("refused as it should: %s", st.Error)
-			return
+			return st
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
 	t.Fatalf("update %s not refused", a.URL)
+	return protocol.OTAStatus{}
 }
 
 func slots(t *testing.T, op *operator) []protocol.StatusSlot {

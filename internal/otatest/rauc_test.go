@@ -129,8 +129,9 @@ func (r *raucRig) startService(bootname string) {
 	r.t.Fatalf("rauc service did not come up:\n%s", b)
 }
 
-// bundle builds a bundle of image signed with cert/key (names in the rig's dir).
-func (r *raucRig) bundle(name string, image []byte, cert, key string) []byte {
+// bundle builds a bundle of image, of the version, signed with cert/key (names in
+// the rig's dir).
+func (r *raucRig) bundle(name, version string, image []byte, cert, key string) []byte {
 	r.t.Helper()
 	content := filepath.Join(r.dir, name+"-content")
 	os.MkdirAll(content, 0o700)
@@ -140,7 +141,7 @@ func (r *raucRig) bundle(name string, image []byte, cert, key string) []byte {
 	// device. The appliance's bundles use verity (buildroot/board/iot-hsm/rauc).
 	os.WriteFile(filepath.Join(content, "manifest.raucm"), []byte(`[update]
 compatible=iot-hsm-test
-version=2.0.0
+version=`+version+`
 
 [bundle]
 format=plain
@@ -162,8 +163,8 @@ func (r *raucRig) slotSums() (string, string) {
 }
 
 // TestRAUCUpdate installs signed bundles through the daemon's ota.update into real
-// RAUC; a bundle from an unknown signer, a corrupted bundle and a truncated download
-// are refused with both slots untouched; after the "reboot" into slot B the daemon
+// RAUC; a bundle from an unknown signer, a corrupted bundle, a truncated download and
+// a bundle older than the running version are refused with both slots untouched; after the "reboot" into slot B the daemon
 // proves itself healthy and marks the slot good.
 func TestRAUCUpdate(t *testing.T) {
 	if testing.Short() {
@@ -199,8 +200,9 @@ reboot_command = ["sh", "-c", "echo reboot >> %s"]
 	slotsBefore := slots(t, op)
 
 	image := []byte(strings.Repeat("new system ", 40000))
-	good := rig.bundle("good", image, "cert.pem", "key.pem")
-	stranger := rig.bundle("stranger", image, "stranger.pem", "stranger-key.pem")
+	good := rig.bundle("good", "2.0.0", image, "cert.pem", "key.pem")
+	stranger := rig.bundle("stranger", "2.0.0", image, "stranger.pem", "stranger-key.pem")
+	older := rig.bundle("older", "0.9.0", image, "cert.pem", "key.pem")
 	corrupt := append([]byte(nil), good...)
 	corrupt[len(corrupt)/4] ^= 0xff
 	srv := newServer(t)
@@ -213,6 +215,9 @@ reboot_command = ["sh", "-c", "echo reboot >> %s"]
 	refuse(t, op, upd("/stranger.raucb", stranger, stranger), "rauc")
 	refuse(t, op, upd("/corrupt.raucb", corrupt, corrupt), "rauc")
 	refuse(t, op, upd("/truncated.raucb", good[:len(good)/2], good), "body ended")
+	if st := refuse(t, op, upd("/older.raucb", older, older), "0.9.0 is older than the running v1.0.0"); st.ErrorCode != protocol.CodePolicyDenied {
+		t.Errorf("the older bundle's error code %q", st.ErrorCode)
+	}
 	if a, b := rig.slotSums(); a != a0 || b != b0 {
 		t.Fatal("a refused bundle changed a slot")
 	}
@@ -264,5 +269,6 @@ reboot_command = ["sh", "-c", "echo reboot >> %s"]
 	}
 	t.Logf("committed: %+v\nbootloader log:\n%s", st, bl)
 	sameState(t, op, "after the RAUC update", slotsBefore, provID, provArgs, prov)
+	wantFloor(t, state, "v1.0.0") // the older of v1.0.0 and 2.0.0
 	_ = sup
 }

@@ -4,7 +4,6 @@ import (
 	"crypto/x509"
 	"encoding/hex"
 	"fmt"
-	"github.com/iot-hsm/iot-hsm/auth"
 	"os"
 
 	"github.com/iot-hsm/iot-hsm/config"
@@ -84,19 +83,4 @@ func yubikeyOptions(field, pin, pinFile, mkFile string, allowDefaults bool) (yub
 		}
 	}
 	return o, nil
-}
-
-// trustVerifier makes the request verifier from the controllers' bundle; nil when
-// none is configured (requests are then not required to be signed).
-func trustVerifier(t config.Trust) (*auth.Verifier, error) {
-	pemData, err := t.ReadControllers()
-	if err != nil || pemData == nil {
-		return nil, err
-	}
-	v, err := auth.NewVerifier(pemData)
-	if err != nil {
-		return nil, fmt.Errorf("%w: trust.controllers: %v", config.ErrInvalid, err)
-	}
-	v.RequireTopic = t.RequireTopic
-	return v, nil
 }

@@ -109,11 +109,17 @@ func (d *daemon) applyReload(ctx context.Context) (reloadResult, error) {
 	res.Applied = append(res.Applied, applied...)
 	res.RestartRequired = append(restartRequired(old, cfg), restart...)
 	res.Problems = problems
+	applied, problems, trustOK := d.reloadTrust(cfg.Trust)
+	res.Applied = append(res.Applied, applied...)
+	res.Problems = append(res.Problems, problems...)
 
 	// What waits for a restart keeps its running value, so the next reload reports
 	// it again rather than forgetting it.
 	next := *old
 	next.LogLevel, next.Service, next.LEDs, next.PKCS11 = cfg.LogLevel, cfg.Service, cfg.LEDs, cfg.PKCS11
+	if trustOK {
+		next.Trust = cfg.Trust
+	}
 	d.cfg = &next
 
 	d.dev.Reloaded()
@@ -146,6 +152,9 @@ func restartRequired(old, cfg *config.Config) []string {
 	add(!reflect.DeepEqual(old.YubiKey, cfg.YubiKey), "yubikey")
 	add(!reflect.DeepEqual(old.CloudKMS, cfg.CloudKMS), "cloudkms")
 	add(old.Secrets != cfg.Secrets, "secrets")
+	// The updater holds its keys and mode from the start; a mode changed under an
+	// update on trial would leave it half in the old one.
+	add(!reflect.DeepEqual(old.OTA, cfg.OTA), "ota")
 	return out
 }
 

@@ -93,6 +93,7 @@ type daemon struct {
 	exe       string       // the running binary's path (ota.go)
 	ota       *ota.Updater // over-the-air updates (ota.go)
 	afterStop func() error // instead of a restart: the reboot of an image update
+	trustSum  string       // what the running verifier was made of (trust.go)
 }
 
 // run starts the appliance, serves until SIGTERM/SIGINT or the restart command, and
@@ -359,10 +360,11 @@ func (d *daemon) startNetwork(ctx context.Context) error {
 		slog.Warn("no broker configured: running the embedded development broker (no authentication)", "listen", broker.Addr())
 		mc.Broker, mc.AllowPlaintext = broker.URL(), true
 	}
-	verifier, err := trustVerifier(cfg.Trust)
+	verifier, trustSum, err := trustVerifier(cfg.Trust)
 	if err != nil {
 		return err
 	}
+	d.trustSum = trustSum
 	d.dev = device.New(device.Options{
 		DeviceID: cfg.DeviceID, TopicRoot: cfg.TopicRoot, Version: version,
 		QueueSize: cfg.QueueSize, AllowDigest: cfg.AllowDigest,

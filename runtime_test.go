@@ -41,6 +41,11 @@ func TestRestartRequired(t *testing.T) {
 	if got := strings.Join(restartRequired(old, cfg), ","); got != "device_id,allow_digest,mqtt,yubikey" {
 		t.Errorf("restart required for %s", got)
 	}
+	// [ota] is not applied live, and never silently ignored.
+	cfg.OTA.PublicKeys = []string{"RWQnewkey"}
+	if got := strings.Join(restartRequired(old, cfg), ","); got != "device_id,allow_digest,mqtt,yubikey,ota" {
+		t.Errorf("with [ota] changed, restart required for %s", got)
+	}
 }
 
 // TestPKCS11SetReload follows the PKCS#11 set through reloads: a module without a

@@ -1,5 +1,6 @@
 // Package auth checks authenticated requests: compact JWS (RFC 7515) whose x5c
-// certificate chain leads to the controllers' CA bundle. With such a bundle
+// certificate chain leads to the controllers' CA bundle, from a certificate made for
+// it (ControllerEKU) that its issuer's CRL does not revoke. With such a bundle
 // configured, a party that can merely publish to the broker cannot sign or provision
 // anything; with requests bound to their topic (TopicHeader) it cannot replay them
 // to another appliance's command topics or under another command either. A CA topic
@@ -36,22 +37,30 @@ var Algorithms = []jose.SignatureAlgorithm{jose.ES256, jose.ES384, jose.EdDSA, j
 // again to another appliance, or under another command whose arguments fit.
 const TopicHeader = "topic"
 
-// Verifier checks requests against a CA bundle.
+// Verifier checks requests against a CA bundle and, optionally, its CAs' CRLs. It is
+// not changed once in use: a new configuration makes a new one.
 type Verifier struct {
 	roots *x509.CertPool
+	cas   []*x509.Certificate
+	crls  map[string]*crl // by caID of the issuing CA
 	Now   func() time.Time
 	// RequireTopic refuses signed requests without the topic header. PROTOCOL.md
 	// does not know the header, so requiring it is a choice of the operator.
 	RequireTopic bool
 }
 
-// NewVerifier takes the controllers' CA bundle (PEM).
+// NewVerifier takes the controllers' CA bundle (PEM). A request is then taken only
+// from a certificate with ControllerEKU that chains to it.
 func NewVerifier(bundlePEM []byte) (*Verifier, error) {
-	pool := x509.NewCertPool()
-	if !pool.AppendCertsFromPEM(bundlePEM) {
-		return nil, errors.New("auth: the controllers bundle holds no PEM certificate")
+	cas, err := parseBundle(bundlePEM)
+	if err != nil {
+		return nil, err
 	}
-	return &Verifier{roots: pool, Now: time.Now}, nil
+	pool := x509.NewCertPool()
+	for _, c := range cas {
+		pool.AddCert(c)
+	}
+	return &Verifier{roots: pool, cas: cas, Now: time.Now}, nil
 }
 
 // IsJWS reports whether a message looks like a compact JWS rather than JSON.
@@ -71,13 +80,19 @@ func (v *Verifier) Verify(compact []byte, topic string) (payload []byte, request
 		return nil, "", fmt.Errorf("%w: want exactly one signature", ErrUnauthorized)
 	}
 	h := jws.Signatures[0].Protected
+	now := v.Now()
+	// ExtKeyUsageAny here, because x509.Verify cannot be asked for a private usage;
+	// checkController then requires ControllerEKU as Verify would.
 	chains, err := h.Certificates(x509.VerifyOptions{
 		Roots:       v.roots,
-		CurrentTime: v.Now(),
+		CurrentTime: now,
 		KeyUsages:   []x509.ExtKeyUsage{x509.ExtKeyUsageAny},
 	})
 	if err != nil {
 		return nil, "", fmt.Errorf("%w: the x5c chain does not lead to a trusted controller CA: %v", ErrUnauthorized, err)
+	}
+	if err := v.checkController(chains, now); err != nil {
+		return nil, "", err
 	}
 	leaf := chains[0][0]
 	if err := algorithmFits(jose.SignatureAlgorithm(h.Algorithm), leaf.PublicKey); err != nil {

@@ -9,6 +9,7 @@ import (
 	"crypto/sha256"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/asn1"
 	"encoding/base64"
 	"encoding/json"
 	"encoding/pem"
@@ -30,7 +31,7 @@ func newPKI(t *testing.T, name string) *pki {
 	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: name},
 		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), IsCA: true,
-		BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign}
+		BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageCRLSign}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
 	if err != nil {
 		t.Fatal(err)
@@ -39,10 +40,22 @@ func newPKI(t *testing.T, name string) *pki {
 	return &pki{ca: ca, caKey: key, bundle: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})}
 }
 
+// controller issues a controller's certificate: with the controller usage.
 func (p *pki) controller(t *testing.T, key crypto.Signer, notAfter time.Time) *x509.Certificate {
 	t.Helper()
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: "pki-controller"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: notAfter, KeyUsage: x509.KeyUsageDigitalSignature}
+	return p.issue(t, key, func(c *x509.Certificate) {
+		c.NotAfter = notAfter
+		c.UnknownExtKeyUsage = []asn1.ObjectIdentifier{ControllerEKU}
+	})
+}
+
+// issue makes a certificate for key under the PKI's CA, as edit shapes it.
+func (p *pki) issue(t *testing.T, key crypto.Signer, edit func(*x509.Certificate)) *x509.Certificate {
+	t.Helper()
+	serial, _ := rand.Int(rand.Reader, big.NewInt(1<<62))
+	tmpl := &x509.Certificate{SerialNumber: serial, Subject: pkix.Name{CommonName: "pki-controller"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), KeyUsage: x509.KeyUsageDigitalSignature}
+	edit(tmpl)
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, p.ca, key.Public(), p.caKey)
 	if err != nil {
 		t.Fatal(err)

@@ -9,6 +9,7 @@ import (
 	"crypto/rand"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/asn1"
 	"encoding/base64"
 	"encoding/json"
 	"encoding/pem"
@@ -21,7 +22,7 @@ import (
 	"time"
 )
 
-// Fuzz target for the JWS decoder (issue 8). The PKI is built from fixed
+// Fuzz target for the JWS decoder. The PKI is built from fixed
 // seeds with Ed25519 (deterministic signatures), so the valid JWS below is the
 // same on every run and the one in testdata/fuzz/FuzzVerify verifies too.
 
@@ -33,7 +34,7 @@ const fuzzPayload = `{"id":"fz-1","expires_at":"2026-06-01T00:05:00Z","args":{"s
 
 // fuzzES256 is fuzzPayload signed by the ES256 controller (seed 4), whose
 // certificate is deterministic.
-const fuzzES256 = "eyJhbGciOiJFUzI1NiIsIng1YyI6WyJNSUlCV2pDQ0FReWdBd0lCQWdJQkF6QUZCZ01yWlhBd0hqRWNNQm9HQTFVRUF4TVRablY2ZWlCamIyNTBjbTlzYkdWeWN5QkRRVEFlRncweU1EQXhNREV3TURBd01EQmFGdzAwTURBeE1ERXdNREF3TURCYU1CMHhHekFaQmdOVkJBTVRFbVoxZW5vdFkyOXVkSEp2Ykd4bGNpMWxZekJaTUJNR0J5cUdTTTQ5QWdFR0NDcUdTTTQ5QXdFSEEwSUFCSE1RUHNNTFBNOVgycTRJNlRVMHJ2RkVvMWxBejJ1N29Tb005OHZWMWxwazJDeU1tZW5UeEYrU1JicWJKNWdzbXVxT3dkdVVzWnhFZVZsQ3dPc2lxaktqUVRBL01BNEdBMVVkRHdFQi93UUVBd0lIZ0RBTUJnTlZIUk1CQWY4RUFqQUFNQjhHQTFVZEl3UVlNQmFBRkRSMUQ1aTlXZno4bEcya1dxcStrenZoVktTMU1BVUdBeXRsY0FOQkFBd3RReXNaUkQrQy9DM3NzdENnYkRTVjc3dmRqSGd4NjV5M2h0MGJnWFlIS01GS3gvWW9kMnhsNkg0REpXVjUyM1p3T2daZys5dVB4clEwQWNmK3J3TT0iXX0.eyJpZCI6ImZ6LTEiLCJleHBpcmVzX2F0IjoiMjAyNi0wNi0wMVQwMDowNTowMFoiLCJhcmdzIjp7InNsb3RfaWQiOiJzMSIsImtpbmQiOiJkaWdlc3QiLCJkaWdlc3QiOiJBQUVDIn19.wK5qwlcLCyNsZDomWGYg4Jo_rkfWyv1llHWWzngTexcwjAtjHQ7sWhrMNaUlfxjZOCV5k2D97K7oNhpDyKHoQg"
+const fuzzES256 = "eyJhbGciOiJFUzI1NiIsIng1YyI6WyJNSUlCY1RDQ0FTT2dBd0lCQWdJQkF6QUZCZ01yWlhBd0hqRWNNQm9HQTFVRUF4TVRablY2ZWlCamIyNTBjbTlzYkdWeWN5QkRRVEFlRncweU1EQXhNREV3TURBd01EQmFGdzAwTURBeE1ERXdNREF3TURCYU1CMHhHekFaQmdOVkJBTVRFbVoxZW5vdFkyOXVkSEp2Ykd4bGNpMWxZekJaTUJNR0J5cUdTTTQ5QWdFR0NDcUdTTTQ5QXdFSEEwSUFCSE1RUHNNTFBNOVgycTRJNlRVMHJ2RkVvMWxBejJ1N29Tb005OHZWMWxwazJDeU1tZW5UeEYrU1JicWJKNWdzbXVxT3dkdVVzWnhFZVZsQ3dPc2lxaktqV0RCV01BNEdBMVVkRHdFQi93UUVBd0lIZ0RBVkJnTlZIU1VFRGpBTUJnb3JCZ0VFQVlQY2RnRUJNQXdHQTFVZEV3RUIvd1FDTUFBd0h3WURWUjBqQkJnd0ZvQVVOSFVQbUwxWi9QeVViYVJhcXI2VE8rRlVwTFV3QlFZREsyVndBMEVBRXYrRHBZY1lvTGxWeVJkVEdaSG5zUWVMelNISVZ2bVd2TFhpenpHdXFwUmROUlpWdkFvTEZFWlhld2RGYmdMQWdYR1QvaFREZnBoNEdyN0NCbTZCQnc9PSJdfQ.eyJpZCI6ImZ6LTEiLCJleHBpcmVzX2F0IjoiMjAyNi0wNi0wMVQwMDowNTowMFoiLCJhcmdzIjp7InNsb3RfaWQiOiJzMSIsImtpbmQiOiJkaWdlc3QiLCJkaWdlc3QiOiJBQUVDIn19.-leT6IlhqTN5OKvgi15PT7iqI5nxcCZu5eJVUTcKacZArmIrlb_JNw-ZSLiFvZKQdQd_aJuwTcMqBIv_v78bQA"
 
 type fuzzPKI struct {
 	verifier *Verifier
@@ -60,6 +61,8 @@ var fuzzSetup = sync.OnceValues(func() (*fuzzPKI, error) {
 			BasicConstraintsValid: true, IsCA: isCA, KeyUsage: x509.KeyUsageDigitalSignature}
 		if isCA {
 			tmpl.KeyUsage |= x509.KeyUsageCertSign
+		} else {
+			tmpl.UnknownExtKeyUsage = []asn1.ObjectIdentifier{ControllerEKU}
 		}
 		if parent == nil {
 			parent = tmpl

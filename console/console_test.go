@@ -23,6 +23,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/iot-hsm/iot-hsm/auth"
 	"github.com/iot-hsm/iot-hsm/ca"
 	"github.com/iot-hsm/iot-hsm/mqtt"
 	"github.com/iot-hsm/iot-hsm/protocol"
@@ -72,7 +73,8 @@ type received struct {
 // none leaves the request unanswered.
 type answerFunc func(cmd string, req protocol.Request) [][]byte
 
-// fakeDevice subscribes the given filters and answers with answer.
+// fakeDevice subscribes the given filters and answers with answer; the request of a
+// signed message is read from its payload, unverified.
 func fakeDevice(t *testing.T, url string, answer answerFunc, filters ...string) <-chan received {
 	t.Helper()
 	c := newClient(t, url)
@@ -96,7 +98,11 @@ func fakeDevice(t *testing.T, url string, answer answerFunc, filters ...string) 
 			case <-ctx.Done():
 				return
 			}
-			_ = json.Unmarshal(r.raw, &r.req)
+			inner := r.raw
+			if auth.IsJWS(inner) {
+				inner = auth.PeekPayload(inner)
+			}
+			_ = json.Unmarshal(inner, &r.req)
 			got <- r
 			cmd := r.topic[strings.LastIndex(r.topic, "/")+1:]
 			if _, after, ok := strings.Cut(r.topic, "/cmd/"); ok {

@@ -4,7 +4,9 @@ import (
 	"crypto"
 	"crypto/x509"
 	"encoding/pem"
+	"fmt"
 	"os"
+	"slices"
 
 	"github.com/iot-hsm/iot-hsm/auth"
 )
@@ -39,6 +41,10 @@ func (s *session) signRequest(payload []byte, topic string) ([]byte, error) {
 	}
 	if len(chain) == 0 {
 		return nil, usagef("--sign-cert: no PEM certificate")
+	}
+	if !slices.ContainsFunc(chain[0].UnknownExtKeyUsage, auth.ControllerEKU.Equal) && s.stderr != nil {
+		// Only a warning: an appliance without [trust] controllers takes it.
+		fmt.Fprintf(s.stderr, "console: warning: --sign-cert lacks the iot-hsm controller extended key usage %s; appliances with [trust] controllers refuse its requests\n", auth.ControllerEKU)
 	}
 	out, err := auth.Sign(payload, key, chain, topic)
 	if err != nil {

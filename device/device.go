@@ -40,7 +40,8 @@ type Options struct {
 	// appliance cannot apply CA policy to something it cannot read).
 	AllowDigest bool
 	// Verifier, when set, makes the device accept only requests signed (compact
-	// JWS) by a certificate that chains to the controllers' bundle.
+	// JWS) by a certificate that chains to the controllers' bundle. SetVerifier
+	// replaces it while the device runs.
 	Verifier *auth.Verifier
 	// Audit records every provisioning action and every signature, durably,
 	// before the reply leaves.
@@ -95,6 +96,10 @@ type Device struct {
 
 	watchLive liveness // the presence scan running now, for the watchdog
 
+	// verifier is opts.Verifier, swapped whole by a reload: a message is checked
+	// against one verifier from start to end.
+	verifier atomic.Pointer[auth.Verifier]
+
 	outbox chan outMsg
 
 	refused refusals // refusals sampled into the audit trail
@@ -126,13 +131,21 @@ func New(opts Options, slots *Slots) *Device {
 		opts.Now = time.Now
 	}
 	slots.Now = opts.Now
-	return &Device{
+	d := &Device{
 		opts: opts, topics: protocol.Topics{Root: opts.TopicRoot, Device: opts.DeviceID},
 		slots: slots, store: slots.Store, reg: slots.Registry,
 		workers: map[string]*worker{}, inflight: map[string]*inflight{}, caSubs: map[string]bool{},
 		issuers: map[string]*issuerCache{}, present: map[string]bool{},
 		outbox: make(chan outMsg, 256),
 	}
+	d.verifier.Store(opts.Verifier)
+	return d
+}
+
+// SetVerifier replaces the controllers' verifier (nil: signed requests are no longer
+// required). Messages being checked finish with the one they started with.
+func (d *Device) SetVerifier(v *auth.Verifier) {
+	d.verifier.Store(v)
 }
 
 // DefaultDeviceID derives a stable id from the machine id, so a re-flashed appliance

@@ -91,7 +91,8 @@ func (d *Device) Handle(topic string, payload []byte) {
 		d.dropped.Add(1)
 		return
 	}
-	payload, requester, perr := d.authenticate(topic, payload)
+	verifier := d.verifier.Load()
+	payload, requester, perr := d.authenticate(verifier, topic, payload)
 	if perr != nil {
 		// Answer where the request asked, though nothing in it can be trusted: the
 		// refusal itself carries nothing.
@@ -113,13 +114,13 @@ func (d *Device) Handle(topic string, payload []byte) {
 		d.replyNow(req, cmd, perr)
 		return
 	}
-	if d.opts.Verifier != nil && req.ExpiresAt == nil {
+	if verifier != nil && req.ExpiresAt == nil {
 		d.refuse(req, cmd, requester, protocol.Errorf(protocol.CodeUnauthorized, "a signed request must carry expires_at"))
 		return
 	}
 	// The reply cache is what stops a signed request from running twice; a request
 	// that outlives it could be replayed once its reply is pruned.
-	if d.opts.Verifier != nil && req.ExpiresAt.After(d.opts.Now().Add(d.opts.ReplyRetention)) {
+	if verifier != nil && req.ExpiresAt.After(d.opts.Now().Add(d.opts.ReplyRetention)) {
 		// The device's clock is named: a Pi without a battery-backed clock and
 		// without NTP may be days behind, and then this is where it shows.
 		d.refuse(req, cmd, requester, protocol.Errorf(protocol.CodeUnauthorized,
@@ -150,16 +151,16 @@ func (d *Device) Handle(topic string, payload []byte) {
 // authenticate unwraps a signed request. With a controllers bundle configured only
 // signed requests chaining to it pass; without one, a signed request is taken after
 // its signature is checked against its own certificate.
-func (d *Device) authenticate(topic string, payload []byte) ([]byte, string, *protocol.Error) {
+func (d *Device) authenticate(verifier *auth.Verifier, topic string, payload []byte) ([]byte, string, *protocol.Error) {
 	if len(payload) > 2*protocol.MaxPayload {
 		return payload, "", nil // DecodeRequest refuses it as oversize
 	}
 	jws := auth.IsJWS(payload)
 	switch {
-	case d.opts.Verifier != nil && !jws:
+	case verifier != nil && !jws:
 		return payload, "", protocol.Errorf(protocol.CodeUnauthorized, "this appliance takes only signed requests (compact JWS)")
-	case d.opts.Verifier != nil:
-		inner, who, err := d.opts.Verifier.Verify(payload, topic)
+	case verifier != nil:
+		inner, who, err := verifier.Verify(payload, topic)
 		if err != nil {
 			return payload, "", protocol.Errorf(protocol.CodeUnauthorized, "%v", err)
 		}

@@ -7,6 +7,7 @@ import (
 	"crypto/rand"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/asn1"
 	"encoding/json"
 	"encoding/pem"
 	"errors"
@@ -23,7 +24,8 @@ import (
 	"github.com/iot-hsm/iot-hsm/protocol"
 )
 
-// controllerPKI issues the certificates of the parties allowed to give orders.
+// controllerPKI issues the certificates of the parties allowed to give orders (with
+// the iot-hsm controller extended key usage).
 type controllerPKI struct {
 	ca  *x509.Certificate
 	key crypto.Signer
@@ -44,7 +46,8 @@ func (p *controllerPKI) issue(t *testing.T, cn string, notAfter time.Time) (cryp
 	t.Helper()
 	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	tmpl := &x509.Certificate{SerialNumber: big.NewInt(time.Now().UnixNano()), Subject: pkix.Name{CommonName: cn},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: notAfter, KeyUsage: x509.KeyUsageDigitalSignature}
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: notAfter, KeyUsage: x509.KeyUsageDigitalSignature,
+		UnknownExtKeyUsage: []asn1.ObjectIdentifier{auth.ControllerEKU}}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, p.ca, key.Public(), p.key)
 	if err != nil {
 		t.Fatal(err)

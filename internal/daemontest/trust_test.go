@@ -1,0 +1,189 @@
+package daemontest
+
+import (
+	"context"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/asn1"
+	"encoding/json"
+	"encoding/pem"
+	"fmt"
+	"math/big"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/iot-hsm/iot-hsm/auth"
+	"github.com/iot-hsm/iot-hsm/protocol"
+)
+
+// trustCA issues controllers' certificates (with the controller usage) and CRLs.
+type trustCA struct {
+	cert *x509.Certificate
+	key  crypto.Signer
+}
+
+func newTrustCA(t *testing.T, cn string) *trustCA {
+	t.Helper()
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: cn},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour), IsCA: true,
+		BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageCRLSign}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, _ := x509.ParseCertificate(der)
+	return &trustCA{cert: c, key: key}
+}
+
+// controller is a key and its certificate with the iot-hsm controller usage.
+type controller struct {
+	key  crypto.Signer
+	cert *x509.Certificate
+}
+
+func (ca *trustCA) controller(t *testing.T, cn string) controller {
+	t.Helper()
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	serial, _ := rand.Int(rand.Reader, big.NewInt(1<<62))
+	tmpl := &x509.Certificate{SerialNumber: serial, Subject: pkix.Name{CommonName: cn},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), KeyUsage: x509.KeyUsageDigitalSignature,
+		UnknownExtKeyUsage: []asn1.ObjectIdentifier{auth.ControllerEKU}}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, key.Public(), ca.key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, _ := x509.ParseCertificate(der)
+	return controller{key: key, cert: c}
+}
+
+func (ca *trustCA) crl(t *testing.T, revoked ...*x509.Certificate) []byte {
+	t.Helper()
+	tmpl := &x509.RevocationList{Number: big.NewInt(time.Now().UnixNano()), ThisUpdate: time.Now().Add(-time.Minute), NextUpdate: time.Now().Add(time.Hour)}
+	for _, c := range revoked {
+		tmpl.RevokedCertificateEntries = append(tmpl.RevokedCertificateEntries, x509.RevocationListEntry{SerialNumber: c.SerialNumber, RevocationTime: time.Now()})
+	}
+	der, err := x509.CreateRevocationList(rand.Reader, tmpl, ca.cert, ca.key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pem.EncodeToMemory(&pem.Block{Type: "X509 CRL", Bytes: der})
+}
+
+func writePEMCerts(t *testing.T, path string, cas ...*trustCA) {
+	t.Helper()
+	var out []byte
+	for _, ca := range cas {
+		out = append(out, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: ca.cert.Raw})...)
+	}
+	if err := os.WriteFile(path, out, 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// callSigned sends a request signed by c (bound to its topic) and waits for the reply.
+func (o *operator) callSigned(c controller, cmd string, args any) protocol.Reply {
+	o.t.Helper()
+	id := randomID()
+	raw, _ := json.Marshal(args)
+	exp := time.Now().Add(time.Minute).UTC()
+	payload, _ := json.Marshal(protocol.Request{ID: id, ReplyTo: o.replyTo, ExpiresAt: &exp, Args: raw})
+	topic := protocol.DefaultRoot + "/" + o.d.deviceID + "/cmd/" + cmd
+	msg, err := auth.Sign(payload, c.key, []*x509.Certificate{c.cert}, topic)
+	if err != nil {
+		o.t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := o.c.Publish(ctx, topic, msg, false); err != nil {
+		o.t.Fatal(err)
+	}
+	return o.reply(id, 30*time.Second)
+}
+
+type reloadRes struct {
+	Applied         []string `json:"applied"`
+	RestartRequired []string `json:"restart_required"`
+	Problems        []string `json:"problems"`
+}
+
+func refused(t *testing.T, what string, r protocol.Reply, wantMsg string) {
+	t.Helper()
+	if r.OK || r.Error == nil || r.Error.Code != protocol.CodeUnauthorized || !strings.Contains(r.Error.Message, wantMsg) {
+		t.Fatalf("%s: ok=%v error=%+v, want unauthorized saying %q", what, r.OK, r.Error, wantMsg)
+	}
+}
+
+// TestReloadTrust: [trust] is applied by a reload, whole or not at all. A controllers
+// bundle added to a running appliance makes it refuse unsigned commands; a CA taken
+// out of the bundle file (same path) no longer signs; a CRL revokes; a CRL from a
+// stranger changes nothing and is reported; a changed [ota] is reported as waiting
+// for a restart.
+func TestReloadTrust(t *testing.T) {
+	d := startDaemon(t, daemonOpts{})
+	d.waitLog("iot-hsm running", 1, 60*time.Second)
+	op := newOperator(t, d)
+	st := decode[protocol.Status](t, op.call(protocol.CmdStatus, nil))
+	provision := protocol.ProvisionArgs{HSM: st.HSMs[0].ID, Slot: "01", Mode: "generate", KeyType: "p256"}
+
+	ca1, ca2 := newTrustCA(t, "controllers one"), newTrustCA(t, "controllers two (compromised)")
+	ctl1, ctl2, ctl1b := ca1.controller(t, "pki-one"), ca2.controller(t, "pki-two"), ca1.controller(t, "pki-one-b")
+	bundle, crl := filepath.Join(d.dir, "controllers.pem"), filepath.Join(d.dir, "controllers.crl")
+	writePEMCerts(t, bundle, ca1, ca2)
+	base := fmt.Sprintf(baseConfig, d.deviceID)
+	d.writeConfig(base + fmt.Sprintf("\n[trust]\ncontrollers = %q\n", bundle))
+	res := decode[reloadRes](t, op.call(protocol.CmdReload, nil))
+	if !contains(res.Applied, "trust") {
+		t.Fatalf("reload with a new controllers bundle: %+v, want trust applied", res)
+	}
+	refused(t, "unsigned slot.provision after the bundle was added", op.call(protocol.CmdSlotProvision, provision), "only signed requests")
+	decode[protocol.Status](t, op.callSigned(ctl2, protocol.CmdStatus, nil))
+
+	// The compromised CA leaves the bundle file; the path stays the same.
+	writePEMCerts(t, bundle, ca1)
+	res = decode[reloadRes](t, op.callSigned(ctl1, protocol.CmdReload, nil))
+	if !contains(res.Applied, "trust") {
+		t.Fatalf("reload with a CA removed from the bundle: %+v, want trust applied", res)
+	}
+	refused(t, "signed under the removed CA", op.callSigned(ctl2, protocol.CmdStatus, nil), "trusted controller CA")
+	decode[protocol.Status](t, op.callSigned(ctl1, protocol.CmdStatus, nil))
+
+	// A CRL from a stranger: nothing changes (the running verifier stays), and the
+	// reply says why.
+	if err := os.WriteFile(crl, ca2.crl(t, ctl1.cert), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	withCRL := base + fmt.Sprintf("\n[trust]\ncontrollers = %q\ncontrollers_crl = %q\n", bundle, crl)
+	d.writeConfig(withCRL)
+	res = decode[reloadRes](t, op.callSigned(ctl1, protocol.CmdReload, nil))
+	if contains(res.Applied, "trust") || len(res.Problems) != 1 || !strings.Contains(res.Problems[0], "not issued by a CA of the controllers bundle") {
+		t.Fatalf("reload with a stranger's CRL: %+v, want a problem and trust not applied", res)
+	}
+	decode[protocol.Status](t, op.callSigned(ctl1, protocol.CmdStatus, nil))
+	refused(t, "the removed CA, after a refused CRL", op.callSigned(ctl2, protocol.CmdStatus, nil), "trusted controller CA")
+
+	// The CA's own CRL revokes one controller; the other keeps working.
+	if err := os.WriteFile(crl, ca1.crl(t, ctl1b.cert), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	res = decode[reloadRes](t, op.callSigned(ctl1, protocol.CmdReload, nil))
+	if !contains(res.Applied, "trust") || len(res.Problems) != 0 {
+		t.Fatalf("reload with the CA's CRL: %+v, want trust applied", res)
+	}
+	refused(t, "a revoked controller", op.callSigned(ctl1b, protocol.CmdStatus, nil), "revoked")
+	decode[protocol.Status](t, op.callSigned(ctl1, protocol.CmdStatus, nil))
+
+	// [ota] is not applied live: it is reported, never ignored.
+	d.writeConfig(withCRL + "\n[ota]\nwindow = \"5m\"\n")
+	res = decode[reloadRes](t, op.callSigned(ctl1, protocol.CmdReload, nil))
+	if !contains(res.RestartRequired, "ota") || contains(res.Applied, "trust") {
+		t.Fatalf("reload with [ota] changed: %+v, want ota under restart_required and trust unchanged", res)
+	}
+}

@@ -47,7 +47,7 @@ lint:
 	$(GO) vet ./...
 	$(GO) run honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION) ./...
 
-# The seed's workflow through the console against the daemon on embedded defaults.
+# The provisioning workflow through the console against the daemon in development mode (--dev).
 demo: deps build
 	BIN=$(BIN) bash scripts/demo.sh
 

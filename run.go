@@ -45,9 +45,9 @@ func runCmd(args []string) error {
 	fs := flag.NewFlagSet("run", flag.ExitOnError)
 	var f runFlags
 	fs.StringVar(&f.config, "config", "", "configuration file (TOML)")
-	fs.BoolVar(&f.dev, "dev", false, "development mode: a SoftHSM2 token in the state directory and the embedded broker")
+	fs.BoolVar(&f.dev, "dev", false, "development mode: a SoftHSM2 token in the state directory and, without a configured broker, the embedded broker (loopback, no authentication)")
 	fs.StringVar(&f.stateDir, "state-dir", "", "state directory (overrides the configuration)")
-	fs.StringVar(&f.devListen, "dev-listen", "", "address of the embedded broker in --dev mode (default "+config.DefaultEmbeddedListen+")")
+	fs.StringVar(&f.devListen, "dev-listen", "", "loopback address of the embedded broker in --dev mode (default "+config.DefaultEmbeddedListen+")")
 	fs.Parse(args)
 	if f.config == "" && !f.dev {
 		return errors.New("run: give --config FILE, or --dev for a lab setup")
@@ -331,8 +331,19 @@ func (d *daemon) loadConfig() (*config.Config, error) {
 	if d.flags.stateDir != "" {
 		cfg.StateDir = d.flags.stateDir
 	}
+	if d.flags.devListen != "" && !d.flags.dev {
+		return nil, fmt.Errorf("%w: --dev-listen is the embedded broker's address, which runs only with --dev", config.ErrNoBroker)
+	}
 	if d.flags.devListen != "" {
+		if err := config.CheckEmbeddedListen(d.flags.devListen); err != nil {
+			return nil, err
+		}
 		cfg.MQTT.Broker, cfg.MQTT.EmbeddedListen = "", d.flags.devListen
+	}
+	// Refused before anything opens: without a broker the daemon would serve
+	// everyone who reaches the embedded one.
+	if err := cfg.CheckBroker(d.flags.dev); err != nil {
+		return nil, err
 	}
 	return cfg, nil
 }
@@ -341,27 +352,15 @@ func (d *daemon) loadConfig() (*config.Config, error) {
 // and the broker session, trying the first connection for service.broker_wait.
 func (d *daemon) startNetwork(ctx context.Context) error {
 	cfg := d.cfg
-	var broker *mqtt.Broker
-	mc := mqtt.Config{
-		Broker: cfg.MQTT.Broker, ClientID: cfg.MQTT.ClientID, Username: cfg.MQTT.Username,
-		CAFile: cfg.MQTT.CAFile, CertFile: cfg.MQTT.CertFile, KeyFile: cfg.MQTT.KeyFile,
-		AllowPlaintext: cfg.MQTT.AllowPlaintext,
-	}
-	pw, err := cfg.MQTT.ReadPassword()
+	mc, broker, err := brokerSession(cfg.MQTT)
 	if err != nil {
 		return err
 	}
-	mc.Password = pw
-	if cfg.MQTT.Broker == "" {
-		broker, err = mqtt.StartBroker(cfg.MQTT.EmbeddedListen)
-		if err != nil {
-			return fmt.Errorf("embedded broker: %w", err)
-		}
-		slog.Warn("no broker configured: running the embedded development broker (no authentication)", "listen", broker.Addr())
-		mc.Broker, mc.AllowPlaintext = broker.URL(), true
-	}
 	verifier, trustSum, err := trustVerifier(cfg.Trust)
 	if err != nil {
+		if broker != nil {
+			broker.Close()
+		}
 		return err
 	}
 	d.trustSum = trustSum
@@ -417,6 +416,37 @@ func (d *daemon) startNetwork(ctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+// brokerSession is the session's configuration, and the embedded broker it talks to
+// when none is configured (loadConfig let that through only in development mode).
+func brokerSession(m config.MQTT) (mqtt.Config, *mqtt.Broker, error) {
+	mc := mqtt.Config{
+		Broker: m.Broker, ClientID: m.ClientID, Username: m.Username,
+		CAFile: m.CAFile, CertFile: m.CertFile, KeyFile: m.KeyFile,
+		AllowPlaintext: m.AllowPlaintext,
+	}
+	pw, err := m.ReadPassword()
+	if err != nil {
+		return mc, nil, err
+	}
+	mc.Password = pw
+	if m.Broker != "" {
+		if m.AllowPlaintext && !strings.HasPrefix(m.Broker, "ssl:") && !strings.HasPrefix(m.Broker, "tls:") && !strings.HasPrefix(m.Broker, "mqtts:") {
+			// The URL is not logged: mqtt.New refuses one with credentials, later.
+			slog.Warn("allow_plaintext: requests (PINs of hsm.set_pin among them) and replies cross the network " +
+				"readable and forgeable; use TLS beyond loopback")
+		}
+		return mc, nil, nil
+	}
+	broker, err := mqtt.StartBroker(m.EmbeddedListen)
+	if err != nil {
+		return mc, nil, fmt.Errorf("embedded broker: %w", err)
+	}
+	slog.Warn("development mode: running the embedded broker (loopback, no authentication); "+
+		"configure [mqtt] broker for anything else", "listen", broker.Addr())
+	mc.Broker, mc.AllowPlaintext = broker.URL(), true
+	return mc, broker, nil
 }
 
 // poke wakes a loop through a channel with room for one wake-up, without blocking:

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"strings"
 
@@ -58,10 +59,12 @@ type YubiKeyCard struct {
 	AllowDefaults     bool   `toml:"allow_defaults"`
 }
 
-// MQTT is the broker session. With no broker the daemon runs an embedded broker on
-// EmbeddedListen: for development and the demo, never for production.
+// MQTT is the broker session. Without a broker the daemon refuses to start unless
+// it runs in development mode (--dev, or DevBroker): then it runs an embedded broker,
+// with no authentication, on EmbeddedListen, which must be a loopback address.
 type MQTT struct {
 	Broker         string `toml:"broker"` // ssl://host:8883, tcp://host:1883
+	DevBroker      bool   `toml:"dev_broker"`
 	ClientID       string `toml:"client_id"`
 	Username       string `toml:"username"`
 	Password       string `toml:"password"`
@@ -101,6 +104,13 @@ func Default() *Config {
 
 // ErrInvalid marks a configuration that cannot be used; the message names the field.
 var ErrInvalid = errors.New("invalid configuration")
+
+// ErrNoBroker (with ErrInvalid): no broker configured outside development mode. The
+// embedded broker lets anyone who reaches it sign and destroy keys.
+var ErrNoBroker = errors.New("no MQTT broker configured")
+
+// ErrNotLoopback (with ErrInvalid): the embedded broker asked to listen beyond loopback.
+var ErrNotLoopback = errors.New("the embedded broker listens on loopback only")
 
 // Load reads and checks the file at path. Unknown keys are errors: a misspelt key
 // would otherwise silently leave a default in place on a CA appliance.
@@ -177,6 +187,14 @@ func (c *Config) check() error {
 	if (c.MQTT.CertFile == "") != (c.MQTT.KeyFile == "") {
 		return fmt.Errorf("%w: mqtt: cert_file and key_file go together", ErrInvalid)
 	}
+	if c.MQTT.DevBroker && c.MQTT.Broker != "" {
+		return fmt.Errorf("%w: mqtt: set broker or dev_broker, not both", ErrInvalid)
+	}
+	if c.MQTT.EmbeddedListen != "" {
+		if err := CheckEmbeddedListen(c.MQTT.EmbeddedListen); err != nil {
+			return err
+		}
+	}
 	if c.YubiKey.PIN != "" && c.YubiKey.PINFile != "" {
 		return fmt.Errorf("%w: yubikey: set pin or pin_file, not both", ErrInvalid)
 	}
@@ -200,6 +218,32 @@ func (c *Config) check() error {
 		return err
 	}
 	return nil
+}
+
+// CheckBroker refuses a configuration without a broker unless the daemon runs in
+// development mode (dev: the --dev flag; or [mqtt] dev_broker).
+func (c *Config) CheckBroker(dev bool) error {
+	if c.MQTT.Broker != "" || dev || c.MQTT.DevBroker {
+		return nil
+	}
+	return fmt.Errorf("%w: %w: set [mqtt] broker = \"mqtts://HOST:8883\" with ca_file, cert_file and key_file "+
+		"(docs/configuration.md), or run with --dev (or [mqtt] dev_broker = true) for a development setup: "+
+		"the embedded broker on loopback, without authentication", ErrInvalid, ErrNoBroker)
+}
+
+// CheckEmbeddedListen accepts host:port with a loopback host (127.0.0.0/8, ::1,
+// localhost): the embedded broker authenticates nobody, so nothing beyond this
+// machine may reach it.
+func CheckEmbeddedListen(addr string) error {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return fmt.Errorf("%w: mqtt.embedded_listen %q: %v", ErrInvalid, addr, err)
+	}
+	if ip := net.ParseIP(host); host == "localhost" || ip != nil && ip.IsLoopback() {
+		return nil
+	}
+	return fmt.Errorf("%w: %w: mqtt.embedded_listen %q (it authenticates nobody; use 127.0.0.1:PORT, "+
+		"and a real broker with TLS for anything beyond this machine)", ErrInvalid, ErrNotLoopback, addr)
 }
 
 // ReadPIN returns the PIN of a PKCS#11 entry: inline, or the first line of pin_file.

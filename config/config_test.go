@@ -4,6 +4,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 )
 
@@ -40,5 +41,64 @@ func TestRejects(t *testing.T) {
 		if _, err := Parse([]byte(text)); !errors.Is(err, ErrInvalid) {
 			t.Errorf("%s: %v, want ErrInvalid", name, err)
 		}
+	}
+}
+
+// A configuration without a broker is refused outside development mode, with a
+// message that says what to set; --dev or dev_broker lets the embedded broker run.
+func TestNoBrokerOnlyInDevelopment(t *testing.T) {
+	c, err := Parse([]byte("device_id = \"x\"\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = c.CheckBroker(false)
+	if !errors.Is(err, ErrNoBroker) || !errors.Is(err, ErrInvalid) {
+		t.Fatalf("no broker, no --dev: %v, want ErrNoBroker", err)
+	}
+	for _, want := range []string{"[mqtt] broker", "cert_file", "--dev"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error %q does not mention %s", err, want)
+		}
+	}
+	if err := c.CheckBroker(true); err != nil {
+		t.Errorf("--dev: %v", err)
+	}
+	if c.MQTT.EmbeddedListen != DefaultEmbeddedListen {
+		t.Errorf("embedded_listen %q, want %q", c.MQTT.EmbeddedListen, DefaultEmbeddedListen)
+	}
+	dev, err := Parse([]byte("[mqtt]\ndev_broker = true\nembedded_listen = \"[::1]:18830\"\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := dev.CheckBroker(false); err != nil {
+		t.Errorf("dev_broker = true: %v", err)
+	}
+	withBroker, err := Parse([]byte("[mqtt]\nbroker = \"mqtts://broker.example.com:8883\"\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := withBroker.CheckBroker(false); err != nil {
+		t.Errorf("with a broker: %v", err)
+	}
+}
+
+// The embedded broker authenticates nobody: it may listen on loopback only.
+func TestEmbeddedListenLoopbackOnly(t *testing.T) {
+	for _, addr := range []string{"127.0.0.1:1883", "127.0.0.2:0", "[::1]:1883", "localhost:1883"} {
+		if _, err := Parse([]byte("[mqtt]\nembedded_listen = \"" + addr + "\"\n")); err != nil {
+			t.Errorf("%s: %v", addr, err)
+		}
+	}
+	for _, addr := range []string{"0.0.0.0:1883", ":1883", "[::]:1883", "192.168.1.10:1883", "broker.example.com:1883", "127.0.0.1"} {
+		_, err := Parse([]byte("[mqtt]\ndev_broker = true\nembedded_listen = \"" + addr + "\"\n"))
+		if !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), "embedded_listen") {
+			t.Errorf("%s: %v, want ErrInvalid naming embedded_listen", addr, err)
+		}
+		if addr != "127.0.0.1" && !errors.Is(err, ErrNotLoopback) {
+			t.Errorf("%s: %v, want ErrNotLoopback", addr, err)
+		}
+	}
+	if _, err := Parse([]byte("[mqtt]\nbroker = \"mqtts://b:8883\"\ndev_broker = true\n")); !errors.Is(err, ErrInvalid) {
+		t.Errorf("broker and dev_broker: %v, want ErrInvalid", err)
 	}
 }

@@ -31,8 +31,38 @@ func TestApplianceConfigParses(t *testing.T) {
 	if !strings.HasPrefix(key, data) || strings.HasPrefix(key, filepath.Clean(cfg.StateDir)+"/") {
 		t.Errorf("[secrets] key_file = %q, want it on the data partition %s and outside state_dir %s (the root filesystem is read-only)", key, data, cfg.StateDir)
 	}
-	if !strings.HasPrefix(cfg.MQTT.EmbeddedListen, "127.0.0.1:") && cfg.MQTT.Broker == "" {
-		t.Errorf("without a broker the embedded one must stay on loopback, not %q", cfg.MQTT.EmbeddedListen)
+	checkApplianceBroker(t, cfg)
+}
+
+// checkApplianceBroker: the image serves no one but signed controllers, through a
+// broker that authenticates it and that it authenticates. It starts without --dev,
+// so it must name a broker; the embedded one (no authentication) never runs there.
+func checkApplianceBroker(t *testing.T, cfg *config.Config) {
+	t.Helper()
+	m := cfg.MQTT
+	if err := cfg.CheckBroker(false); err != nil || m.DevBroker {
+		t.Errorf("the image's daemon would not start, or would run the embedded broker: %v (dev_broker %v)", err, m.DevBroker)
+	}
+	scheme, _, _ := strings.Cut(m.Broker, "://")
+	if scheme != "ssl" && scheme != "tls" && scheme != "mqtts" || m.AllowPlaintext {
+		t.Errorf("[mqtt] broker = %q, allow_plaintext = %v: want TLS only", m.Broker, m.AllowPlaintext)
+	}
+	if m.CAFile == "" || m.CertFile == "" || m.KeyFile == "" {
+		t.Errorf("[mqtt] ca_file %q, cert_file %q, key_file %q: want the broker's CA pinned and a client certificate", m.CAFile, m.CertFile, m.KeyFile)
+	}
+	// Each appliance's own key: on the data partition, not in the image.
+	if !strings.HasPrefix(m.KeyFile, "/var/lib/iot-hsm/") {
+		t.Errorf("[mqtt] key_file %q: want it on the data partition", m.KeyFile)
+	}
+	tmpfiles, err := os.ReadFile(filepath.Join(external, "board/iot-hsm/rootfs-overlay/usr/lib/tmpfiles.d/iot-hsm.conf"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !regexp.MustCompile(`(?m)^d ` + regexp.QuoteMeta(filepath.Dir(m.KeyFile)) + ` +0700 iot-hsm iot-hsm`).Match(tmpfiles) {
+		t.Errorf("tmpfiles.d/iot-hsm.conf does not make %s (0700, the service's user) for the client key", filepath.Dir(m.KeyFile))
+	}
+	if cfg.Trust.Controllers == "" || !cfg.Trust.RequireTopic {
+		t.Errorf("[trust] controllers %q, require_topic %v: want only signed requests, bound to their topic", cfg.Trust.Controllers, cfg.Trust.RequireTopic)
 	}
 }
 

@@ -167,6 +167,9 @@ device_id = "$DEVICE"
 state_dir = "$E/state"
 log_level = "debug"
 [mqtt]
+# The embedded broker without --dev: --dev would add a token of the host's SoftHSM2
+# module, which the arm64 daemon cannot load.
+dev_broker = true
 embedded_listen = "$LISTEN"
 [[pkcs11]]
 module = "$MODULE"

@@ -15,9 +15,8 @@ import (
 )
 
 // Broker is an embedded MQTT broker for development and the demo, when no broker is
-// configured. It lets every client connect and use every topic, keeps nothing on
-// disk, and listens exactly where it is told, so bind it to loopback: it is not
-// meant for production.
+// configured. It lets every client connect and use every topic and keeps nothing on
+// disk, so it listens on loopback only: it is not meant for production.
 type Broker struct {
 	server   *mochi.Server
 	listener *closingTCP
@@ -27,8 +26,12 @@ type Broker struct {
 }
 
 // StartBroker starts a broker with a TCP listener on addr ("127.0.0.1:1883"; port 0
-// picks a free port, see Addr). Retained messages and shared subscriptions work.
+// picks a free port, see Addr). Retained messages and shared subscriptions work. An
+// addr whose host is not loopback (127.0.0.0/8, ::1, localhost) is ErrConfig.
 func StartBroker(addr string) (*Broker, error) {
+	if host, _, err := net.SplitHostPort(addr); err != nil || !loopback(host) {
+		return nil, fmt.Errorf("%w: embedded broker on %q: loopback addresses only (it authenticates nobody)", ErrConfig, addr)
+	}
 	caps := mochi.NewDefaultServerCapabilities()
 	caps.RetainAvailable = 1
 	caps.SharedSubAvailable = 1
@@ -55,6 +58,11 @@ func StartBroker(addr string) (*Broker, error) {
 		return nil, fmt.Errorf("mqtt: embedded broker: %w", err)
 	}
 	return &Broker{server: server, listener: l, quiet: quiet, quietGap: 100 * time.Millisecond}, nil
+}
+
+func loopback(host string) bool {
+	ip := net.ParseIP(host)
+	return host == "localhost" || ip != nil && ip.IsLoopback()
 }
 
 // Addr returns the host:port the broker listens on.

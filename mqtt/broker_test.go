@@ -1,6 +1,7 @@
 package mqtt
 
 import (
+	"errors"
 	"net"
 	"sync"
 	"testing"
@@ -85,4 +86,35 @@ func TestBrokerCloseDeliversTheLastMessage(t *testing.T) {
 		}
 		sub.Close(100 * time.Millisecond)
 	}
+}
+
+// The embedded broker authenticates nobody, so it refuses to listen beyond loopback.
+func TestBrokerLoopbackOnly(t *testing.T) {
+	for _, addr := range []string{"0.0.0.0:0", ":0", "[::]:0", "192.0.2.1:0", "example.com:0", "127.0.0.1"} {
+		if b, err := StartBroker(addr); !errors.Is(err, ErrConfig) {
+			if b != nil {
+				b.Close()
+			}
+			t.Errorf("StartBroker(%q): %v, want ErrConfig", addr, err)
+		}
+	}
+	for _, addr := range []string{"127.0.0.1:0", "localhost:0", "[::1]:0"} {
+		b, err := StartBroker(addr)
+		if err != nil {
+			if addr == "[::1]:0" && !hasIPv6Loopback() {
+				continue
+			}
+			t.Errorf("StartBroker(%q): %v", addr, err)
+			continue
+		}
+		b.Close()
+	}
+}
+
+func hasIPv6Loopback() bool {
+	l, err := net.Listen("tcp", "[::1]:0")
+	if err == nil {
+		l.Close()
+	}
+	return err == nil
 }

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# make demo: the seed's provisioning workflow, driven through the MQTT console against
-# the daemon running on embedded defaults (a SoftHSM2 lab token and the embedded broker).
+# make demo: the provisioning workflow, driven through the MQTT console against
+# the daemon in development mode (--dev: a SoftHSM2 lab token and the embedded broker,
+# which runs only in that mode and only on loopback).
 # Every artefact is verified with openssl. The daemon is stopped at the end.
 set -euo pipefail
 

@@ -31,6 +31,12 @@ if [ -f "${BR2_CONFIG:-/dev/null}" ] && grep -q '^BR2_PACKAGE_CCID=y' "$BR2_CONF
 	ls "$TARGET_DIR"/usr/lib/pcsc/drivers/ifd-ccid.bundle/Contents/Info.plist >/dev/null 2>&1 ||
 		fail "ccid is selected but its driver is not under /usr/lib/pcsc/drivers"
 fi
+# The shipped config.toml trusts these two, the same on every appliance of a PKI; the
+# daemon refuses to start without them (buildroot/README.md, "Before the first boot").
+for f in broker-ca.pem controllers.pem; do
+	[ -s "$TARGET_DIR/etc/iot-hsm/$f" ] ||
+		echo "iot-hsm post-build: WARNING: no /etc/iot-hsm/$f: add it in an overlay of yours, or the service will not start" >&2
+done
 grep -q '^iot-hsm:' "$TARGET_DIR/etc/passwd" || fail "no iot-hsm user in /etc/passwd"
 grep -q '^gpio:' "$TARGET_DIR/etc/group" || fail "no gpio group in /etc/group"
 

@@ -9,7 +9,7 @@ import (
 
 	"github.com/iot-hsm/iot-hsm/config"
 	"github.com/iot-hsm/iot-hsm/hsm"
-	"github.com/iot-hsm/iot-hsm/internal/softhsm"
+	"github.com/iot-hsm/iot-hsm/internal/softhsm/softhsmtest"
 	"github.com/iot-hsm/iot-hsm/protocol"
 )
 
@@ -52,7 +52,7 @@ func TestRestartRequired(t *testing.T) {
 // PIN, a wrong PIN tried once, the right one, a token created while the daemon runs,
 // and a module dropped from the configuration.
 func TestPKCS11SetReload(t *testing.T) {
-	tok := softhsm.New(t, "set-a")
+	tok := softhsmtest.New(t, "set-a")
 	ctx := context.Background()
 	s := &pkcs11Set{}
 	defer s.Close()

@@ -23,6 +23,7 @@ import (
 	"github.com/iot-hsm/iot-hsm/hsm/pkcs11"
 	"github.com/iot-hsm/iot-hsm/internal/pkitest"
 	"github.com/iot-hsm/iot-hsm/internal/softhsm"
+	"github.com/iot-hsm/iot-hsm/internal/softhsm/softhsmtest"
 	"github.com/iot-hsm/iot-hsm/store"
 )
 
@@ -37,7 +38,7 @@ type rig struct {
 
 func newRig(t *testing.T) *rig {
 	t.Helper()
-	r := &rig{tok: softhsm.New(t, "device-test"), stateDir: t.TempDir()}
+	r := &rig{tok: softhsmtest.New(t, "device-test"), stateDir: t.TempDir()}
 	r.open(t)
 	return r
 }

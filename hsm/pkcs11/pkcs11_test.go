@@ -20,13 +20,14 @@ import (
 
 	"github.com/iot-hsm/iot-hsm/hsm"
 	"github.com/iot-hsm/iot-hsm/internal/softhsm"
+	"github.com/iot-hsm/iot-hsm/internal/softhsm/softhsmtest"
 	"github.com/miekg/pkcs11"
 )
 
 // open makes a fresh SoftHSM2 token and returns it logged in.
 func open(t *testing.T) (*softhsm.Token, *Module, *Token) {
 	t.Helper()
-	st := softhsm.New(t, "test-ca")
+	st := softhsmtest.New(t, "test-ca")
 	m, err := Open(st.Module)
 	if err != nil {
 		t.Fatal(err)
@@ -307,7 +308,7 @@ func TestCertificateIsPairedWithKey(t *testing.T) {
 }
 
 func TestWrongPINIsReportedAndNotKept(t *testing.T) {
-	st := softhsm.New(t, "pin-test")
+	st := softhsmtest.New(t, "pin-test")
 	m, err := Open(st.Module)
 	if err != nil {
 		t.Fatal(err)

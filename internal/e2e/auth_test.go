@@ -20,7 +20,7 @@ import (
 
 	"github.com/iot-hsm/iot-hsm/audit"
 	"github.com/iot-hsm/iot-hsm/auth"
-	"github.com/iot-hsm/iot-hsm/internal/softhsm"
+	"github.com/iot-hsm/iot-hsm/internal/softhsm/softhsmtest"
 	"github.com/iot-hsm/iot-hsm/protocol"
 )
 
@@ -88,7 +88,7 @@ func TestSignedRequestsAndAuditTrail(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	a := startAppliance(t, b.url, "signed-"+randomID(), softhsm.New(t, "signed"), options{verifier: v, audit: log})
+	a := startAppliance(t, b.url, "signed-"+randomID(), softhsmtest.New(t, "signed"), options{verifier: v, audit: log})
 	op := newOperator(t, b.url)
 	soon := time.Now().Add(time.Minute).UTC()
 	past := time.Now().Add(-time.Minute).UTC()

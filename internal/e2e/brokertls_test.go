@@ -26,7 +26,7 @@ import (
 	"github.com/iot-hsm/iot-hsm/hsm"
 	"github.com/iot-hsm/iot-hsm/hsm/pkcs11"
 	"github.com/iot-hsm/iot-hsm/internal/brokertest"
-	"github.com/iot-hsm/iot-hsm/internal/softhsm"
+	"github.com/iot-hsm/iot-hsm/internal/softhsm/softhsmtest"
 	"github.com/iot-hsm/iot-hsm/mqtt"
 	"github.com/iot-hsm/iot-hsm/protocol"
 )
@@ -269,7 +269,7 @@ func TestBrokerTLSExample(t *testing.T) {
 
 	// Appliance A over a SoftHSM2 token, B without HSMs; both pin the broker's CA
 	// and authenticate with their certificates (CN = device id).
-	tok := softhsm.New(t, "tls-a")
+	tok := softhsmtest.New(t, "tls-a")
 	mod, err := pkcs11.Open(tok.Module)
 	if err != nil {
 		t.Fatal(err)

@@ -10,7 +10,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/iot-hsm/iot-hsm/internal/softhsm"
+	"github.com/iot-hsm/iot-hsm/internal/softhsm/softhsmtest"
 	"github.com/iot-hsm/iot-hsm/protocol"
 	"github.com/iot-hsm/iot-hsm/store"
 )
@@ -18,7 +18,7 @@ import (
 func TestDuplicateIDIsAnsweredFromTheCache(t *testing.T) {
 	for _, b := range brokers(t) {
 		t.Run(b.name, func(t *testing.T) {
-			a := startAppliance(t, b.url, "dup-"+b.name, softhsm.New(t, "dup"), options{})
+			a := startAppliance(t, b.url, "dup-"+b.name, softhsmtest.New(t, "dup"), options{})
 			op := newOperator(t, b.url)
 			args := protocol.ProvisionArgs{HSM: a.hsmID, Slot: "0a", Mode: "generate", KeyType: "p256"}
 			id, payload := op.envelope("provision-0a", args)
@@ -103,7 +103,7 @@ func onToken(t *testing.T, a *appliance) []string {
 func TestBadRequestsGetTheirCodeAndChangeNothing(t *testing.T) {
 	for _, b := range brokers(t) {
 		t.Run(b.name, func(t *testing.T) {
-			a := startAppliance(t, b.url, "bad-"+b.name, softhsm.New(t, "bad"), options{})
+			a := startAppliance(t, b.url, "bad-"+b.name, softhsmtest.New(t, "bad"), options{})
 			op := newOperator(t, b.url)
 			root, interm, rootPEM, _ := provisionCAs(t, op, a)
 			// A third slot waiting for its certificate: wrong-state target.
@@ -165,7 +165,7 @@ func TestBadRequestsGetTheirCodeAndChangeNothing(t *testing.T) {
 
 func TestFullQueueAnswersBusy(t *testing.T) {
 	b := brokers(t)[1]
-	a := startAppliance(t, b.url, "busy", softhsm.New(t, "busy"), options{queueSize: 1})
+	a := startAppliance(t, b.url, "busy", softhsmtest.New(t, "busy"), options{queueSize: 1})
 	op := newOperator(t, b.url)
 	// RSA-4096 generation keeps the token's worker busy for a while.
 	var ids []string

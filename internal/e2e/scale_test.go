@@ -11,7 +11,7 @@ import (
 	"time"
 
 	"github.com/iot-hsm/iot-hsm/internal/brokertest"
-	"github.com/iot-hsm/iot-hsm/internal/softhsm"
+	"github.com/iot-hsm/iot-hsm/internal/softhsm/softhsmtest"
 	"github.com/iot-hsm/iot-hsm/mqtt"
 	"github.com/iot-hsm/iot-hsm/protocol"
 )
@@ -26,8 +26,8 @@ func TestTwoAppliancesShareOneCA(t *testing.T) {
 				t.Fatalf("%v: %s", err, out)
 			}
 			keyPEM, _ := os.ReadFile(keyFile)
-			a := startAppliance(t, b.url, "ha-a-"+b.name, softhsm.New(t, "ha-a"), options{queueSize: 256})
-			bb := startAppliance(t, b.url, "ha-b-"+b.name, softhsm.New(t, "ha-b"), options{queueSize: 256})
+			a := startAppliance(t, b.url, "ha-a-"+b.name, softhsmtest.New(t, "ha-a"), options{queueSize: 256})
+			bb := startAppliance(t, b.url, "ha-b-"+b.name, softhsmtest.New(t, "ha-b"), options{queueSize: 256})
 			op := newOperator(t, b.url)
 
 			var caID, rootPEM string
@@ -80,7 +80,7 @@ func TestTwoAppliancesShareOneCA(t *testing.T) {
 // and requests sent after the restart are answered.
 func TestBrokerRestart(t *testing.T) {
 	mos := brokertest.StartMosquitto(t)
-	a := startAppliance(t, mos.URL, "restart", softhsm.New(t, "restart"), options{})
+	a := startAppliance(t, mos.URL, "restart", softhsmtest.New(t, "restart"), options{})
 	op := newOperator(t, mos.URL)
 	root, _, _, _ := provisionCAs(t, op, a)
 

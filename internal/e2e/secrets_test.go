@@ -16,6 +16,7 @@ import (
 	"github.com/iot-hsm/iot-hsm/hsm"
 	"github.com/iot-hsm/iot-hsm/hsm/pkcs11"
 	"github.com/iot-hsm/iot-hsm/internal/softhsm"
+	"github.com/iot-hsm/iot-hsm/internal/softhsm/softhsmtest"
 	"github.com/iot-hsm/iot-hsm/internal/syncbuf"
 	"github.com/iot-hsm/iot-hsm/mqtt"
 	"github.com/iot-hsm/iot-hsm/protocol"
@@ -146,7 +147,7 @@ func TestPersistedPINUnlocksAfterRestart(t *testing.T) {
 
 func persistedPINUnlocksAfterRestart(t *testing.T, name, url string) {
 	logs := captureLogs(t)
-	tok := softhsm.New(t, "persist-"+name)
+	tok := softhsmtest.New(t, "persist-"+name)
 	// An operator's own PIN, unlike any other string in the logs.
 	const pin = "Vq8-operator-PIN-5521"
 	if out, err := tok.Tool("--login", "--pin", tok.PIN, "--change-pin", "--new-pin", pin); err != nil {

@@ -15,7 +15,7 @@ import (
 	"time"
 
 	"github.com/iot-hsm/iot-hsm/ca"
-	"github.com/iot-hsm/iot-hsm/internal/softhsm"
+	"github.com/iot-hsm/iot-hsm/internal/softhsm/softhsmtest"
 	"github.com/iot-hsm/iot-hsm/protocol"
 	"golang.org/x/crypto/ocsp"
 )
@@ -97,7 +97,7 @@ func provisionCAs(t *testing.T, op *operator, a *appliance) (root, interm protoc
 func TestWorkflowOverMQTT(t *testing.T) {
 	for _, b := range brokers(t) {
 		t.Run(b.name, func(t *testing.T) {
-			a := startAppliance(t, b.url, "wf-"+b.name, softhsm.New(t, "wf"), options{})
+			a := startAppliance(t, b.url, "wf-"+b.name, softhsmtest.New(t, "wf"), options{})
 			op := newOperator(t, b.url)
 			_, interm, rootPEM, intermPEM := provisionCAs(t, op, a)
 			dir := t.TempDir()

@@ -1,7 +1,8 @@
 // Package softhsm makes real SoftHSM2 tokens for tests, the demo and the daemon's
 // --dev mode. Each token gets its own directory and its own copy of the SoftHSM2
 // module, so tests never share library state (SoftHSM2 reads its configuration in
-// C_Initialize).
+// C_Initialize). It does not import testing, so the daemon can link it; the testing
+// wrapper is in softhsmtest.
 package softhsm
 
 import (
@@ -12,7 +13,6 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
-	"testing"
 )
 
 // Well-known module locations on Debian (multiarch) and elsewhere.
@@ -47,22 +47,8 @@ type Token struct {
 	SOPIN  string
 }
 
-// New creates a fresh token labelled label and points SOFTHSM2_CONF at it for the rest
-// of the test (the module reads it in every C_Initialize, re-initialisations included,
-// so it must stay set; tests using New cannot run in parallel). It fails the test,
-// never skips, when SoftHSM2 is not installed: `make deps` installs it.
-func New(t testing.TB, label string) *Token {
-	t.Helper()
-	tok, err := Create(t.TempDir(), label)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Setenv("SOFTHSM2_CONF", tok.Conf)
-	return tok
-}
-
 // Create makes a token under dir (for the demo and the daemon's --dev mode as well
-// as tests).
+// as tests); softhsmtest.New wraps it for tests.
 func Create(dir, label string) (*Token, error) {
 	src := ModulePath()
 	if src == "" {

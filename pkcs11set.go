@@ -160,7 +160,7 @@ func (m *pkcs11Mod) login(ctx context.Context, toks []hsm.Token) (done []string)
 				break
 			}
 			m.tried[info.Serial] = pin
-			if err := t.Login(ctx, pin); err != nil {
+			if err := hsm.Login(ctx, t, pin); err != nil {
 				slog.Error("PIN refused; not retried", "hsm", info.ID, "err", err)
 				done = append(done, "pkcs11 token "+info.ID+": PIN refused")
 			} else {

@@ -45,17 +45,30 @@ type timedProvider struct {
 func (p timedProvider) Tokens(ctx context.Context) ([]hsm.Token, error) {
 	toks, err := p.Provider.Tokens(ctx)
 	for i, t := range toks {
-		toks[i] = timedToken{t}
+		if pt, ok := t.(pkcs11Token); ok {
+			toks[i] = timedToken{pt}
+		}
 	}
 	return toks, err
 }
 
-type timedToken struct {
+// pkcs11Token is what a PKCS#11 token offers; the shim passes the optional methods
+// the device core uses for provisioning through, so login, import, certificates and
+// key deletion work through it as on the bare token.
+type pkcs11Token interface {
 	hsm.Token
+	hsm.PINLogin
+	hsm.Importer
+	hsm.CertificateStore
+	hsm.KeyDeleter
+}
+
+type timedToken struct {
+	pkcs11Token
 }
 
 func (t timedToken) Signer(ctx context.Context, slot string) (crypto.Signer, error) {
-	s, err := t.Token.Signer(ctx, slot)
+	s, err := t.pkcs11Token.Signer(ctx, slot)
 	if err != nil {
 		return nil, err
 	}

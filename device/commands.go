@@ -228,7 +228,7 @@ func (d *Device) checkPIN(ctx context.Context, tok hsm.Token, a protocol.HSMSetP
 			return err
 		}
 	}
-	return tok.Login(ctx, a.PIN)
+	return hsm.Login(ctx, tok, a.PIN)
 }
 
 func pinStatus(p hsm.PINStatus) protocol.PINStatus {

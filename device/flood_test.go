@@ -84,8 +84,8 @@ func settledGoroutines(limit int) int {
 	return n
 }
 
-// floodAuditTrail opens an audit trail in the rig's state directory.
-func floodAuditTrail(t *testing.T, r *rig) *audit.Log {
+// floodAuditTrail opens an audit trail in the core's state directory.
+func floodAuditTrail(t *testing.T, r *core) *audit.Log {
 	al, err := audit.Open(filepath.Join(r.stateDir, "audit.log"))
 	if err != nil {
 		t.Fatal(err)
@@ -98,7 +98,7 @@ func floodAuditTrail(t *testing.T, r *rig) *audit.Log {
 // intake: no worker (two goroutines each, kept forever), no cached reply, no audit
 // record per request.
 func TestFloodOfUnknownIDs(t *testing.T) {
-	r := newRig(t)
+	r := newCore(t)
 	al := floodAuditTrail(t, r)
 	d := New(Options{DeviceID: "flood", Audit: al}, r.slots)
 	tr := &fakeTransport{}
@@ -164,7 +164,7 @@ func TestFloodOfUnknownIDs(t *testing.T) {
 // counted; the audit trail samples them (one record, then one per window with the
 // count) instead of one fsynced record each.
 func TestFloodOfUnsignedRequestsIsSampled(t *testing.T) {
-	r := newRig(t)
+	r := newCore(t)
 	al := floodAuditTrail(t, r)
 	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "Controllers"},

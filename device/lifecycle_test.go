@@ -53,19 +53,6 @@ func (f *fakeTransport) reply(t *testing.T, d *Device, id string) protocol.Reply
 	return protocol.Reply{}
 }
 
-func startDevice(t *testing.T, opts Options) (*Device, *fakeTransport, *rig) {
-	t.Helper()
-	r := newRig(t)
-	opts.DeviceID = "lifecycle-test"
-	d := New(opts, r.slots)
-	tr := &fakeTransport{}
-	if err := d.Start(context.Background(), tr); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(d.Stop)
-	return d, tr, r
-}
-
 func request(d *Device, cmd, id string, args string) {
 	if args == "" {
 		args = "{}"

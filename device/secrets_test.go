@@ -56,7 +56,7 @@ func setPINArgs(hsmID, pin string, persist bool, extra string) string {
 func TestSetPINPersist(t *testing.T) {
 	ps := &fakePINStore{}
 	d, tr, r := startDevice(t, Options{Secrets: ps})
-	pin := r.tok.PIN
+	pin := r.tok.PIN()
 
 	// A management key or SO PIN is never stored: refused before the token sees anything.
 	for i, extra := range []string{`,"management_key":"010203040506070801020304050607080102030405060708"`, `,"so_pin":"5678"`} {
@@ -123,11 +123,11 @@ func TestSetPINPersist(t *testing.T) {
 
 func TestSetPINPersistWithoutStore(t *testing.T) {
 	d, tr, r := startDevice(t, Options{})
-	request(d, protocol.CmdHSMSetPIN, "p", setPINArgs(r.hsmID, r.tok.PIN, true, ""))
+	request(d, protocol.CmdHSMSetPIN, "p", setPINArgs(r.hsmID, r.tok.PIN(), true, ""))
 	if rep := tr.reply(t, d, "p"); rep.OK || rep.Error.Code != protocol.CodeUnsupported {
 		t.Fatalf("persist without a store: %+v", rep)
 	}
-	request(d, protocol.CmdHSMSetPIN, "q", setPINArgs(r.hsmID, r.tok.PIN, false, ""))
+	request(d, protocol.CmdHSMSetPIN, "q", setPINArgs(r.hsmID, r.tok.PIN(), false, ""))
 	if rep := tr.reply(t, d, "q"); !rep.OK {
 		t.Fatalf("without persist and without a store: %+v", rep.Error)
 	}

@@ -99,7 +99,7 @@ func (s *Slots) Provision(ctx context.Context, a ProvisionArgs) (store.Slot, err
 			return store.Slot{}, fmt.Errorf("%w: key_pem: %w", ErrBadRequest, err)
 		}
 		defer pemkey.Wipe(key)
-		pub, err = tok.Import(ctx, a.Slot, key, hsm.KeyOptions{Label: a.Label, Overwrite: a.Overwrite})
+		pub, err = hsm.Import(ctx, tok, a.Slot, key, hsm.KeyOptions{Label: a.Label, Overwrite: a.Overwrite})
 	case ModeExisting:
 		pub, err = tok.PublicKey(ctx, a.Slot)
 		if err == nil {
@@ -328,7 +328,7 @@ func (s *Slots) knownCAs(except string) ([]*x509.Certificate, error) {
 
 // storeOnToken writes the certificate next to the key where the token can hold one.
 func storeOnToken(ctx context.Context, tok hsm.Token, slot string, cert *x509.Certificate) error {
-	err := tok.StoreCertificate(ctx, slot, cert)
+	err := hsm.StoreCertificate(ctx, tok, slot, cert)
 	if errors.Is(err, hsm.ErrUnsupported) {
 		return nil
 	}
@@ -352,7 +352,7 @@ func (s *Slots) Clear(ctx context.Context, slotID string, destroyKey bool) error
 		if err != nil {
 			return err
 		}
-		if err := tok.DeleteKey(ctx, rec.Slot); err != nil && !errors.Is(err, hsm.ErrNotFound) {
+		if err := hsm.DeleteKey(ctx, tok, rec.Slot); err != nil && !errors.Is(err, hsm.ErrNotFound) {
 			return err
 		}
 	}

@@ -1,3 +1,5 @@
+//go:build cgo
+
 package device
 
 import (
@@ -80,24 +82,6 @@ func (r *rig) close() {
 	}
 }
 
-var labPolicy = asn1.ObjectIdentifier{2, 999, 7}
-
-func provisioningCert(t *testing.T, cn string, pathLen int) []byte {
-	t.Helper()
-	p, err := ca.MakeProvisioningCert(ca.ProvisioningOptions{
-		Subject:               pkix.Name{CommonName: cn, Organization: []string{"iot-hsm test PKI"}, Country: []string{"DE"}},
-		Validity:              5 * 365 * 24 * time.Hour,
-		MaxPathLen:            pathLen,
-		PermittedDNSDomains:   []string{"example.com"},
-		PolicyOIDs:            []asn1.ObjectIdentifier{labPolicy},
-		CRLDistributionPoints: []string{"http://pki.example.com/ca.crl"},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return p
-}
-
 func TestRootForEveryKeyType(t *testing.T) {
 	r := newRig(t)
 	ctx := context.Background()
@@ -143,7 +127,7 @@ func TestRootForEveryKeyType(t *testing.T) {
 			if !root.PublicKey.(interface{ Equal(crypto.PublicKey) bool }).Equal(mustPub(t, r, slot)) {
 				t.Fatal("root is not for the slot key")
 			}
-			onToken, err := mustToken(t, r).Certificate(ctx, slot)
+			onToken, err := hsm.Certificate(ctx, mustToken(t, r), slot)
 			if err != nil || !onToken.Equal(root) {
 				t.Fatalf("root not stored on the token: %v", err)
 			}
@@ -261,7 +245,7 @@ func TestIntermediateFromCSR(t *testing.T) {
 		t.Fatalf("Go does not verify the chain: %v", err)
 	}
 	pkitest.OpenSSLVerify(t, interm, []*x509.Certificate{root})
-	onToken, err := mustToken(t, r).Certificate(ctx, "10")
+	onToken, err := hsm.Certificate(ctx, mustToken(t, r), "10")
 	if err != nil || !onToken.Equal(interm) {
 		t.Fatalf("intermediate not stored on the token: %v", err)
 	}
@@ -313,7 +297,7 @@ func TestBadImportsLeaveStateUnchanged(t *testing.T) {
 			t.Errorf("%s changed the slot:\nbefore %+v\nafter  %+v", c.name, before, after)
 		}
 	}
-	if _, err := mustToken(t, r).Certificate(ctx, "02"); !errors.Is(err, hsm.ErrNotFound) {
+	if _, err := hsm.Certificate(ctx, mustToken(t, r), "02"); !errors.Is(err, hsm.ErrNotFound) {
 		t.Errorf("a refused certificate reached the token: %v", err)
 	}
 

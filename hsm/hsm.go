@@ -53,29 +53,49 @@ type KeyOptions struct {
 	Overwrite bool
 }
 
-// Token is one HSM. Implementations serialise their own operations (one session or
-// card handle per token) and are safe for concurrent use; a token that disappears
-// answers ErrOffline until it comes back.
+// Token is one HSM: the operations every backend has. What only some backends can do
+// is an optional interface (PINLogin, Importer, CertificateStore, KeyDeleter,
+// ManagementKeyer, PINCounter, Attester), asked for with a type assertion or through
+// this package's Login, Import, StoreCertificate, Certificate and DeleteKey, which
+// answer ErrUnsupported for a token without it.
+// Implementations serialise their own operations (one session or card handle per
+// token) and are safe for concurrent use; a token that disappears answers ErrOffline
+// until it comes back.
 type Token interface {
 	Info() Info
-	// Login checks pin against the token and keeps it for later sessions. A rejected
-	// PIN is returned as *PINError and is never retried.
-	Login(ctx context.Context, pin string) error
 	Slots(ctx context.Context) ([]SlotInfo, error)
 	Generate(ctx context.Context, slot string, kt KeyType, opts KeyOptions) (crypto.PublicKey, error)
-	// Import stores key on the token as a non-extractable key. The caller wipes its copy.
-	Import(ctx context.Context, slot string, key crypto.Signer, opts KeyOptions) (crypto.PublicKey, error)
 	PublicKey(ctx context.Context, slot string) (crypto.PublicKey, error)
 	// Signer returns a signer for the slot key; its Sign honours crypto.SignerOpts
 	// (hash, *rsa.PSSOptions) and fails with ErrOffline when the token is gone.
 	Signer(ctx context.Context, slot string) (crypto.Signer, error)
-	// StoreCertificate writes cert next to the slot key, replacing any earlier one.
-	// Tokens that cannot hold certificates return ErrUnsupported.
+	Close() error
+}
+
+// PINLogin is implemented by tokens guarded by a user PIN (PKCS#11, YubiKey). Login
+// checks pin against the token and keeps it for later sessions. A rejected PIN is
+// returned as *PINError and is never retried.
+type PINLogin interface {
+	Login(ctx context.Context, pin string) error
+}
+
+// Importer is implemented by tokens that take a key made outside them. Import stores
+// key on the token as a non-extractable key; the caller wipes its copy.
+type Importer interface {
+	Import(ctx context.Context, slot string, key crypto.Signer, opts KeyOptions) (crypto.PublicKey, error)
+}
+
+// CertificateStore is implemented by tokens that hold certificates next to their keys.
+// StoreCertificate replaces any earlier certificate of the slot.
+type CertificateStore interface {
 	StoreCertificate(ctx context.Context, slot string, cert *x509.Certificate) error
 	Certificate(ctx context.Context, slot string) (*x509.Certificate, error)
-	// DeleteKey destroys the slot key and its certificate.
+}
+
+// KeyDeleter is implemented by tokens that can destroy a key. DeleteKey destroys the
+// slot key and its certificate.
+type KeyDeleter interface {
 	DeleteKey(ctx context.Context, slot string) error
-	Close() error
 }
 
 // Provider finds the tokens of one backend (a PKCS#11 module, pcscd, a KMS project).

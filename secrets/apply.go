@@ -85,7 +85,7 @@ func (a *Applier) apply(ctx context.Context, t hsm.Token) {
 		a.log.Info("stored PIN not tried: the configuration gives this token's PIN", "hsm", info.ID)
 		return
 	}
-	err := t.Login(ctx, pin)
+	err := hsm.Login(ctx, t, pin)
 	switch {
 	case err == nil:
 		a.log.Info("logged in with the stored PIN", "hsm", info.ID)

@@ -22,6 +22,13 @@ import (
 	"google.golang.org/grpc/status"
 )
 
+// What a key ring offers beyond the core; a lost method would silently turn into
+// ErrUnsupported, so the compiler checks.
+var (
+	_ hsm.KeyDeleter = (*Token)(nil)
+	_ hsm.Attester   = (*Token)(nil)
+)
+
 // Token is one key ring. Cloud KMS serves concurrent calls, so the token needs no
 // session lock; the mutex guards only what the token knows of the key ring.
 type Token struct {
@@ -149,12 +156,6 @@ func (t *Token) keyName(key string) string { return t.name + "/cryptoKeys/" + ke
 
 func (t *Token) versionName(key, version string) string {
 	return t.keyName(key) + "/cryptoKeyVersions/" + version
-}
-
-// Login implements hsm.Token: Cloud KMS authenticates the appliance by its
-// credentials, set in the configuration.
-func (t *Token) Login(context.Context, string) error {
-	return fmt.Errorf("%w: %s is a Cloud KMS key ring: it takes credentials from the configuration, not a PIN", hsm.ErrUnsupported, t.id)
 }
 
 // Slots implements hsm.Token: every enabled version of every asymmetric-signing key.
@@ -334,12 +335,6 @@ func (t *Token) waitEnabled(ctx context.Context, name string) error {
 	}
 }
 
-// Import implements hsm.Token. Cloud KMS imports only through import jobs (the key
-// wrapped for a KMS-held wrapping key), which the appliance does not offer.
-func (t *Token) Import(context.Context, string, crypto.Signer, hsm.KeyOptions) (crypto.PublicKey, error) {
-	return nil, fmt.Errorf("%w: %s: Cloud KMS keys are generated in Cloud KMS (generate) or taken over (existing); import is not offered", hsm.ErrUnsupported, t.id)
-}
-
 // PublicKey implements hsm.Token.
 func (t *Token) PublicKey(ctx context.Context, slot string) (crypto.PublicKey, error) {
 	key, version, err := ParseSlot(slot)
@@ -401,18 +396,7 @@ func (t *Token) publicKey(ctx context.Context, name string) (*versionKey, error)
 	return vk, nil
 }
 
-// StoreCertificate implements hsm.Token: Cloud KMS holds no certificates, so the
-// appliance keeps them in its own state.
-func (t *Token) StoreCertificate(context.Context, string, *x509.Certificate) error {
-	return fmt.Errorf("%w: Cloud KMS holds no certificates; the appliance keeps them in its state", hsm.ErrUnsupported)
-}
-
-// Certificate implements hsm.Token; see StoreCertificate.
-func (t *Token) Certificate(context.Context, string) (*x509.Certificate, error) {
-	return nil, fmt.Errorf("%w: Cloud KMS holds no certificates; the appliance keeps them in its state", hsm.ErrUnsupported)
-}
-
-// DeleteKey implements hsm.Token: the version is scheduled for destruction, Cloud
+// DeleteKey implements hsm.KeyDeleter: the version is scheduled for destruction, Cloud
 // KMS's only way to destroy key material. Until the scheduled time passes (the key's
 // destroy_scheduled_duration, 30 days unless set otherwise) RestoreCryptoKeyVersion
 // brings it back, outside the appliance.

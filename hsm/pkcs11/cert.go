@@ -10,7 +10,7 @@ import (
 	"github.com/miekg/pkcs11"
 )
 
-// StoreCertificate implements hsm.Token: an X.509 certificate object with the key's
+// StoreCertificate implements hsm.CertificateStore: an X.509 certificate object with the key's
 // CKA_ID and label, so other PKCS#11 tools pair it with the key.
 func (t *Token) StoreCertificate(ctx context.Context, slot string, cert *x509.Certificate) error {
 	id, name, err := ParseSlot(slot)
@@ -62,7 +62,7 @@ func (t *Token) StoreCertificate(ctx context.Context, slot string, cert *x509.Ce
 	})
 }
 
-// Certificate implements hsm.Token.
+// Certificate implements hsm.CertificateStore.
 func (t *Token) Certificate(ctx context.Context, slot string) (*x509.Certificate, error) {
 	id, name, err := ParseSlot(slot)
 	if err != nil {

@@ -125,7 +125,7 @@ func (t *Token) Generate(ctx context.Context, slot string, kt hsm.KeyType, opts 
 	return pub, nil
 }
 
-// Import implements hsm.Token: the key becomes a sensitive, non-extractable token object.
+// Import implements hsm.Importer: the key becomes a sensitive, non-extractable token object.
 // The attribute buffers holding private values are zeroed once the token has them.
 func (t *Token) Import(ctx context.Context, slot string, key crypto.Signer, opts hsm.KeyOptions) (crypto.PublicKey, error) {
 	id, name, err := ParseSlot(slot)
@@ -426,7 +426,7 @@ func (t *Token) Slots(ctx context.Context) ([]hsm.SlotInfo, error) {
 	return out, err
 }
 
-// DeleteKey implements hsm.Token: key pair and certificate with the slot's CKA_ID go.
+// DeleteKey implements hsm.KeyDeleter: key pair and certificate with the slot's CKA_ID go.
 func (t *Token) DeleteKey(ctx context.Context, slot string) error {
 	id, name, err := ParseSlot(slot)
 	if err != nil {

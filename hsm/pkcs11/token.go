@@ -12,6 +12,16 @@ import (
 	"github.com/miekg/pkcs11"
 )
 
+// What a PKCS#11 token offers beyond the core; a lost method would silently turn
+// into ErrUnsupported, so the compiler checks.
+var (
+	_ hsm.PINLogin         = (*Token)(nil)
+	_ hsm.Importer         = (*Token)(nil)
+	_ hsm.CertificateStore = (*Token)(nil)
+	_ hsm.KeyDeleter       = (*Token)(nil)
+	_ hsm.PINCounter       = (*Token)(nil)
+)
+
 // Token is one initialised PKCS#11 token. It owns one read-write session, used by one
 // operation at a time: the device core runs one worker per token, and the mutex keeps
 // direct callers (tests, tools) from interleaving PKCS#11 operations on the session.

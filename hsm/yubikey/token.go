@@ -14,6 +14,17 @@ import (
 	"github.com/iot-hsm/iot-hsm/hsm"
 )
 
+// What a YubiKey offers beyond the core; a lost method would silently turn into
+// ErrUnsupported, so the compiler checks.
+var (
+	_ hsm.PINLogin         = (*Token)(nil)
+	_ hsm.Importer         = (*Token)(nil)
+	_ hsm.CertificateStore = (*Token)(nil)
+	_ hsm.ManagementKeyer  = (*Token)(nil)
+	_ hsm.PINCounter       = (*Token)(nil)
+	_ hsm.Attester         = (*Token)(nil)
+)
+
 // Token is one YubiKey. A mutex serialises its operations: the card runs one command
 // at a time, and piv-go holds a PC/SC transaction while the card is open. The card is
 // released after a short idle time so that other programs can use it.
@@ -237,7 +248,7 @@ func (t *Token) mapErr(err error) error {
 	return fmt.Errorf("yubikey %s: %w", t.id, err)
 }
 
-// Login implements hsm.Token: the PIN is verified once, and kept only when the card
+// Login implements hsm.PINLogin: the PIN is verified once, and kept only when the card
 // accepted it.
 func (t *Token) Login(ctx context.Context, pin string) error {
 	if pin == "" {
@@ -440,7 +451,7 @@ func (t *Token) Generate(ctx context.Context, name string, kt hsm.KeyType, opts 
 	return pub, err
 }
 
-// Import implements hsm.Token.
+// Import implements hsm.Importer.
 func (t *Token) Import(ctx context.Context, name string, key crypto.Signer, opts hsm.KeyOptions) (crypto.PublicKey, error) {
 	slot, name, err := ParseSlot(name)
 	if err != nil {
@@ -543,7 +554,7 @@ func (s *signer) Sign(rand io.Reader, digest []byte, opts crypto.SignerOpts) ([]
 	return sig, err
 }
 
-// StoreCertificate implements hsm.Token: the certificate goes into the slot's data
+// StoreCertificate implements hsm.CertificateStore: the certificate goes into the slot's data
 // object, so yubico-piv-tool and ykman show what the appliance provisioned.
 func (t *Token) StoreCertificate(ctx context.Context, name string, cert *x509.Certificate) error {
 	slot, _, err := ParseSlot(name)
@@ -559,7 +570,7 @@ func (t *Token) StoreCertificate(ctx context.Context, name string, cert *x509.Ce
 	})
 }
 
-// Certificate implements hsm.Token.
+// Certificate implements hsm.CertificateStore.
 func (t *Token) Certificate(ctx context.Context, name string) (*x509.Certificate, error) {
 	slot, _, err := ParseSlot(name)
 	if err != nil {
@@ -571,12 +582,6 @@ func (t *Token) Certificate(ctx context.Context, name string) (*x509.Certificate
 		return err
 	})
 	return c, err
-}
-
-// DeleteKey implements hsm.Token. PIV has no command to delete a key on the firmware
-// piv-go drives; a slot is emptied by generating over it (overwrite).
-func (t *Token) DeleteKey(ctx context.Context, name string) error {
-	return fmt.Errorf("%w: a YubiKey slot cannot be emptied; provision over it with overwrite", hsm.ErrUnsupported)
 }
 
 // Attest returns the attestation of a key generated in the slot: the slot's

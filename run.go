@@ -5,11 +5,9 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"github.com/iot-hsm/iot-hsm/audit"
 	"log/slog"
 	"os"
 	"os/signal"
-	"path/filepath"
 	"strings"
 	"sync/atomic"
 	"syscall"
@@ -18,13 +16,10 @@ import (
 	"github.com/iot-hsm/iot-hsm/config"
 	"github.com/iot-hsm/iot-hsm/device"
 	"github.com/iot-hsm/iot-hsm/device/hotplug"
-	"github.com/iot-hsm/iot-hsm/hsm"
-	"github.com/iot-hsm/iot-hsm/internal/softhsm"
+	"github.com/iot-hsm/iot-hsm/internal/appliance"
 	"github.com/iot-hsm/iot-hsm/leds"
-	"github.com/iot-hsm/iot-hsm/mqtt"
 	"github.com/iot-hsm/iot-hsm/ota"
 	"github.com/iot-hsm/iot-hsm/protocol"
-	"github.com/iot-hsm/iot-hsm/secrets"
 	"github.com/iot-hsm/iot-hsm/store"
 )
 
@@ -76,12 +71,10 @@ type daemon struct {
 	cfg   *config.Config // what runs now
 	level *slog.LevelVar
 
-	sd      *device.Systemd
-	leds    atomic.Pointer[leds.Controller] // swapped by a reload; workers flash it
-	core    *core
-	dev     *device.Device
-	client  *mqtt.Client
-	stopNet func()
+	sd   *device.Systemd
+	leds atomic.Pointer[leds.Controller] // swapped by a reload; workers flash it
+	app  *appliance.Appliance
+	dev  *device.Device // app.Device, once started
 
 	reloads  chan reloadRequest
 	restarts chan struct{}
@@ -107,7 +100,7 @@ func (d *daemon) run() (restart bool, err error) {
 		return true, nil
 	}
 	if d.flags.dev {
-		if err := devToken(d.cfg); err != nil {
+		if err := appliance.DevToken(d.cfg); err != nil {
 			return false, err
 		}
 	}
@@ -126,24 +119,25 @@ func (d *daemon) run() (restart bool, err error) {
 	d.leds.Store(lc)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	if d.core, err = openCore(ctx, d.cfg); err != nil {
+	if d.app, err = appliance.Open(ctx, d.cfg); err != nil {
 		lc.Close()
 		return false, err
 	}
-	d.core.logInventory(ctx)
+	d.app.LogInventory()
 
 	if err := d.openOTA(); err != nil {
 		lc.Close()
-		d.core.close()
+		d.app.Close()
 		return false, err
 	}
 	defer d.ota.Close()
 	d.sd.Status("starting: connecting to the broker")
-	if err := d.startNetwork(ctx); err != nil {
+	if err := d.app.Start(ctx, d.hooks()); err != nil {
 		lc.Close()
-		d.core.close()
+		d.app.Close()
 		return false, err
 	}
+	d.dev = d.app.Device
 	// USB and PC/SC events make a plugged or pulled YubiKey show within a second;
 	// the device's own periodic scan catches what they miss.
 	hp := &hotplug.Watcher{OnChange: func(reason string) {
@@ -281,14 +275,7 @@ func (d *daemon) shutdown() {
 	slog.Info("iot-hsm stopping")
 	d.sd.Stopping("stopping: finishing requests in flight")
 	d.leds.Load().SetPhase(leds.Stopping)
-	clean := d.dev.Shutdown(d.cfg.Service.StopTimeout)
-	// A clean disconnect sends no Last Will, so the offline status goes out first.
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-	if err := d.client.Publish(ctx, d.dev.Topics().Status(), device.OfflineStatus(d.dev.Topics().Device), true); err != nil {
-		slog.Warn("offline status not published", "err", err)
-	}
-	cancel()
-	d.stopNet()
+	clean := d.app.Stop()
 	d.leds.Load().Close()
 	if !clean {
 		// A worker is still inside a token call: unloading the module or closing
@@ -296,7 +283,27 @@ func (d *daemon) shutdown() {
 		slog.Error("requests still running at exit; HSMs and state left to the exit to close", "stop_timeout", d.cfg.Service.StopTimeout)
 		return
 	}
-	d.core.close()
+	d.app.Close()
+}
+
+// hooks are what the appliance tells the daemon, and what the daemon runs for the
+// device's lifecycle commands.
+func (d *daemon) hooks() appliance.Hooks {
+	return appliance.Hooks{
+		Version:          version,
+		OnChange:         func(protocol.Status) { poke(d.changed) },
+		OnConnectionLost: func() { poke(d.changed) },
+		OnSign: func(slotID string, e *protocol.Error) {
+			code := ""
+			if e != nil {
+				code = e.Code
+			}
+			d.leds.Load().Signed(slotID, code)
+		},
+		Reload:  d.reloadFromCommand,
+		Restart: func() { poke(d.restarts) },
+		OTA:     d.otaHooks(),
+	}
 }
 
 // restartSelf follows the restart command once everything is closed. Under systemd
@@ -348,107 +355,6 @@ func (d *daemon) loadConfig() (*config.Config, error) {
 	return cfg, nil
 }
 
-// startNetwork starts the embedded broker when none is configured, the device core,
-// and the broker session, trying the first connection for service.broker_wait.
-func (d *daemon) startNetwork(ctx context.Context) error {
-	cfg := d.cfg
-	mc, broker, err := brokerSession(cfg.MQTT)
-	if err != nil {
-		return err
-	}
-	verifier, trustSum, err := trustVerifier(cfg.Trust)
-	if err != nil {
-		if broker != nil {
-			broker.Close()
-		}
-		return err
-	}
-	d.trustSum = trustSum
-	d.dev = device.New(device.Options{
-		DeviceID: cfg.DeviceID, TopicRoot: cfg.TopicRoot, Version: version,
-		QueueSize: cfg.QueueSize, AllowDigest: cfg.AllowDigest,
-		Verifier: verifier, Audit: d.core.audit,
-		Secrets:  d.core.secrets,
-		OnChange: func(protocol.Status) { poke(d.changed) },
-		OnSign: func(slotID string, e *protocol.Error) {
-			code := ""
-			if e != nil {
-				code = e.Code
-			}
-			d.leds.Load().Signed(slotID, code)
-		},
-		Reload:  d.reloadFromCommand,
-		Restart: func() { poke(d.restarts) },
-		OTA:     d.otaHooks(),
-	}, d.core.slots)
-	if mc.ClientID == "" {
-		mc.ClientID = "iot-hsm-" + d.dev.Topics().Device
-	}
-	mc.Will = &mqtt.Message{Topic: d.dev.Topics().Status(), Payload: device.OfflineStatus(d.dev.Topics().Device), Retained: true}
-	client, err := mqtt.New(mc)
-	if err != nil {
-		if broker != nil {
-			broker.Close()
-		}
-		return err
-	}
-	client.OnConnect(d.dev.Connected)
-	client.OnConnectionLost(func(error) { poke(d.changed) })
-	if err := d.dev.Start(ctx, client); err != nil {
-		d.dev.Stop()
-		client.Close(0)
-		if broker != nil {
-			broker.Close()
-		}
-		return err
-	}
-	startCtx, cancel := context.WithTimeout(ctx, cfg.Service.BrokerWait)
-	defer cancel()
-	if err := client.Start(startCtx); err != nil {
-		// Not fatal: the session keeps retrying, and signing waits for it.
-		slog.Warn("broker not reachable yet; retrying in the background", "broker", mc.Broker, "err", err)
-	}
-	d.client = client
-	d.stopNet = func() {
-		client.Close(time.Second)
-		if broker != nil {
-			broker.Close()
-		}
-	}
-	return nil
-}
-
-// brokerSession is the session's configuration, and the embedded broker it talks to
-// when none is configured (loadConfig let that through only in development mode).
-func brokerSession(m config.MQTT) (mqtt.Config, *mqtt.Broker, error) {
-	mc := mqtt.Config{
-		Broker: m.Broker, ClientID: m.ClientID, Username: m.Username,
-		CAFile: m.CAFile, CertFile: m.CertFile, KeyFile: m.KeyFile,
-		AllowPlaintext: m.AllowPlaintext,
-	}
-	pw, err := m.ReadPassword()
-	if err != nil {
-		return mc, nil, err
-	}
-	mc.Password = pw
-	if m.Broker != "" {
-		if m.AllowPlaintext && !strings.HasPrefix(m.Broker, "ssl:") && !strings.HasPrefix(m.Broker, "tls:") && !strings.HasPrefix(m.Broker, "mqtts:") {
-			// The URL is not logged: mqtt.New refuses one with credentials, later.
-			slog.Warn("allow_plaintext: requests (PINs of hsm.set_pin among them) and replies cross the network " +
-				"readable and forgeable; use TLS beyond loopback")
-		}
-		return mc, nil, nil
-	}
-	broker, err := mqtt.StartBroker(m.EmbeddedListen)
-	if err != nil {
-		return mc, nil, fmt.Errorf("embedded broker: %w", err)
-	}
-	slog.Warn("development mode: running the embedded broker (loopback, no authentication); "+
-		"configure [mqtt] broker for anything else", "listen", broker.Addr())
-	mc.Broker, mc.AllowPlaintext = broker.URL(), true
-	return mc, broker, nil
-}
-
 // poke wakes a loop through a channel with room for one wake-up, without blocking:
 // wake-ups that come while one is pending merge into it.
 func poke(c chan struct{}) {
@@ -466,105 +372,3 @@ func setupLogging(lv *slog.LevelVar, level string) {
 	lv.Set(l)
 	slog.SetDefault(slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: lv})))
 }
-
-// devToken makes (once) a SoftHSM2 token under the state directory and configures it.
-func devToken(cfg *config.Config) error {
-	dir := filepath.Join(cfg.StateDir, "softhsm")
-	tok, err := softhsm.Open(dir, "iot-hsm-dev")
-	if errors.Is(err, os.ErrNotExist) {
-		tok, err = softhsm.Create(dir, "iot-hsm-dev")
-		if err == nil {
-			slog.Info("created a SoftHSM2 development token", "dir", dir, "serial", tok.Serial)
-		}
-	}
-	if err != nil {
-		return fmt.Errorf("dev token: %w", err)
-	}
-	// SoftHSM2 reads this in every C_Initialize, so it stays set for the process.
-	os.Setenv("SOFTHSM2_CONF", tok.Conf)
-	cfg.PKCS11 = append(cfg.PKCS11, config.PKCS11{Module: tok.Module, Token: "pkcs11:serial=" + tok.Serial, PIN: tok.PIN})
-	return nil
-}
-
-// core is what the daemon holds: the state store and the HSMs.
-type core struct {
-	store    *store.Store
-	pkcs11   *pkcs11Set
-	registry *device.Registry
-	slots    *device.Slots
-	audit    *audit.Log
-	secrets  *secrets.Store // PINs stored by hsm.set_pin with persist, sealed
-}
-
-// openCore opens the state store and the HSM backends. A module that does not load
-// does not take the appliance down: its slots show as disconnected and the error is
-// in the log.
-func openCore(ctx context.Context, cfg *config.Config) (*core, error) {
-	st, err := store.Open(cfg.StateDir)
-	if err != nil {
-		return nil, err
-	}
-	sec, err := secrets.New(cfg.Secrets.Key(), cfg.StateDir)
-	if err != nil {
-		st.Close()
-		return nil, err
-	}
-	pk := &pkcs11Set{}
-	pk.configure(ctx, cfg.PKCS11)
-	providers := []hsm.Provider{pk}
-	if !cfg.YubiKey.Disabled {
-		yk, err := yubikeyProvider(cfg.YubiKey)
-		if err != nil {
-			st.Close()
-			return nil, err
-		}
-		providers = append(providers, yk)
-	}
-	kms, err := cloudkmsProviders(cfg)
-	if err != nil {
-		st.Close()
-		return nil, err
-	}
-	providers = append(providers, kms...)
-	// Stored PINs are tried once each, after the configured ones, as tokens are
-	// first seen (at this scan, or later when plugged in).
-	pins := secrets.NewApplier(sec, nil)
-	pins.Configured = yubikeyPINConfigured(cfg.YubiKey)
-	reg := device.NewRegistry(pins.Wrap(providers...)...)
-	if err := reg.Rescan(ctx); err != nil {
-		slog.Warn("HSM scan incomplete", "err", err)
-	}
-	// The audit trail is checked whole at start-up: a tampered trail stops the
-	// appliance rather than being extended.
-	al, err := audit.Open(filepath.Join(cfg.StateDir, "audit.log"))
-	if err != nil {
-		reg.Close()
-		st.Close()
-		return nil, err
-	}
-	return &core{store: st, pkcs11: pk, registry: reg, slots: &device.Slots{Store: st, Registry: reg}, audit: al,
-		secrets: sec}, nil
-}
-
-func (c *core) logInventory(ctx context.Context) {
-	for _, t := range c.registry.Tokens() {
-		info := t.Info()
-		slog.Info("HSM", "id", info.ID, "kind", info.Kind, "model", info.Model, "present", info.Present, "pin_set", info.PIN.Set)
-	}
-	recs, err := c.store.Slots()
-	if err != nil {
-		slog.Error("reading slot state", "err", err)
-	}
-	for _, r := range recs {
-		slog.Info("slot", "slot_id", r.ID, "state", r.State, "key_type", r.KeyType, "ca_id", r.CAID)
-	}
-}
-
-func (c *core) close() {
-	c.registry.Close()
-	c.store.Close()
-	c.audit.Close()
-}
-
-// The broker session is the device core's transport as it is.
-var _ device.Transport = (*mqtt.Client)(nil)

@@ -6,6 +6,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"time"
 )
 
 // CloudKMS is one Google Cloud KMS key ring, a [[cloudkms]] block. Blocks with the
@@ -27,6 +28,11 @@ type CloudKMS struct {
 	// Insecure talks plaintext gRPC without credentials: only to a loopback endpoint
 	// (a local test server), never to Google.
 	Insecure bool `toml:"insecure"`
+	// CallTimeout bounds one attempt of one API call ("10s" when unset); retries,
+	// their backoff and presence checks scale with it. ProbeInterval is how often a
+	// reachable key ring is checked ("10s" when unset).
+	CallTimeout   time.Duration `toml:"call_timeout"`
+	ProbeInterval time.Duration `toml:"probe_interval"`
 }
 
 var (

@@ -340,3 +340,17 @@ type OTAEvent struct {
 	Percent int       `json:"percent"`
 	Message string    `json:"message,omitempty"`
 }
+
+// ReloadResult is the reply to the reload command.
+type ReloadResult struct {
+	// Applied is what changed and took effect.
+	Applied []string `json:"applied"`
+	// RestartRequired is what changed in the file but runs on until a restart (the
+	// broker session, the device's identity and topics, the state directory...).
+	RestartRequired []string `json:"restart_required,omitempty"`
+	// Problems are parts that did not come up (a PKCS#11 module that does not load);
+	// the rest of the reload stands.
+	Problems    []string `json:"problems,omitempty"`
+	HSMs        int      `json:"hsms"`
+	HSMsPresent int      `json:"hsms_present"`
+}

@@ -79,16 +79,8 @@ func send(t *testing.T, op *operator, a *appliance, cmd string, args any, expire
 func TestSignedRequestsAndAuditTrail(t *testing.T) {
 	b := brokers(t)[0]
 	trusted, rogue := newControllerPKI(t, "PKI controllers"), newControllerPKI(t, "someone with broker access")
-	v, err := auth.NewVerifier(trusted.bundle())
-	if err != nil {
-		t.Fatal(err)
-	}
-	trail := filepath.Join(t.TempDir(), "audit.log")
-	log, err := audit.Open(trail)
-	if err != nil {
-		t.Fatal(err)
-	}
-	a := startAppliance(t, b.url, "signed-"+randomID(), softhsmtest.New(t, "signed"), options{verifier: v, audit: log})
+	a := startAppliance(t, b.url, "signed-"+randomID(), softhsmtest.New(t, "signed"), options{controllers: trusted.bundle()})
+	trail := filepath.Join(a.stateDir, "audit.log")
 	op := newOperator(t, b.url)
 	soon := time.Now().Add(time.Minute).UTC()
 	past := time.Now().Add(-time.Minute).UTC()

@@ -23,8 +23,6 @@ import (
 	"time"
 
 	"github.com/iot-hsm/iot-hsm/config"
-	"github.com/iot-hsm/iot-hsm/hsm"
-	"github.com/iot-hsm/iot-hsm/hsm/pkcs11"
 	"github.com/iot-hsm/iot-hsm/internal/brokertest"
 	"github.com/iot-hsm/iot-hsm/internal/softhsm/softhsmtest"
 	"github.com/iot-hsm/iot-hsm/mqtt"
@@ -143,12 +141,6 @@ func shippedMosquittoConf(t *testing.T, port int, dir string, paths map[string]s
 	}
 	return strings.Join(out, "\n") + "\n"
 }
-
-// noHSMs is an appliance backend without tokens.
-type noHSMs struct{}
-
-func (noHSMs) Tokens(context.Context) ([]hsm.Token, error) { return nil, nil }
-func (noHSMs) Close() error                                { return nil }
 
 // tlsClient connects a plain client with a clean session; it returns the Start
 // error.
@@ -269,20 +261,11 @@ func TestBrokerTLSExample(t *testing.T) {
 
 	// Appliance A over a SoftHSM2 token, B without HSMs; both pin the broker's CA
 	// and authenticate with their certificates (CN = device id).
-	tok := softhsmtest.New(t, "tls-a")
-	mod, err := pkcs11.Open(tok.Module)
-	if err != nil {
-		t.Fatal(err)
+	applianceTLS := func(cert, key string) config.MQTT {
+		return config.MQTT{Broker: url, CAFile: pki.file, CertFile: cert, KeyFile: key}
 	}
-	ptok, err := mod.Token(context.Background(), tok.Serial)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := ptok.Login(context.Background(), tok.PIN); err != nil {
-		t.Fatal(err)
-	}
-	a := startCustom(t, devA, mod, customOptions{mqtt: tlsCfg(aCert, aKey)})
-	b := startCustom(t, devB, noHSMs{}, customOptions{mqtt: tlsCfg(bCert, bKey)})
+	a := startAppliance(t, "", devA, softhsmtest.New(t, "tls-a"), options{mqtt: applianceTLS(aCert, aKey)})
+	b := start(t, "", devB, options{mqtt: applianceTLS(bCert, bKey)})
 
 	// The PKI controller, with its reply topics under pkiaas/replies/<its CN>/.
 	ctlClient, err := tlsClient(t, withID(tlsCfg(ctlCert, ctlKey), "pki-controller-1"))

@@ -15,8 +15,9 @@ import (
 	"time"
 
 	"cloud.google.com/go/kms/apiv1/kmspb"
+
 	"github.com/iot-hsm/iot-hsm/ca"
-	"github.com/iot-hsm/iot-hsm/hsm/cloudkms"
+	"github.com/iot-hsm/iot-hsm/config"
 	"github.com/iot-hsm/iot-hsm/internal/kmstest"
 	"github.com/iot-hsm/iot-hsm/mqtt"
 	"github.com/iot-hsm/iot-hsm/protocol"
@@ -42,21 +43,13 @@ func startKMS(t *testing.T) *kmstest.Server {
 	return srv
 }
 
-// startKMSAppliance wires the daemon's core as `iot-hsm run` does, with the Cloud KMS
-// backend (the real client over gRPC to srv) as its only HSM provider.
+// startKMSAppliance starts an appliance whose only backend is the Cloud KMS key ring
+// of srv, configured by a [[cloudkms]] block (the real client over gRPC, plaintext to
+// the loopback test server, with short timeouts so that outages show quickly).
 func startKMSAppliance(t *testing.T, brokerURL, deviceID string, srv *kmstest.Server) *appliance {
 	t.Helper()
-	ctx := context.Background()
-	p, err := cloudkms.New(ctx, cloudkms.Options{
-		KeyRings:      []cloudkms.KeyRing{{Name: kmsRing, ID: strings.TrimPrefix(kmsHSM, "cloudkms-")}},
-		ClientOptions: srv.ClientOptions(),
-		CallTimeout:   2 * time.Second, Backoff: 50 * time.Millisecond,
-		ProbeInterval: 500 * time.Millisecond, ProbeTimeout: time.Second,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	a := startWith(t, brokerURL, deviceID, p, options{})
+	a := start(t, brokerURL, deviceID, options{cloudkms: []config.CloudKMS{{KeyRing: kmsRing, Endpoint: srv.Addr(), Insecure: true,
+		CallTimeout: 2 * time.Second, ProbeInterval: 500 * time.Millisecond}}})
 	a.hsmID = kmsHSM
 	return a
 }

@@ -85,7 +85,7 @@ func TestDuplicateIDIsAnsweredFromTheCache(t *testing.T) {
 
 func onToken(t *testing.T, a *appliance) []string {
 	t.Helper()
-	tok, err := a.mod.Token(context.Background(), a.tok.Serial)
+	tok, err := a.app.Registry.Token(a.hsmID)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -109,7 +109,7 @@ func TestBadRequestsGetTheirCodeAndChangeNothing(t *testing.T) {
 			// A third slot waiting for its certificate: wrong-state target.
 			pending := ok[protocol.ProvisionResult](t, op.call(a, protocol.CmdSlotProvision,
 				protocol.ProvisionArgs{HSM: a.hsmID, Slot: "03", Mode: "generate", KeyType: "p256"}))
-			before, _ := a.st.Slots()
+			before, _ := a.app.Store.Slots()
 			keysBefore := onToken(t, a)
 			cmd := a.dev.Topics().Cmd
 
@@ -149,7 +149,7 @@ func TestBadRequestsGetTheirCodeAndChangeNothing(t *testing.T) {
 			// A certificate for another key.
 			failed(t, op.call(a, protocol.CmdSlotImport, protocol.ImportCertArgs{SlotID: pending.SlotID, Certificate: rootPEM}), protocol.CodeBadRequest)
 
-			after, _ := a.st.Slots()
+			after, _ := a.app.Store.Slots()
 			if !reflect.DeepEqual(before, after) {
 				t.Fatalf("refused requests changed slot state")
 			}

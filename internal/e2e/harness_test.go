@@ -8,20 +8,19 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
-	"github.com/iot-hsm/iot-hsm/audit"
-	"github.com/iot-hsm/iot-hsm/auth"
+	"os"
+	"path/filepath"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/iot-hsm/iot-hsm/config"
 	"github.com/iot-hsm/iot-hsm/device"
-	"github.com/iot-hsm/iot-hsm/hsm"
-	"github.com/iot-hsm/iot-hsm/hsm/pkcs11"
+	wiring "github.com/iot-hsm/iot-hsm/internal/appliance"
 	"github.com/iot-hsm/iot-hsm/internal/brokertest"
 	"github.com/iot-hsm/iot-hsm/internal/softhsm"
 	"github.com/iot-hsm/iot-hsm/mqtt"
 	"github.com/iot-hsm/iot-hsm/protocol"
-	"github.com/iot-hsm/iot-hsm/store"
 )
 
 // broker is one of the two brokers every end-to-end test runs against.
@@ -41,79 +40,103 @@ func brokers(t *testing.T) []broker {
 	return []broker{{"mosquitto", mos.URL}, {"embedded", emb.URL()}}
 }
 
-// appliance is the daemon's core, wired as `iot-hsm run` wires it.
+// appliance is an appliance built by the one wiring `iot-hsm run` uses
+// (internal/appliance), from a configuration the test writes.
 type appliance struct {
-	id     string
-	tok    *softhsm.Token
-	mod    *pkcs11.Module
-	st     *store.Store
-	dev    *device.Device
-	client *mqtt.Client
-	reg    *device.Registry
-	hsmID  string
+	id       string
+	app      *wiring.Appliance
+	dev      *device.Device
+	tok      *softhsm.Token // the SoftHSM2 token it was given, if any
+	hsmID    string
+	stateDir string
 }
 
+// options are the parts of the configuration the tests vary.
 type options struct {
 	queueSize   int
 	allowDigest bool
-	verifier    *auth.Verifier
-	audit       *audit.Log
+	controllers []byte // [trust] controllers, PEM: requests must be signed
+	stateDir    string // "" is a fresh temporary directory
+	secretsKey  string // [secrets] key_file
+	mqtt        config.MQTT
+	pkcs11      []config.PKCS11
+	yubikey     *config.YubiKey // nil: the YubiKey backend is off
+	cloudkms    []config.CloudKMS
 }
 
+// config is the configuration an operator would write for o.
+func (o options) config(t *testing.T, brokerURL, deviceID string) *config.Config {
+	t.Helper()
+	cfg := config.Default()
+	cfg.DeviceID, cfg.StateDir = deviceID, o.stateDir
+	if cfg.StateDir == "" {
+		cfg.StateDir = t.TempDir()
+	}
+	cfg.MQTT = o.mqtt
+	if cfg.MQTT.Broker == "" {
+		cfg.MQTT.Broker, cfg.MQTT.AllowPlaintext = brokerURL, true
+	}
+	cfg.MQTT.ClientID = "iot-hsm-" + deviceID
+	if o.queueSize > 0 {
+		cfg.QueueSize = o.queueSize
+	}
+	cfg.AllowDigest = o.allowDigest
+	cfg.Service.BrokerWait = 10 * time.Second
+	cfg.Secrets.KeyFile = o.secretsKey
+	if cfg.Secrets.KeyFile == "" {
+		cfg.Secrets.KeyFile = filepath.Join(t.TempDir(), "secrets.key")
+	}
+	cfg.PKCS11, cfg.CloudKMS = o.pkcs11, o.cloudkms
+	cfg.YubiKey.Disabled = o.yubikey == nil
+	if o.yubikey != nil {
+		cfg.YubiKey = *o.yubikey
+	}
+	if o.controllers != nil {
+		cfg.Trust.Controllers = filepath.Join(t.TempDir(), "controllers.pem")
+		if err := os.WriteFile(cfg.Trust.Controllers, o.controllers, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return cfg
+}
+
+// startAppliance starts an appliance over one SoftHSM2 token, configured by a
+// [[pkcs11]] block as an operator would.
 func startAppliance(t *testing.T, brokerURL, deviceID string, tok *softhsm.Token, o options) *appliance {
 	t.Helper()
 	t.Setenv("SOFTHSM2_CONF", tok.Conf)
-	mod, err := pkcs11.Open(tok.Module)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx := context.Background()
-	ptok, err := mod.Token(ctx, tok.Serial)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := ptok.Login(ctx, tok.PIN); err != nil {
-		t.Fatal(err)
-	}
-	a := startWith(t, brokerURL, deviceID, mod, o)
-	a.tok, a.mod, a.hsmID = tok, mod, ptok.Info().ID
+	o.pkcs11 = append(o.pkcs11, config.PKCS11{Module: tok.Module, Token: "pkcs11:serial=" + tok.Serial, PIN: tok.PIN})
+	a := start(t, brokerURL, deviceID, o)
+	a.tok, a.hsmID = tok, "pkcs11-"+tok.Serial
 	return a
 }
 
-// startWith wires the daemon's core over the given HSM backend, as `iot-hsm run`
-// does: registry, state store, device core, broker session.
-func startWith(t *testing.T, brokerURL, deviceID string, p hsm.Provider, o options) *appliance {
+// start builds the appliance from o's configuration and connects it, as `iot-hsm
+// run` does, and waits for its broker session.
+func start(t *testing.T, brokerURL, deviceID string, o options) *appliance {
 	t.Helper()
 	ctx := context.Background()
-	st, err := store.Open(t.TempDir())
+	cfg := o.config(t, brokerURL, deviceID)
+	app, err := wiring.Open(ctx, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	reg := device.NewRegistry(p)
-	if err := reg.Rescan(ctx); err != nil {
+	if err := app.Start(ctx, wiring.Hooks{Version: "test"}); err != nil {
+		app.Close()
 		t.Fatal(err)
 	}
-	dev := device.New(device.Options{DeviceID: deviceID, Version: "test", QueueSize: o.queueSize, AllowDigest: o.allowDigest,
-		Verifier: o.verifier, Audit: o.audit},
-		&device.Slots{Store: st, Registry: reg})
-	client, err := mqtt.New(mqtt.Config{
-		Broker: brokerURL, ClientID: "iot-hsm-" + deviceID, AllowPlaintext: true,
-		Will: &mqtt.Message{Topic: dev.Topics().Status(), Payload: device.OfflineStatus(deviceID), Retained: true},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	client.OnConnect(dev.Connected)
-	if err := dev.Start(ctx, client); err != nil {
-		t.Fatal(err)
-	}
-	sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
-	if err := client.Start(sctx); err != nil {
-		t.Fatal(err)
-	}
-	a := &appliance{id: deviceID, st: st, dev: dev, client: client, reg: reg}
+	a := &appliance{id: deviceID, app: app, dev: app.Device, stateDir: cfg.StateDir}
 	t.Cleanup(a.stop)
+	deadline := time.Now().Add(10 * time.Second)
+	for !app.Client.Connected() {
+		if time.Now().After(deadline) {
+			t.Fatalf("appliance %s: no broker session within 10s", deviceID)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if toks := app.Registry.Tokens(); len(toks) > 0 {
+		a.hsmID = toks[0].Info().ID
+	}
 	return a
 }
 
@@ -122,9 +145,8 @@ func (a *appliance) stop() {
 		return
 	}
 	a.dev.Stop()
-	a.client.Close(100 * time.Millisecond)
-	a.st.Close()
-	a.reg.Close()
+	a.app.Client.Close(100 * time.Millisecond)
+	a.app.Close()
 	a.dev = nil
 }
 

@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"bytes"
-	"context"
 	"errors"
 	"io/fs"
 	"log/slog"
@@ -10,91 +9,23 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 
-	"github.com/iot-hsm/iot-hsm/device"
-	"github.com/iot-hsm/iot-hsm/hsm"
-	"github.com/iot-hsm/iot-hsm/hsm/pkcs11"
+	"github.com/iot-hsm/iot-hsm/config"
 	"github.com/iot-hsm/iot-hsm/internal/softhsm"
 	"github.com/iot-hsm/iot-hsm/internal/softhsm/softhsmtest"
 	"github.com/iot-hsm/iot-hsm/internal/syncbuf"
-	"github.com/iot-hsm/iot-hsm/mqtt"
 	"github.com/iot-hsm/iot-hsm/protocol"
 	"github.com/iot-hsm/iot-hsm/secrets"
-	"github.com/iot-hsm/iot-hsm/store"
 )
-
-// customOptions wire an appliance beyond what startWith offers: its own broker
-// session settings (TLS), a state directory that outlives it (restarts), and the
-// secrets store, all as `iot-hsm run` wires them (run.go openCore/startNetwork).
-type customOptions struct {
-	mqtt     mqtt.Config // Broker, TLS files, AllowPlaintext; ClientID and Will are set here
-	stateDir string      // "" is a fresh temporary directory
-	secrets  *secrets.Store
-}
-
-func startCustom(t *testing.T, deviceID string, p hsm.Provider, o customOptions) *appliance {
-	t.Helper()
-	ctx := context.Background()
-	if o.stateDir == "" {
-		o.stateDir = t.TempDir()
-	}
-	st, err := store.Open(o.stateDir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	providers := []hsm.Provider{p}
-	opts := device.Options{DeviceID: deviceID, Version: "test"}
-	if o.secrets != nil {
-		// As the daemon does: stored PINs are tried once each as tokens are seen.
-		providers = secrets.NewApplier(o.secrets, nil).Wrap(p)
-		opts.Secrets = o.secrets
-	}
-	reg := device.NewRegistry(providers...)
-	if err := reg.Rescan(ctx); err != nil {
-		t.Fatal(err)
-	}
-	dev := device.New(opts, &device.Slots{Store: st, Registry: reg})
-	mc := o.mqtt
-	mc.ClientID = "iot-hsm-" + deviceID
-	mc.Will = &mqtt.Message{Topic: dev.Topics().Status(), Payload: device.OfflineStatus(deviceID), Retained: true}
-	client, err := mqtt.New(mc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	client.OnConnect(dev.Connected)
-	if err := dev.Start(ctx, client); err != nil {
-		t.Fatal(err)
-	}
-	sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
-	if err := client.Start(sctx); err != nil {
-		t.Fatal(err)
-	}
-	a := &appliance{id: deviceID, st: st, dev: dev, client: client, reg: reg}
-	if toks := reg.Tokens(); len(toks) > 0 {
-		a.hsmID = toks[0].Info().ID
-	}
-	t.Cleanup(a.stop)
-	return a
-}
 
 // startSealed is an appliance over a SoftHSM2 token whose PIN is in no
 // configuration: only the secrets store can unlock it.
 func startSealed(t *testing.T, brokerURL, deviceID string, tok *softhsm.Token, stateDir, keyFile string) *appliance {
 	t.Helper()
 	t.Setenv("SOFTHSM2_CONF", tok.Conf)
-	mod, err := pkcs11.Open(tok.Module)
-	if err != nil {
-		t.Fatal(err)
-	}
-	sec, err := secrets.New(keyFile, stateDir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	a := startCustom(t, deviceID, mod, customOptions{
-		mqtt: mqtt.Config{Broker: brokerURL, AllowPlaintext: true}, stateDir: stateDir, secrets: sec})
-	a.tok, a.mod = tok, mod
+	a := start(t, brokerURL, deviceID, options{stateDir: stateDir, secretsKey: keyFile,
+		pkcs11: []config.PKCS11{{Module: tok.Module, Token: "pkcs11:serial=" + tok.Serial}}})
+	a.tok = tok
 	return a
 }
 

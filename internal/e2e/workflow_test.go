@@ -14,10 +14,11 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/crypto/ocsp"
+
 	"github.com/iot-hsm/iot-hsm/ca"
 	"github.com/iot-hsm/iot-hsm/internal/softhsm/softhsmtest"
 	"github.com/iot-hsm/iot-hsm/protocol"
-	"golang.org/x/crypto/ocsp"
 )
 
 func provisioningCert(t *testing.T, cn string, pathLen int) string {

@@ -2,15 +2,16 @@ package e2e
 
 import (
 	"context"
-	"crypto/x509"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/iot-hsm/iot-hsm/ca"
+	"github.com/iot-hsm/iot-hsm/config"
 	"github.com/iot-hsm/iot-hsm/device/hotplug"
-	"github.com/iot-hsm/iot-hsm/hsm/yubikey"
 	"github.com/iot-hsm/iot-hsm/internal/vyubikey"
 	"github.com/iot-hsm/iot-hsm/internal/vyubikey/pcscdtest"
 	"github.com/iot-hsm/iot-hsm/protocol"
@@ -39,14 +40,16 @@ func startYubiKeyAppliance(t *testing.T, brokerURL, pin string) (*appliance, *pc
 	return startPIVAppliance(t, brokerURL, pin, card), plugged, card
 }
 
-// startPIVAppliance starts an appliance whose only backend is the PIV one, with the
-// hotplug watcher as `iot-hsm run` has it; card's attestation root is trusted.
+// startPIVAppliance starts an appliance whose only backend is the PIV one, configured
+// by a [yubikey] section that trusts card's attestation root, with the hotplug
+// watcher as `iot-hsm run` has it.
 func startPIVAppliance(t *testing.T, brokerURL, pin string, card *vyubikey.Card) *appliance {
 	t.Helper()
-	roots := x509.NewCertPool()
-	roots.AddCert(card.AttestationRoot())
-	prov := yubikey.NewProvider(yubikey.ProviderOptions{Default: yubikey.Options{PIN: pin}, AttestationRoots: roots, CardState: hotplug.CardState})
-	a := startWith(t, brokerURL, "yk-"+randomID(), prov, options{})
+	roots := filepath.Join(t.TempDir(), "attestation-roots.pem")
+	if err := os.WriteFile(roots, ca.EncodeCertificatePEM(card.AttestationRoot()), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	a := start(t, brokerURL, "yk-"+randomID(), options{yubikey: &config.YubiKey{PIN: pin, AttestationRoots: roots}})
 	a.hsmID = ykHSM
 	ctx, cancel := context.WithCancel(context.Background())
 	w := &hotplug.Watcher{OnChange: func(string) { a.dev.CheckPresence() }}

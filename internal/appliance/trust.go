@@ -1,4 +1,4 @@
-package main
+package appliance
 
 import (
 	"crypto/sha256"
@@ -45,7 +45,7 @@ func trustVerifier(t config.Trust) (v *auth.Verifier, sum string, err error) {
 // changed, swaps the device's verifier whole. A bundle or CRL that does not load
 // changes nothing: the running verifier stays, the reload reports why, and ok is
 // false.
-func (d *daemon) reloadTrust(t config.Trust) (applied, problems []string, ok bool) {
+func (a *Appliance) reloadTrust(t config.Trust) (applied, problems []string, ok bool) {
 	v, sum, err := trustVerifier(t)
 	if err != nil {
 		slog.Error("trust not reloaded; the running controllers bundle and CRLs stay in force", "err", err)
@@ -56,11 +56,11 @@ func (d *daemon) reloadTrust(t config.Trust) (applied, problems []string, ok boo
 			problems = append(problems, "trust: "+s+"; requests under that CA are refused")
 		}
 	}
-	if sum == d.trustSum {
+	if sum == a.trustSum {
 		return nil, problems, true
 	}
-	d.dev.SetVerifier(v)
-	d.trustSum = sum
+	a.Device.SetVerifier(v)
+	a.trustSum = sum
 	if v == nil {
 		slog.Warn("trust.controllers removed: unsigned requests are executed again")
 	}

@@ -1,4 +1,4 @@
-package main
+package pkcs11
 
 import (
 	"context"
@@ -7,12 +7,20 @@ import (
 	"log/slog"
 	"sync"
 
-	"github.com/iot-hsm/iot-hsm/config"
 	"github.com/iot-hsm/iot-hsm/hsm"
-	"github.com/iot-hsm/iot-hsm/hsm/pkcs11"
 )
 
-// pkcs11Set is every configured PKCS#11 module as one hsm.Provider. The registry
+// Selection is one configured choice of tokens: a module, the tokens of it that an
+// RFC 7512 URI selects (empty: every initialised token), and their PIN.
+type Selection struct {
+	Module string
+	Token  string
+	// PIN reads the PIN when it is needed (from the configuration or a file); ""
+	// means none is configured.
+	PIN func() (string, error)
+}
+
+// Set is every configured PKCS#11 module as one hsm.Provider. The registry
 // holds it for the daemon's life and a reload changes what is inside: modules added
 // to the configuration are loaded, PINs that changed are tried, tokens that appeared
 // are logged in to.
@@ -21,16 +29,16 @@ import (
 // registry keeps every token it has seen (so slots keep their state), and unloading
 // a library under a worker that may be inside one of its calls is not safe. The
 // reload reply says so.
-type pkcs11Set struct {
+type Set struct {
 	mu   sync.Mutex
-	mods []*pkcs11Mod // in load order
+	mods []*setModule // in load order
 }
 
-type pkcs11Mod struct {
-	mod *pkcs11.Module
+type setModule struct {
+	mod *Module
 	// cfgs are the [[pkcs11]] blocks naming this module now (several blocks may
 	// select different tokens of one module); none once it was dropped.
-	cfgs []config.PKCS11
+	cfgs []Selection
 	// tried is the PIN last tried per token serial: a PIN is tried once, and again
 	// only when the configuration gives another one.
 	tried map[string]string
@@ -38,15 +46,15 @@ type pkcs11Mod struct {
 	warned map[string]bool
 }
 
-func (m *pkcs11Mod) path() string { return m.mod.Path() }
+func (m *setModule) path() string { return m.mod.Path() }
 
-// configure makes the set follow cfgs. It returns what it did, what waits for a
+// Configure makes the set follow cfgs. It returns what it did, what waits for a
 // restart, and what went wrong (a module that does not load must not stop the
 // others, nor the appliance: its slots show as disconnected).
-func (s *pkcs11Set) configure(ctx context.Context, cfgs []config.PKCS11) (applied, restart, problems []string) {
+func (s *Set) Configure(ctx context.Context, cfgs []Selection) (applied, restart, problems []string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	byPath := map[string][]config.PKCS11{}
+	byPath := map[string][]Selection{}
 	var order []string
 	for _, c := range cfgs {
 		if _, ok := byPath[c.Module]; !ok {
@@ -54,7 +62,7 @@ func (s *pkcs11Set) configure(ctx context.Context, cfgs []config.PKCS11) (applie
 		}
 		byPath[c.Module] = append(byPath[c.Module], c)
 	}
-	loaded := map[string]*pkcs11Mod{}
+	loaded := map[string]*setModule{}
 	for _, m := range s.mods {
 		loaded[m.path()] = m
 		if _, ok := byPath[m.path()]; !ok && len(m.cfgs) > 0 {
@@ -66,13 +74,13 @@ func (s *pkcs11Set) configure(ctx context.Context, cfgs []config.PKCS11) (applie
 	for _, path := range order {
 		m := loaded[path]
 		if m == nil {
-			mod, err := pkcs11.Open(path)
+			mod, err := Open(path)
 			if err != nil {
 				slog.Error("PKCS#11 module not available", "module", path, "err", err)
 				problems = append(problems, fmt.Sprintf("pkcs11 module %s: %v", path, err))
 				continue
 			}
-			m = &pkcs11Mod{mod: mod, tried: map[string]string{}}
+			m = &setModule{mod: mod, tried: map[string]string{}}
 			s.mods = append(s.mods, m)
 			applied = append(applied, "pkcs11 module "+path+" loaded")
 		} else if len(m.cfgs) > 0 {
@@ -99,7 +107,7 @@ func (s *pkcs11Set) configure(ctx context.Context, cfgs []config.PKCS11) (applie
 // Tokens implements hsm.Provider: every token of every loaded module. Tokens that
 // appeared since the last scan are logged in to here, so a token plugged in later is
 // usable without a reload. A failing module is logged and skipped.
-func (s *pkcs11Set) Tokens(ctx context.Context) ([]hsm.Token, error) {
+func (s *Set) Tokens(ctx context.Context) ([]hsm.Token, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	var out []hsm.Token
@@ -124,9 +132,9 @@ func (s *pkcs11Set) Tokens(ctx context.Context) ([]hsm.Token, error) {
 
 // login (the set's mu held) logs in to the tokens its blocks select, each PIN once.
 // Problems are logged once per configuration, not at every scan.
-func (m *pkcs11Mod) login(ctx context.Context, toks []hsm.Token) (done []string) {
+func (m *setModule) login(ctx context.Context, toks []hsm.Token) (done []string) {
 	for _, ht := range toks {
-		t, ok := ht.(*pkcs11.Token)
+		t, ok := ht.(*Token)
 		if !ok {
 			continue
 		}
@@ -136,12 +144,12 @@ func (m *pkcs11Mod) login(ctx context.Context, toks []hsm.Token) (done []string)
 		}
 		for _, c := range m.cfgs {
 			if c.Token != "" {
-				sel, err := pkcs11.ParseURI(c.Token)
+				sel, err := ParseURI(c.Token)
 				if err != nil || !sel.Matches(t.Label(), info.Serial, "", "") {
 					continue
 				}
 			}
-			pin, err := c.ReadPIN()
+			pin, err := c.readPIN()
 			if err != nil {
 				if !m.warned[info.Serial] {
 					slog.Error("PKCS#11 PIN not readable", "hsm", info.ID, "err", err)
@@ -174,7 +182,7 @@ func (m *pkcs11Mod) login(ctx context.Context, toks []hsm.Token) (done []string)
 }
 
 // Close unloads every module, dropped ones included.
-func (s *pkcs11Set) Close() error {
+func (s *Set) Close() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	var errs []error
@@ -185,4 +193,11 @@ func (s *pkcs11Set) Close() error {
 	return errors.Join(errs...)
 }
 
-var _ hsm.Provider = (*pkcs11Set)(nil)
+func (c Selection) readPIN() (string, error) {
+	if c.PIN == nil {
+		return "", nil
+	}
+	return c.PIN()
+}
+
+var _ hsm.Provider = (*Set)(nil)

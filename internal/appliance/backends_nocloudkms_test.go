@@ -1,6 +1,6 @@
 //go:build nocloudkms
 
-package main
+package appliance
 
 import (
 	"errors"

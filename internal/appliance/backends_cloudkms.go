@@ -1,18 +1,20 @@
 //go:build !nocloudkms
 
-package main
+package appliance
 
 import (
 	"context"
 	"fmt"
 	"os"
+	"time"
+
+	"google.golang.org/api/option"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/iot-hsm/iot-hsm/config"
 	"github.com/iot-hsm/iot-hsm/hsm"
 	"github.com/iot-hsm/iot-hsm/hsm/cloudkms"
-	"google.golang.org/api/option"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 )
 
 // cloudkmsProviders builds the Cloud KMS backend from the [[cloudkms]] blocks: one
@@ -23,11 +25,12 @@ func cloudkmsProviders(cfg *config.Config) ([]hsm.Provider, error) {
 	type conn struct {
 		credentials, endpoint string
 		insecure              bool
+		callTimeout, probe    time.Duration
 	}
 	var order []conn
 	rings := map[conn][]cloudkms.KeyRing{}
 	for _, k := range cfg.CloudKMS {
-		c := conn{k.CredentialsFile, k.Endpoint, k.Insecure}
+		c := conn{k.CredentialsFile, k.Endpoint, k.Insecure, k.CallTimeout, k.ProbeInterval}
 		if _, ok := rings[c]; !ok {
 			order = append(order, c)
 		}
@@ -59,11 +62,23 @@ func cloudkmsProviders(cfg *config.Config) ([]hsm.Provider, error) {
 		}
 		// Background, not a deadline: the client keeps this context for refreshing
 		// its access tokens for as long as it lives.
-		p, err := cloudkms.New(context.Background(), cloudkms.Options{KeyRings: rings[c], ClientOptions: opts})
+		p, err := cloudkms.New(context.Background(), kmsOptions(rings[c], opts, c.callTimeout, c.probe))
 		if err != nil {
 			return fail(err)
 		}
 		out = append(out, p)
 	}
 	return out, nil
+}
+
+// kmsOptions are the backend's options for one connection. A shorter call timeout
+// (a private endpoint on the same network) shortens the backoff between attempts and
+// the presence check with it.
+func kmsOptions(rings []cloudkms.KeyRing, opts []option.ClientOption, callTimeout, probe time.Duration) cloudkms.Options {
+	o := cloudkms.Options{KeyRings: rings, ClientOptions: opts, CallTimeout: callTimeout, ProbeInterval: probe}
+	if callTimeout > 0 {
+		o.Backoff = min(250*time.Millisecond, callTimeout/40)
+		o.ProbeTimeout = min(5*time.Second, callTimeout/2)
+	}
+	return o
 }

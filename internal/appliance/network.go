@@ -1,0 +1,132 @@
+package appliance
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"strings"
+	"time"
+
+	"github.com/iot-hsm/iot-hsm/config"
+	"github.com/iot-hsm/iot-hsm/device"
+	"github.com/iot-hsm/iot-hsm/mqtt"
+	"github.com/iot-hsm/iot-hsm/protocol"
+)
+
+// Hooks are what the daemon around the appliance is told, and what it runs for the
+// device's lifecycle commands; all optional.
+type Hooks struct {
+	Version  string
+	OnChange func(protocol.Status)
+	OnSign   func(slotID string, e *protocol.Error)
+	// OnConnectionLost is told when the broker session drops.
+	OnConnectionLost func()
+	Reload           func(ctx context.Context) (any, error)
+	Restart          func()
+	OTA              device.OTAHooks
+}
+
+// Start starts the embedded broker when the configuration has none (development
+// mode only: config.CheckBroker refuses it otherwise), the device core, and the
+// broker session, trying the first connection for service.broker_wait. A broker
+// that is not reachable is not an error: the session keeps retrying.
+func (a *Appliance) Start(ctx context.Context, h Hooks) error {
+	cfg := a.cfg
+	mc, broker, err := brokerSession(cfg.MQTT)
+	if err != nil {
+		return err
+	}
+	verifier, trustSum, err := trustVerifier(cfg.Trust)
+	if err != nil {
+		closeBroker(broker)
+		return err
+	}
+	dev := device.New(device.Options{
+		DeviceID: cfg.DeviceID, TopicRoot: cfg.TopicRoot, Version: h.Version,
+		QueueSize: cfg.QueueSize, AllowDigest: cfg.AllowDigest,
+		Verifier: verifier, Audit: a.Audit, Secrets: a.Secrets,
+		OnChange: h.OnChange, OnSign: h.OnSign, Reload: h.Reload, Restart: h.Restart, OTA: h.OTA,
+	}, a.Slots)
+	if mc.ClientID == "" {
+		mc.ClientID = "iot-hsm-" + dev.Topics().Device
+	}
+	mc.Will = &mqtt.Message{Topic: dev.Topics().Status(), Payload: device.OfflineStatus(dev.Topics().Device), Retained: true}
+	client, err := mqtt.New(mc)
+	if err != nil {
+		closeBroker(broker)
+		return err
+	}
+	client.OnConnect(dev.Connected)
+	if h.OnConnectionLost != nil {
+		client.OnConnectionLost(func(error) { h.OnConnectionLost() })
+	}
+	if err := dev.Start(ctx, client); err != nil {
+		dev.Stop()
+		client.Close(0)
+		closeBroker(broker)
+		return err
+	}
+	a.Device, a.Client, a.broker, a.trustSum = dev, client, broker, trustSum
+	startCtx, cancel := context.WithTimeout(ctx, cfg.Service.BrokerWait)
+	defer cancel()
+	if err := client.Start(startCtx); err != nil {
+		slog.Warn("broker not reachable yet; retrying in the background", "broker", mc.Broker, "err", err)
+	}
+	return nil
+}
+
+// Stop takes no new requests, lets the running ones finish or fail within
+// service.stop_timeout, publishes the offline status and disconnects. clean is false
+// when a worker is still inside a token call: Close must then be left to the exit.
+func (a *Appliance) Stop() (clean bool) {
+	clean = a.Device.Shutdown(a.cfg.Service.StopTimeout)
+	// A clean disconnect sends no Last Will, so the offline status goes out first.
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	if err := a.Client.Publish(ctx, a.Device.Topics().Status(), device.OfflineStatus(a.Device.Topics().Device), true); err != nil {
+		slog.Warn("offline status not published", "err", err)
+	}
+	cancel()
+	a.Client.Close(time.Second)
+	closeBroker(a.broker)
+	return clean
+}
+
+func closeBroker(b *mqtt.Broker) {
+	if b != nil {
+		b.Close()
+	}
+}
+
+// brokerSession is the session's configuration, and the embedded broker it talks to
+// when none is configured (development mode only).
+func brokerSession(m config.MQTT) (mqtt.Config, *mqtt.Broker, error) {
+	mc := mqtt.Config{
+		Broker: m.Broker, ClientID: m.ClientID, Username: m.Username,
+		CAFile: m.CAFile, CertFile: m.CertFile, KeyFile: m.KeyFile,
+		AllowPlaintext: m.AllowPlaintext,
+	}
+	pw, err := m.ReadPassword()
+	if err != nil {
+		return mc, nil, err
+	}
+	mc.Password = pw
+	if m.Broker != "" {
+		if m.AllowPlaintext && !strings.HasPrefix(m.Broker, "ssl:") && !strings.HasPrefix(m.Broker, "tls:") && !strings.HasPrefix(m.Broker, "mqtts:") {
+			// The URL is not logged: mqtt.New refuses one with credentials, later.
+			slog.Warn("allow_plaintext: requests (PINs of hsm.set_pin among them) and replies cross the network " +
+				"readable and forgeable; use TLS beyond loopback")
+		}
+		return mc, nil, nil
+	}
+	broker, err := mqtt.StartBroker(m.EmbeddedListen)
+	if err != nil {
+		return mc, nil, fmt.Errorf("embedded broker: %w", err)
+	}
+	slog.Warn("development mode: running the embedded broker (loopback, no authentication); "+
+		"configure [mqtt] broker for anything else", "listen", broker.Addr())
+	mc.Broker, mc.AllowPlaintext = broker.URL(), true
+	return mc, broker, nil
+}
+
+// The broker session is the device core's transport as it is.
+var _ device.Transport = (*mqtt.Client)(nil)

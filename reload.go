@@ -9,7 +9,6 @@ import (
 
 	"github.com/iot-hsm/iot-hsm/config"
 	"github.com/iot-hsm/iot-hsm/device"
-	"github.com/iot-hsm/iot-hsm/internal/appliance"
 	"github.com/iot-hsm/iot-hsm/leds"
 	"github.com/iot-hsm/iot-hsm/protocol"
 )
@@ -69,9 +68,6 @@ func (d *daemon) reload(ctx context.Context) (protocol.ReloadResult, error) {
 func (d *daemon) applyReload(ctx context.Context) (protocol.ReloadResult, error) {
 	res := protocol.ReloadResult{Applied: []string{}}
 	cfg, err := d.loadConfig()
-	if err == nil && d.flags.dev {
-		err = appliance.DevToken(cfg)
-	}
 	if err != nil {
 		slog.Error("configuration rejected; the running one is kept", "err", err)
 		return res, fmt.Errorf("%w: %v", device.ErrBadRequest, err)

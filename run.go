@@ -96,13 +96,9 @@ func (d *daemon) run() (restart bool, err error) {
 		return false, err
 	}
 	setupLogging(d.level, d.cfg.LogLevel)
-	if d.otaBootCheck() {
+	if appliance.OTABootCheck(d.cfg) {
+		reexecPath = appliance.OTABinary(d.cfg, d.exe)
 		return true, nil
-	}
-	if d.flags.dev {
-		if err := appliance.DevToken(d.cfg); err != nil {
-			return false, err
-		}
 	}
 	// Signals are taken from here on: a SIGTERM during start-up is served as soon as
 	// the loop runs, a SIGHUP is a reload once ready.
@@ -302,7 +298,6 @@ func (d *daemon) hooks() appliance.Hooks {
 		},
 		Reload:  d.reloadFromCommand,
 		Restart: func() { poke(d.restarts) },
-		OTA:     d.otaHooks(),
 	}
 }
 
@@ -323,36 +318,9 @@ func restartSelf() error {
 	return fmt.Errorf("restart: exec %s: %w", exe, err)
 }
 
-// loadConfig reads the configuration the flags name and applies the flags over it.
+// loadConfig reads the configuration the flags name.
 func (d *daemon) loadConfig() (*config.Config, error) {
-	cfg := config.Default()
-	switch {
-	case d.flags.config != "":
-		var err error
-		if cfg, err = config.Load(d.flags.config); err != nil {
-			return nil, err
-		}
-	case d.flags.dev:
-		cfg.StateDir = "iot-hsm-dev"
-	}
-	if d.flags.stateDir != "" {
-		cfg.StateDir = d.flags.stateDir
-	}
-	if d.flags.devListen != "" && !d.flags.dev {
-		return nil, fmt.Errorf("%w: --dev-listen is the embedded broker's address, which runs only with --dev", config.ErrNoBroker)
-	}
-	if d.flags.devListen != "" {
-		if err := config.CheckEmbeddedListen(d.flags.devListen); err != nil {
-			return nil, err
-		}
-		cfg.MQTT.Broker, cfg.MQTT.EmbeddedListen = "", d.flags.devListen
-	}
-	// Refused before anything opens: without a broker the daemon would serve
-	// everyone who reaches the embedded one.
-	if err := cfg.CheckBroker(d.flags.dev); err != nil {
-		return nil, err
-	}
-	return cfg, nil
+	return appliance.LoadConfig(appliance.Source{File: d.flags.config, Dev: d.flags.dev, StateDir: d.flags.stateDir, DevListen: d.flags.devListen})
 }
 
 // poke wakes a loop through a channel with room for one wake-up, without blocking:

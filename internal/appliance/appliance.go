@@ -19,6 +19,7 @@ import (
 	"github.com/iot-hsm/iot-hsm/hsm"
 	"github.com/iot-hsm/iot-hsm/hsm/pkcs11"
 	"github.com/iot-hsm/iot-hsm/mqtt"
+	"github.com/iot-hsm/iot-hsm/ota"
 	"github.com/iot-hsm/iot-hsm/secrets"
 	"github.com/iot-hsm/iot-hsm/store"
 )
@@ -38,6 +39,7 @@ type Appliance struct {
 	Client   *mqtt.Client
 	broker   *mqtt.Broker // the embedded one, in development mode
 	trustSum string       // what the running verifier was made of (trust.go)
+	ota      *ota.Updater // set by OpenOTA
 }
 
 // Open opens the state store, the sealed PINs, the HSM backends and the audit

@@ -23,7 +23,6 @@ type Hooks struct {
 	OnConnectionLost func()
 	Reload           func(ctx context.Context) (any, error)
 	Restart          func()
-	OTA              device.OTAHooks
 }
 
 // Start starts the embedded broker when the configuration has none (development
@@ -45,7 +44,7 @@ func (a *Appliance) Start(ctx context.Context, h Hooks) error {
 		DeviceID: cfg.DeviceID, TopicRoot: cfg.TopicRoot, Version: h.Version,
 		QueueSize: cfg.QueueSize, AllowDigest: cfg.AllowDigest,
 		Verifier: verifier, Audit: a.Audit, Secrets: a.Secrets,
-		OnChange: h.OnChange, OnSign: h.OnSign, Reload: h.Reload, Restart: h.Restart, OTA: h.OTA,
+		OnChange: h.OnChange, OnSign: h.OnSign, Reload: h.Reload, Restart: h.Restart, OTA: a.otaHooks(),
 	}, a.Slots)
 	if mc.ClientID == "" {
 		mc.ClientID = "iot-hsm-" + dev.Topics().Device

@@ -1,7 +1,6 @@
 package leds
 
 import (
-	"errors"
 	"fmt"
 	"log/slog"
 	"strings"
@@ -79,9 +78,6 @@ func Open(cfg config.LEDs) (*Controller, error) {
 	c.mu.Unlock()
 	return c, nil
 }
-
-// IsUnavailable tells an LED that could not be opened from other errors.
-func IsUnavailable(err error) bool { return errors.Is(err, ErrUnavailable) }
 
 // SetPhase shows the daemon's phase (starting, running, reloading, updating, stopping).
 func (c *Controller) SetPhase(p Phase) {

@@ -88,7 +88,12 @@ func New(o Options) (*Updater, error) {
 }
 
 // Close stops what runs (a download, a trial watch).
-func (u *Updater) Close() { u.cancel() }
+func (u *Updater) Close() {
+	u.cancel()
+	if u.o.RAUC != nil {
+		u.o.RAUC.Close()
+	}
+}
 
 // Status is the update's state now.
 func (u *Updater) Status() protocol.OTAStatus {

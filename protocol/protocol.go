@@ -40,10 +40,6 @@ const (
 	CmdOTAStatus     = "ota.status"
 )
 
-// Commands lists every command of the protocol.
-var Commands = []string{CmdStatus, CmdHSMList, CmdHSMSetPIN, CmdSlotProvision, CmdSlotSelfSign, CmdSlotCSR,
-	CmdSlotImport, CmdSlotShow, CmdSlotClear, CmdSign, CmdAuditTail, CmdReload, CmdRestart,
-	CmdOTAUpdate, CmdOTAStatus}
 
 // Error codes.
 const (

@@ -139,7 +139,7 @@ func (a *Attestation) PEM() []byte {
 
 // Attest implements hsm.Attester with the certificate chains of the key version's
 // attestation (see Attestation.Certificates). The statement itself is not a
-// certificate: AttestationPEM returns it with the chains.
+// certificate: Attestation.PEM returns it with the chains.
 func (t *Token) Attest(ctx context.Context, slot string) ([]*x509.Certificate, error) {
 	a, err := t.Attestation(ctx, slot)
 	if err != nil {
@@ -148,12 +148,3 @@ func (t *Token) Attest(ctx context.Context, slot string) ([]*x509.Certificate, e
 	return a.Certificates(), nil
 }
 
-// AttestationPEM returns the statement and the chains (Attestation.PEM), for callers
-// that keep the attestation as text.
-func (t *Token) AttestationPEM(ctx context.Context, slot string) (string, error) {
-	a, err := t.Attestation(ctx, slot)
-	if err != nil {
-		return "", err
-	}
-	return string(a.PEM()), nil
-}

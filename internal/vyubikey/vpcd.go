@@ -88,12 +88,6 @@ func (c *Card) Unplug() {
 	}
 }
 
-// Connected says whether the card is in the reader.
-func (c *Card) Connected() bool {
-	c.connMu.Lock()
-	defer c.connMu.Unlock()
-	return c.conn != nil
-}
 
 func (c *Card) serve(conn net.Conn) error {
 	r := bufio.NewReader(conn)

@@ -21,6 +21,7 @@ import (
 	"github.com/iot-hsm/iot-hsm/ota"
 	"github.com/iot-hsm/iot-hsm/protocol"
 	"github.com/iot-hsm/iot-hsm/store"
+	"github.com/iot-hsm/iot-hsm/systemd"
 )
 
 // exitRestart is the exit code of the restart command under systemd (EX_TEMPFAIL).
@@ -71,7 +72,7 @@ type daemon struct {
 	cfg   *config.Config // what runs now
 	level *slog.LevelVar
 
-	sd   *device.Systemd
+	sd   *systemd.Notifier
 	leds atomic.Pointer[leds.Controller] // swapped by a reload; workers flash it
 	app  *appliance.Appliance
 	dev  *device.Device // app.Device, once started
@@ -106,7 +107,7 @@ func (d *daemon) run() (restart bool, err error) {
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
 	defer signal.Stop(sigs)
 
-	d.sd = device.NewSystemd()
+	d.sd = systemd.New()
 	d.sd.Status("starting: opening the state and scanning HSMs")
 	lc, err := leds.Open(d.cfg.LEDs)
 	if err != nil {
@@ -305,7 +306,7 @@ func (d *daemon) hooks() appliance.Hooks {
 // the process exits with exitRestart and systemd starts it again; elsewhere it
 // replaces itself with a fresh run of the same binary and arguments.
 func restartSelf() error {
-	if device.UnderSystemd() {
+	if systemd.Supervised() {
 		slog.Info("exiting so that systemd restarts the service", "exit_code", exitRestart)
 		os.Exit(exitRestart)
 	}

@@ -1,4 +1,6 @@
-package device
+// Package systemd tells systemd about the daemon through the notify socket (sd_notify):
+// readiness, status, reloads, the shutdown and the watchdog pings.
+package systemd
 
 import (
 	"log/slog"
@@ -12,11 +14,11 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// Systemd tells systemd about the daemon through the notify socket: READY, STATUS,
+// Notifier tells systemd about the daemon through the notify socket: READY, STATUS,
 // RELOADING (with MONOTONIC_USEC), STOPPING and the watchdog pings. Without
 // NOTIFY_SOCKET every call does nothing, so the daemon runs the same under any other
 // supervisor or none.
-type Systemd struct {
+type Notifier struct {
 	watchdog time.Duration
 
 	mu      sync.Mutex
@@ -24,40 +26,40 @@ type Systemd struct {
 	failing bool
 }
 
-// NewSystemd reads NOTIFY_SOCKET and WATCHDOG_USEC (and WATCHDOG_PID, when systemd
+// New reads NOTIFY_SOCKET and WATCHDOG_USEC (and WATCHDOG_PID, when systemd
 // sets it for another process). The variables stay set: a re-exec'd daemon needs
 // them too.
-func NewSystemd() *Systemd {
+func New() *Notifier {
 	wd, err := daemon.SdWatchdogEnabled(false)
 	if err != nil {
 		slog.Warn("WATCHDOG_USEC not understood; no watchdog pings", "err", err)
 	}
-	return &Systemd{watchdog: wd}
+	return &Notifier{watchdog: wd}
 }
 
-// UnderSystemd reports whether systemd started this process (and will restart it).
-func UnderSystemd() bool {
+// Supervised reports whether systemd started this process (and will restart it).
+func Supervised() bool {
 	return os.Getenv("NOTIFY_SOCKET") != "" || os.Getenv("INVOCATION_ID") != ""
 }
 
 // WatchdogInterval is how often to ping: half of WATCHDOG_USEC, as sd_watchdog_enabled(3)
 // advises; 0 when systemd does not watch this process.
-func (s *Systemd) WatchdogInterval() time.Duration { return s.watchdog / 2 }
+func (s *Notifier) WatchdogInterval() time.Duration { return s.watchdog / 2 }
 
 // Ready says start-up (or a reload) is complete.
-func (s *Systemd) Ready(status string) { s.send(daemon.SdNotifyReady, status) }
+func (s *Notifier) Ready(status string) { s.send(daemon.SdNotifyReady, status) }
 
 // Reloading says a reload began. MONOTONIC_USEC lets systemd match it to the reload
 // it asked for (systemd 253+; older ones ignore it).
-func (s *Systemd) Reloading(status string) {
+func (s *Notifier) Reloading(status string) {
 	s.send(daemon.SdNotifyReloading+"\nMONOTONIC_USEC="+strconv.FormatInt(monotonicUsec(), 10), status)
 }
 
 // Stopping says the shutdown began.
-func (s *Systemd) Stopping(status string) { s.send(daemon.SdNotifyStopping, status) }
+func (s *Notifier) Stopping(status string) { s.send(daemon.SdNotifyStopping, status) }
 
 // Status sets the one line `systemctl status` shows, when it changed.
-func (s *Systemd) Status(status string) {
+func (s *Notifier) Status(status string) {
 	s.mu.Lock()
 	same := oneLine(status) == s.status
 	s.mu.Unlock()
@@ -68,13 +70,13 @@ func (s *Systemd) Status(status string) {
 
 // Ping is one watchdog keep-alive. The caller decides whether the daemon is well
 // enough to send it.
-func (s *Systemd) Ping() {
+func (s *Notifier) Ping() {
 	if s.watchdog > 0 {
 		s.send(daemon.SdNotifyWatchdog, "")
 	}
 }
 
-func (s *Systemd) send(state, status string) {
+func (s *Notifier) send(state, status string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	var lines []string

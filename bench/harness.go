@@ -21,6 +21,7 @@ import (
 
 	"github.com/iot-hsm/iot-hsm/ca"
 	"github.com/iot-hsm/iot-hsm/device"
+	"github.com/iot-hsm/iot-hsm/device/slots"
 	"github.com/iot-hsm/iot-hsm/hsm/pkcs11"
 	"github.com/iot-hsm/iot-hsm/mqtt"
 	"github.com/iot-hsm/iot-hsm/protocol"
@@ -62,7 +63,7 @@ func wireAppliance(brokerURL, deviceID, stateDir string, mod *pkcs11.Module, tok
 	if err != nil {
 		return nil, err
 	}
-	reg := device.NewRegistry(timedProvider{mod})
+	reg := slots.NewRegistry(timedProvider{mod})
 	if err := reg.Rescan(ctx); err != nil {
 		st.Close()
 		return nil, err
@@ -75,7 +76,7 @@ func wireAppliance(brokerURL, deviceID, stateDir string, mod *pkcs11.Module, tok
 	}
 	// The queue must hold every request in flight, or the device answers busy.
 	dev := device.New(device.Options{DeviceID: deviceID, Version: "bench", QueueSize: 128, AllowDigest: true, Audit: al},
-		&device.Slots{Store: st, Registry: reg})
+		&slots.Slots{Store: st, Registry: reg})
 	client, err := mqtt.New(mqtt.Config{
 		Broker: brokerURL, ClientID: "iot-hsm-" + deviceID, AllowPlaintext: true,
 		Will: &mqtt.Message{Topic: dev.Topics().Status(), Payload: device.OfflineStatus(deviceID), Retained: true},

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/iot-hsm/iot-hsm/ca"
+	"github.com/iot-hsm/iot-hsm/device/slots"
 	"github.com/iot-hsm/iot-hsm/hsm"
 	"github.com/iot-hsm/iot-hsm/protocol"
 	"github.com/iot-hsm/iot-hsm/store"
@@ -125,7 +126,7 @@ func (d *Device) slotHSM(slotID string) (string, *protocol.Error) {
 	if slotID == "" {
 		return "", protocol.Errorf(protocol.CodeBadRequest, "slot_id is required")
 	}
-	hsmID, _, err := SplitSlotID(slotID)
+	hsmID, _, err := slots.SplitSlotID(slotID)
 	if err != nil {
 		return "", toProtocolError(err)
 	}
@@ -242,7 +243,7 @@ func pinStatus(p hsm.PINStatus) protocol.PINStatus {
 
 func (d *Device) provision(ctx context.Context, a protocol.ProvisionArgs) (any, error) {
 	var kt hsm.KeyType
-	if a.Mode == ModeGenerate {
+	if a.Mode == slots.ModeGenerate {
 		var err error
 		if kt, err = hsm.ParseKeyType(a.KeyType); err != nil {
 			// An unknown name is a bad request; unsupported is for a known type
@@ -252,10 +253,10 @@ func (d *Device) provision(ctx context.Context, a protocol.ProvisionArgs) (any, 
 	} else if a.KeyType != "" {
 		return nil, fmt.Errorf("%w: key_type applies to mode generate only", ErrBadRequest)
 	}
-	if a.Mode != ModeImport && (a.KeyPEM != "" || a.KeyPassword != "") {
+	if a.Mode != slots.ModeImport && (a.KeyPEM != "" || a.KeyPassword != "") {
 		return nil, fmt.Errorf("%w: key_pem applies to mode import only", ErrBadRequest)
 	}
-	rec, err := d.slots.Provision(ctx, ProvisionArgs{
+	rec, err := d.slots.Provision(ctx, slots.ProvisionArgs{
 		HSM: a.HSM, Slot: a.Slot, Mode: a.Mode, KeyType: kt, KeyPEM: []byte(a.KeyPEM),
 		KeyPassword: []byte(a.KeyPassword), Label: a.Label, Overwrite: a.Overwrite,
 	})

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/iot-hsm/iot-hsm/ca"
+	"github.com/iot-hsm/iot-hsm/device/slots"
 	"github.com/iot-hsm/iot-hsm/hsm"
 	"github.com/iot-hsm/iot-hsm/hsm/hsmtest"
 	"github.com/iot-hsm/iot-hsm/protocol"
@@ -28,7 +29,7 @@ type core struct {
 	tok      *hsmtest.Token
 	prov     *hsmtest.Provider
 	stateDir string
-	slots    *Slots
+	slots    *slots.Slots
 	hsmID    string
 }
 
@@ -51,11 +52,11 @@ func newCoreOver(t *testing.T, tok *hsmtest.Token, listed hsm.Token) *core {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { st.Close() })
-	reg := NewRegistry(c.prov)
+	reg := slots.NewRegistry(c.prov)
 	if err := reg.Rescan(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	c.slots = &Slots{Store: st, Registry: reg}
+	c.slots = &slots.Slots{Store: st, Registry: reg}
 	return c
 }
 
@@ -126,13 +127,13 @@ func TestTokenWithoutOptionalMethods(t *testing.T) {
 	der, _ := x509.MarshalPKCS8PrivateKey(key)
 	keyPEM := string(pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}))
 	unsupported("import", call(t, d, tr, protocol.CmdSlotProvision, "imp",
-		protocol.ProvisionArgs{HSM: c.hsmID, Slot: "imported", Mode: ModeImport, KeyPEM: keyPEM}))
+		protocol.ProvisionArgs{HSM: c.hsmID, Slot: "imported", Mode: slots.ModeImport, KeyPEM: keyPEM}))
 	if _, err := c.slots.Store.Slot(c.hsmID + "/imported"); !errors.Is(err, store.ErrNotFound) || tok.Keys() != 0 {
 		t.Fatalf("a refused import left a slot record (%v) or a key (%d)", err, tok.Keys())
 	}
 
 	if rep := call(t, d, tr, protocol.CmdSlotProvision, "gen",
-		protocol.ProvisionArgs{HSM: c.hsmID, Slot: "root", Mode: ModeGenerate, KeyType: "p256"}); !rep.OK {
+		protocol.ProvisionArgs{HSM: c.hsmID, Slot: "root", Mode: slots.ModeGenerate, KeyType: "p256"}); !rep.OK {
 		t.Fatalf("generate: %+v", rep.Error)
 	}
 	slotID := c.hsmID + "/root"
@@ -155,7 +156,7 @@ func TestTokenWithoutOptionalMethods(t *testing.T) {
 // it works with the PIN it was given before.
 func TestPulledTokenIsOffline(t *testing.T) {
 	d, tr, c := startDevice(t, Options{})
-	args := protocol.ProvisionArgs{HSM: c.hsmID, Slot: "01", Mode: ModeGenerate, KeyType: "p256"}
+	args := protocol.ProvisionArgs{HSM: c.hsmID, Slot: "01", Mode: slots.ModeGenerate, KeyType: "p256"}
 	c.tok.SetPresent(false)
 	if rep := call(t, d, tr, protocol.CmdSlotProvision, "gone", args); rep.OK || rep.Error.Code != protocol.CodeHSMOffline {
 		t.Fatalf("generate on a pulled token: %+v, want hsm_offline", rep.Error)

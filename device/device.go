@@ -4,8 +4,6 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
-	"github.com/iot-hsm/iot-hsm/audit"
-	"github.com/iot-hsm/iot-hsm/auth"
 	"log/slog"
 	"os"
 	"strings"
@@ -13,6 +11,9 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/iot-hsm/iot-hsm/audit"
+	"github.com/iot-hsm/iot-hsm/auth"
+	"github.com/iot-hsm/iot-hsm/device/slots"
 	"github.com/iot-hsm/iot-hsm/protocol"
 	"github.com/iot-hsm/iot-hsm/store"
 )
@@ -74,9 +75,9 @@ type Options struct {
 type Device struct {
 	opts   Options
 	topics protocol.Topics
-	slots  *Slots
+	slots  *slots.Slots
 	store  *store.Store
-	reg    *Registry
+	reg    *slots.Registry
 	tr     Transport
 
 	started time.Time
@@ -114,7 +115,7 @@ type outMsg struct {
 }
 
 // New makes a device over the slot lifecycle; Start connects it to a transport.
-func New(opts Options, slots *Slots) *Device {
+func New(opts Options, sl *slots.Slots) *Device {
 	if opts.QueueSize <= 0 {
 		opts.QueueSize = 16
 	}
@@ -130,10 +131,10 @@ func New(opts Options, slots *Slots) *Device {
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
-	slots.Now = opts.Now
+	sl.Now = opts.Now
 	d := &Device{
 		opts: opts, topics: protocol.Topics{Root: opts.TopicRoot, Device: opts.DeviceID},
-		slots: slots, store: slots.Store, reg: slots.Registry,
+		slots: sl, store: sl.Store, reg: sl.Registry,
 		workers: map[string]*worker{}, inflight: map[string]*inflight{}, caSubs: map[string]bool{},
 		issuers: map[string]*issuerCache{}, present: map[string]bool{},
 		outbox: make(chan outMsg, 256),

@@ -6,13 +6,14 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"github.com/iot-hsm/iot-hsm/audit"
-	"github.com/iot-hsm/iot-hsm/auth"
-	"github.com/iot-hsm/iot-hsm/hsm"
 	"log/slog"
 	"slices"
 	"time"
 
+	"github.com/iot-hsm/iot-hsm/audit"
+	"github.com/iot-hsm/iot-hsm/auth"
+	"github.com/iot-hsm/iot-hsm/device/slots"
+	"github.com/iot-hsm/iot-hsm/hsm"
 	"github.com/iot-hsm/iot-hsm/protocol"
 	"github.com/iot-hsm/iot-hsm/store"
 )
@@ -334,7 +335,7 @@ func (d *Device) runJob(j *job) (protocol.Reply, bool) {
 		}
 		j.intent = true
 	}
-	ctx, cancel := context.WithTimeout(withRequestID(d.ctx, j.req.ID), j.deadline)
+	ctx, cancel := context.WithTimeout(slots.WithRequestID(d.ctx, j.req.ID), j.deadline)
 	result, err := j.run(ctx, j)
 	cancel()
 	rep := protocol.Reply{ID: j.req.ID, Cmd: j.cmd, OK: err == nil}

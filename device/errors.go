@@ -1,9 +1,9 @@
 package device
 
 import (
-	"errors"
 	"fmt"
 
+	"github.com/iot-hsm/iot-hsm/device/slots"
 	"github.com/iot-hsm/iot-hsm/hsm"
 )
 
@@ -11,10 +11,11 @@ import (
 // and the ca package's (key mismatch, not a CA, chain ...). The protocol layer maps
 // all of them to reply codes with errors.Is.
 var (
-	// ErrBadRequest is a missing or invalid argument.
-	ErrBadRequest = errors.New("bad request")
+	// ErrBadRequest is a missing or invalid argument; it is the slot lifecycle's,
+	// so the runtime's hooks and the slots report bad requests alike.
+	ErrBadRequest = slots.ErrBadRequest
 	// ErrConflict is a command that does not fit the slot's state.
-	ErrConflict = errors.New("conflict")
+	ErrConflict = slots.ErrConflict
 )
 
 // ErrNotFoundCA is a ca_id that no provisioned slot holds; it matches hsm.ErrNotFound.

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/iot-hsm/iot-hsm/audit"
+	"github.com/iot-hsm/iot-hsm/device/slots"
 	"github.com/iot-hsm/iot-hsm/protocol"
 	"github.com/iot-hsm/iot-hsm/store"
 )
@@ -35,7 +36,7 @@ func TestLostReplyIsNotRunAgain(t *testing.T) {
 	st.PutReply("sign-9", store.Reply{Digest: []byte{1}, Payload: []byte(`{"id":"sign-9","ok":true}`)})
 	al.Append(audit.Record{RequestID: "sign-9", Command: "sign", Result: "ok"})
 
-	d := New(Options{DeviceID: "t", Audit: al}, &Slots{Store: st, Registry: NewRegistry()})
+	d := New(Options{DeviceID: "t", Audit: al}, &slots.Slots{Store: st, Registry: slots.NewRegistry()})
 	d.recoverLostReplies()
 
 	r, err := st.Reply("sign-7")
@@ -113,7 +114,7 @@ func TestInterruptedRequestsReachTheAuditTrail(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	d := New(Options{DeviceID: "t", Audit: al}, &Slots{Store: st, Registry: NewRegistry()})
+	d := New(Options{DeviceID: "t", Audit: al}, &slots.Slots{Store: st, Registry: slots.NewRegistry()})
 	d.recoverIntents()
 	d.recoverLostReplies()
 
@@ -202,7 +203,7 @@ func TestRecoveryReadsTheWholeTrail(t *testing.T) {
 	}
 	head := al.Head().Seq
 
-	d := New(Options{DeviceID: "t", Audit: al, Now: time.Now}, &Slots{Store: st, Registry: NewRegistry()})
+	d := New(Options{DeviceID: "t", Audit: al, Now: time.Now}, &slots.Slots{Store: st, Registry: slots.NewRegistry()})
 	d.recoverIntents()
 
 	if h := al.Head().Seq; h != head {

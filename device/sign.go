@@ -69,7 +69,7 @@ func (d *Device) signingSlot(slotID, caID string) (store.Slot, error) {
 	case slotID != "" && caID != "":
 		return store.Slot{}, fmt.Errorf("%w: give slot_id or ca_id, not both", ErrBadRequest)
 	case slotID != "":
-		return d.slots.record(slotID, store.Provisioned)
+		return d.slots.Record(slotID, store.Provisioned)
 	case caID == "":
 		return store.Slot{}, fmt.Errorf("%w: slot_id or ca_id is required", ErrBadRequest)
 	}
@@ -107,7 +107,7 @@ func (d *Device) issuer(ctx context.Context, slotID string) (*ca.Issuer, error) 
 	if c != nil {
 		return c.issuer, nil
 	}
-	rec, _, signer, err := d.slots.slotSigner(ctx, slotID, store.Provisioned)
+	rec, _, signer, err := d.slots.Signer(ctx, slotID, store.Provisioned)
 	if err != nil {
 		return nil, err
 	}

@@ -49,7 +49,7 @@ func (d *Device) Status() protocol.Status {
 	return st
 }
 
-// slotConnected is the seed dashboard's "connected": provisioned, its token present
+// slotConnected is the dashboard's "connected": provisioned, its token present
 // and unlocked, and the broker session up.
 func (d *Device) slotConnected(r store.Slot) bool {
 	if r.State != store.Provisioned || d.tr == nil || !d.tr.Connected() {

@@ -16,6 +16,7 @@ import (
 	"github.com/iot-hsm/iot-hsm/audit"
 	"github.com/iot-hsm/iot-hsm/config"
 	"github.com/iot-hsm/iot-hsm/device"
+	"github.com/iot-hsm/iot-hsm/device/slots"
 	"github.com/iot-hsm/iot-hsm/hsm"
 	"github.com/iot-hsm/iot-hsm/hsm/pkcs11"
 	"github.com/iot-hsm/iot-hsm/mqtt"
@@ -28,8 +29,8 @@ import (
 type Appliance struct {
 	cfg      *config.Config // what runs now
 	Store    *store.Store
-	Registry *device.Registry
-	Slots    *device.Slots
+	Registry *slots.Registry
+	Slots    *slots.Slots
 	Audit    *audit.Log
 	Secrets  *secrets.Store // PINs stored by hsm.set_pin with persist, sealed
 	pkcs11   *pkcs11.Set
@@ -62,7 +63,7 @@ func Open(ctx context.Context, cfg *config.Config) (*Appliance, error) {
 		st.Close()
 		return nil, err
 	}
-	a.Slots = &device.Slots{Store: st, Registry: a.Registry}
+	a.Slots = &slots.Slots{Store: st, Registry: a.Registry}
 	return a, nil
 }
 
@@ -97,7 +98,7 @@ func (a *Appliance) openHSMs(ctx context.Context) error {
 	// first seen (at this scan, or later when plugged in).
 	pins := secrets.NewApplier(sec, nil)
 	pins.Configured = yubikeyPINConfigured(cfg.YubiKey)
-	a.Registry = device.NewRegistry(pins.Wrap(providers...)...)
+	a.Registry = slots.NewRegistry(pins.Wrap(providers...)...)
 	if err := a.Registry.Rescan(ctx); err != nil {
 		slog.Warn("HSM scan incomplete", "err", err)
 	}

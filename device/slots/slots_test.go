@@ -1,6 +1,6 @@
 //go:build cgo
 
-package device
+package slots
 
 import (
 	"context"
@@ -430,4 +430,20 @@ func TestClearKeepsKeyUnlessAsked(t *testing.T) {
 	if _, err := mustToken(t, r).PublicKey(ctx, "01"); !errors.Is(err, hsm.ErrNotFound) {
 		t.Fatalf("destroy_key left the key: %v", err)
 	}
+}
+
+func provisioningCert(t *testing.T, cn string, pathLen int) []byte {
+	t.Helper()
+	p, err := ca.MakeProvisioningCert(ca.ProvisioningOptions{
+		Subject:               pkix.Name{CommonName: cn, Organization: []string{"iot-hsm test PKI"}, Country: []string{"DE"}},
+		Validity:              5 * 365 * 24 * time.Hour,
+		MaxPathLen:            pathLen,
+		PermittedDNSDomains:   []string{"example.com"},
+		PolicyOIDs:            []asn1.ObjectIdentifier{{2, 999, 7}},
+		CRLDistributionPoints: []string{"http://pki.example.com/ca.crl"},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
 }

@@ -1,4 +1,4 @@
-package device
+package slots
 
 import (
 	"context"
@@ -19,7 +19,7 @@ import (
 	"github.com/iot-hsm/iot-hsm/store"
 )
 
-// Slots runs the slot lifecycle of the seed's provisioning wizard:
+// Slots runs the slot lifecycle of the provisioning wizard:
 //
 //	empty --provision--> key_ready --selfsign--> provisioned
 //	key_ready --csr--> csr_pending --import_cert--> provisioned --import_cert--> provisioned
@@ -154,9 +154,9 @@ func attest(ctx context.Context, tok hsm.Token, a ProvisionArgs) (chainPEM, note
 	return string(ca.EncodeCertificatesPEM(chain)), ""
 }
 
-// slotSigner loads the record and the token signer for a slot in one of the states.
-func (s *Slots) slotSigner(ctx context.Context, slotID string, states ...store.State) (store.Slot, hsm.Token, crypto.Signer, error) {
-	rec, err := s.record(slotID, states...)
+// Signer loads the record and the token signer for a slot in one of the states.
+func (s *Slots) Signer(ctx context.Context, slotID string, states ...store.State) (store.Slot, hsm.Token, crypto.Signer, error) {
+	rec, err := s.Record(slotID, states...)
 	if err != nil {
 		return rec, nil, nil, err
 	}
@@ -176,7 +176,8 @@ func (s *Slots) slotSigner(ctx context.Context, slotID string, states ...store.S
 	return rec, tok, signer, nil
 }
 
-func (s *Slots) record(slotID string, states ...store.State) (store.Slot, error) {
+// Record returns the slot's record when it is in one of the states.
+func (s *Slots) Record(slotID string, states ...store.State) (store.Slot, error) {
 	if _, _, err := SplitSlotID(slotID); err != nil {
 		return store.Slot{}, err
 	}
@@ -201,7 +202,7 @@ func (s *Slots) SelfSign(ctx context.Context, slotID string, provisioningPEM []b
 	if err != nil {
 		return nil, fmt.Errorf("%w: provisioning_cert: %w", ErrBadRequest, err)
 	}
-	rec, tok, signer, err := s.slotSigner(ctx, slotID, store.KeyReady, store.CSRPending)
+	rec, tok, signer, err := s.Signer(ctx, slotID, store.KeyReady, store.CSRPending)
 	if err != nil {
 		return nil, err
 	}
@@ -224,7 +225,7 @@ func (s *Slots) CSR(ctx context.Context, slotID string, provisioningPEM []byte) 
 	if err != nil {
 		return nil, fmt.Errorf("%w: provisioning_cert: %w", ErrBadRequest, err)
 	}
-	_, _, signer, err := s.slotSigner(ctx, slotID, store.KeyReady, store.CSRPending)
+	_, _, signer, err := s.Signer(ctx, slotID, store.KeyReady, store.CSRPending)
 	if err != nil {
 		return nil, err
 	}
@@ -252,7 +253,7 @@ func (s *Slots) ImportCert(ctx context.Context, slotID string, certPEM, chainPEM
 			return nil, fmt.Errorf("%w: chain: %w", ErrBadRequest, err)
 		}
 	}
-	rec, err := s.record(slotID, store.KeyReady, store.CSRPending, store.Provisioned)
+	rec, err := s.Record(slotID, store.KeyReady, store.CSRPending, store.Provisioned)
 	if err != nil {
 		return nil, err
 	}
@@ -292,8 +293,9 @@ func (s *Slots) update(ctx context.Context, slotID string, fn func(*store.Slot))
 // requestKey carries the id of the request a slot change is made for.
 type requestKey struct{}
 
-// withRequestID marks ctx as running request id.
-func withRequestID(ctx context.Context, id string) context.Context {
+// WithRequestID marks ctx as running request id: the slot records it changes name
+// the request, which is how recovery tells whether an interrupted request landed.
+func WithRequestID(ctx context.Context, id string) context.Context {
 	return context.WithValue(ctx, requestKey{}, id)
 }
 
@@ -337,7 +339,7 @@ func storeOnToken(ctx context.Context, tok hsm.Token, slot string, cert *x509.Ce
 
 // Show returns the slot's record.
 func (s *Slots) Show(slotID string) (store.Slot, error) {
-	return s.record(slotID, store.Empty, store.KeyReady, store.CSRPending, store.Provisioned)
+	return s.Record(slotID, store.Empty, store.KeyReady, store.CSRPending, store.Provisioned)
 }
 
 // Clear returns the slot to empty. The key is destroyed on the token only when asked:

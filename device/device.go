@@ -13,6 +13,7 @@ import (
 
 	"github.com/iot-hsm/iot-hsm/audit"
 	"github.com/iot-hsm/iot-hsm/auth"
+	"github.com/iot-hsm/iot-hsm/device/recovery"
 	"github.com/iot-hsm/iot-hsm/device/slots"
 	"github.com/iot-hsm/iot-hsm/protocol"
 	"github.com/iot-hsm/iot-hsm/store"
@@ -174,8 +175,9 @@ func (d *Device) Start(ctx context.Context, tr Transport) error {
 	d.wg.Add(2)
 	go d.runOutbox()
 	go d.watch()
-	d.recoverIntents()     // requests the last stop interrupted reach the audit trail
-	d.recoverLostReplies() // before any redelivery can arrive
+	// Requests the last stop interrupted reach the audit trail, and lost replies are
+	// marked, before any redelivery can arrive.
+	(&recovery.Recovery{Store: d.store, Audit: d.opts.Audit, Now: d.opts.Now, Retention: d.opts.ReplyRetention}).Run()
 	if err := tr.Subscribe(d.topics.CmdFilter(), d.Handle); err != nil {
 		return err
 	}

@@ -12,6 +12,7 @@ import (
 
 	"github.com/iot-hsm/iot-hsm/audit"
 	"github.com/iot-hsm/iot-hsm/auth"
+	"github.com/iot-hsm/iot-hsm/device/recovery"
 	"github.com/iot-hsm/iot-hsm/device/slots"
 	"github.com/iot-hsm/iot-hsm/hsm"
 	"github.com/iot-hsm/iot-hsm/protocol"
@@ -219,7 +220,7 @@ func (d *Device) replayed(req protocol.Request, cmd string, fp []byte) bool {
 		slog.Error("reading the reply cache", "err", err)
 		return false
 	}
-	if e, lost := lostReply(stored); lost {
+	if e, lost := recovery.LostReply(stored); lost {
 		// Marked replayed: it answers from what was stored; nothing runs.
 		out, _ := json.Marshal(protocol.Reply{ID: req.ID, Cmd: cmd, Error: e, Replayed: true})
 		d.send(d.replyTopic(req), out, false)
@@ -537,7 +538,7 @@ var audited = map[string]bool{
 
 // journaled are the audited commands that change the appliance's state (token or
 // slot records): an intent is stored before they run, so that one the appliance
-// stops inside still reaches the audit trail (recover.go). A sign changes nothing
+// stops inside still reaches the audit trail (package recovery). A sign changes nothing
 // and its result leaves only after its audit record, so it needs none.
 var journaled = map[string]bool{
 	protocol.CmdHSMSetPIN: true, protocol.CmdSlotProvision: true, protocol.CmdSlotSelfSign: true,

@@ -1,4 +1,9 @@
-package device
+// Package recovery settles at start-up what the last stop of the appliance left
+// behind: requests it stopped inside (an intent in the state store, no audit record)
+// get their audit record, and requests that ran but whose reply never reached the
+// reply cache get a marker there, so that a redelivery is told what happened instead
+// of running a second time. It runs before the device takes any request.
+package recovery
 
 import (
 	"bytes"
@@ -9,6 +14,7 @@ import (
 	"maps"
 	"math"
 	"slices"
+	"time"
 
 	"github.com/iot-hsm/iot-hsm/audit"
 	"github.com/iot-hsm/iot-hsm/protocol"
@@ -23,12 +29,31 @@ var lostDigest = store.LostDigest
 // whose effect could not be confirmed from the state it left.
 const resultInterrupted = "interrupted"
 
-// recoverIntents runs at start-up, before recoverLostReplies: a request that left
+// Recovery is what recovery reads and writes: the state store (intents, reply cache)
+// and the audit trail.
+type Recovery struct {
+	Store *store.Store
+	// Audit is the trail; nil when the appliance keeps none.
+	Audit *audit.Log
+	Now   func() time.Time
+	// Retention is how long replies are kept: an older request had its reply
+	// pruned, not lost.
+	Retention time.Duration
+}
+
+// Run settles the intents, then marks the lost replies: both before any
+// redelivery can arrive.
+func (rc *Recovery) Run() {
+	rc.Intents()
+	rc.LostReplies()
+}
+
+// Intents runs at start-up, before LostReplies: a request that left
 // an intent and no audit record was running when the appliance stopped. It gets its
 // audit record now, "ok" when the slot record shows the request's change landed,
 // "interrupted" otherwise, so that the trail holds every change of state.
-func (d *Device) recoverIntents() {
-	intents, err := d.store.Intents()
+func (rc *Recovery) Intents() {
+	intents, err := rc.Store.Intents()
 	if err != nil {
 		slog.Error("reading the intents of interrupted requests", "err", err)
 		return
@@ -38,7 +63,7 @@ func (d *Device) recoverIntents() {
 	}
 	// The newest audit record of each intent's id: an intent is recorded when a
 	// record of its id came after the intent was written.
-	recorded, err := d.intentRecords(intents)
+	recorded, err := rc.intentRecords(intents)
 	if err != nil {
 		slog.Error("reading the audit trail for interrupted requests; kept for the next start", "err", err)
 		return
@@ -50,47 +75,47 @@ func (d *Device) recoverIntents() {
 		if r, ok := recorded[id]; ok && r.Seq > in.AuditSeq {
 			// Stopped after its audit record: a redelivery is told, however far
 			// back in the trail the record is.
-			if _, err := d.store.Reply(id); errors.Is(err, store.ErrNotFound) && ranOnce(r) {
-				d.markLost(r)
+			if _, err := rc.Store.Reply(id); errors.Is(err, store.ErrNotFound) && ranOnce(r) {
+				rc.markLost(r)
 			}
 			continue
 		}
-		result, note := d.settle(id, in)
+		result, note := rc.settle(id, in)
 		recs = append(recs, audit.Record{RequestID: id, Requester: in.Requester, Command: in.Command,
 			SlotID: in.SlotID, Result: result, Note: note})
 		slog.Warn("a request was running when the appliance stopped", "cmd", in.Command, "id", id, "slot", in.SlotID, "result", result)
 	}
-	if d.opts.Audit != nil && len(recs) > 0 {
-		if _, err := d.opts.Audit.AppendBatch(recs); err != nil {
+	if rc.Audit != nil && len(recs) > 0 {
+		if _, err := rc.Audit.AppendBatch(recs); err != nil {
 			slog.Error("recording interrupted requests in the audit trail; kept for the next start", "err", err)
 			return
 		}
 	}
-	if d.opts.Audit == nil {
+	if rc.Audit == nil {
 		// No trail to point at: the redeliveries are still told, with no record.
 		for _, r := range recs {
 			if ranOnce(r) {
-				d.markLost(r)
+				rc.markLost(r)
 			}
 		}
 	}
-	if err := d.store.DeleteIntents(ids...); err != nil {
+	if err := rc.Store.DeleteIntents(ids...); err != nil {
 		slog.Error("dropping settled intents", "err", err)
 	}
 }
 
 // intentRecords returns the newest audit record of each intent's id written after
 // the oldest intent, read from the whole trail.
-func (d *Device) intentRecords(intents map[string]store.Intent) (map[string]audit.Record, error) {
+func (rc *Recovery) intentRecords(intents map[string]store.Intent) (map[string]audit.Record, error) {
 	recorded := map[string]audit.Record{}
-	if d.opts.Audit == nil {
+	if rc.Audit == nil {
 		return recorded, nil
 	}
 	oldest := uint64(math.MaxUint64)
 	for _, in := range intents {
 		oldest = min(oldest, in.AuditSeq)
 	}
-	err := d.opts.Audit.Since(oldest, func(r audit.Record) {
+	err := rc.Audit.Since(oldest, func(r audit.Record) {
 		if _, ok := intents[r.RequestID]; ok {
 			recorded[r.RequestID] = r
 		}
@@ -100,12 +125,12 @@ func (d *Device) intentRecords(intents map[string]store.Intent) (map[string]audi
 
 // settle decides from the slot record what an interrupted request left behind: a
 // record written by request id shows its change landed.
-func (d *Device) settle(id string, in store.Intent) (result, note string) {
+func (rc *Recovery) settle(id string, in store.Intent) (result, note string) {
 	const stopped = "the appliance stopped before this was recorded; recorded at the next start"
 	if in.SlotID == "" {
 		return resultInterrupted, stopped + "; whether it took effect is unknown"
 	}
-	rec, err := d.store.Slot(in.SlotID)
+	rec, err := rc.Store.Slot(in.SlotID)
 	switch {
 	case errors.Is(err, store.ErrNotFound) && in.Command == protocol.CmdSlotClear:
 		return "ok", stopped + "; the slot record is gone"
@@ -130,23 +155,23 @@ func ranOnce(r audit.Record) bool {
 	return r.Result == "ok" || r.Result == resultInterrupted && r.Command == protocol.CmdHSMSetPIN
 }
 
-// recoverLostReplies runs at start-up, before requests are taken: every recent
+// LostReplies runs at start-up, before requests are taken: every recent
 // audit record of a request that ran and has no cached reply gets the marker.
-func (d *Device) recoverLostReplies() {
-	if d.opts.Audit == nil {
+func (rc *Recovery) LostReplies() {
+	if rc.Audit == nil {
 		return
 	}
 	// A record older than the retention had its reply pruned, not lost.
-	cutoff := d.opts.Now().Add(-d.opts.ReplyRetention)
+	cutoff := rc.Now().Add(-rc.Retention)
 	n := 0
-	for _, r := range d.opts.Audit.Tail(0) {
+	for _, r := range rc.Audit.Tail(0) {
 		if r.RequestID == "" || !ranOnce(r) || r.Time.Before(cutoff) {
 			continue
 		}
-		if _, err := d.store.Reply(r.RequestID); !errors.Is(err, store.ErrNotFound) {
+		if _, err := rc.Store.Reply(r.RequestID); !errors.Is(err, store.ErrNotFound) {
 			continue
 		}
-		if d.markLost(r) {
+		if rc.markLost(r) {
 			n++
 		}
 	}
@@ -162,17 +187,18 @@ type lostMarker struct {
 }
 
 // markLost stores the marker for the request of audit record r.
-func (d *Device) markLost(r audit.Record) bool {
+func (rc *Recovery) markLost(r audit.Record) bool {
 	payload, _ := json.Marshal(lostMarker{Seq: r.Seq, Interrupted: r.Result == resultInterrupted})
-	if err := d.store.PutReply(r.RequestID, store.Reply{Digest: lostDigest, Payload: payload, Stored: d.opts.Now()}); err != nil {
+	if err := rc.Store.PutReply(r.RequestID, store.Reply{Digest: lostDigest, Payload: payload, Stored: rc.Now()}); err != nil {
 		slog.Error("recording a lost reply", "id", r.RequestID, "err", err)
 		return false
 	}
 	return true
 }
 
-// lostReply answers a redelivery of a request whose reply was lost.
-func lostReply(stored store.Reply) (*protocol.Error, bool) {
+// LostReply answers a redelivery of a request whose reply was lost: false when
+// stored is a reply like any other.
+func LostReply(stored store.Reply) (*protocol.Error, bool) {
 	if !bytes.Equal(stored.Digest, lostDigest) {
 		return nil, false
 	}

@@ -1,4 +1,4 @@
-package device
+package recovery
 
 import (
 	"fmt"
@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"github.com/iot-hsm/iot-hsm/audit"
-	"github.com/iot-hsm/iot-hsm/device/slots"
 	"github.com/iot-hsm/iot-hsm/protocol"
 	"github.com/iot-hsm/iot-hsm/store"
 )
@@ -36,14 +35,14 @@ func TestLostReplyIsNotRunAgain(t *testing.T) {
 	st.PutReply("sign-9", store.Reply{Digest: []byte{1}, Payload: []byte(`{"id":"sign-9","ok":true}`)})
 	al.Append(audit.Record{RequestID: "sign-9", Command: "sign", Result: "ok"})
 
-	d := New(Options{DeviceID: "t", Audit: al}, &slots.Slots{Store: st, Registry: slots.NewRegistry()})
-	d.recoverLostReplies()
+	rc := &Recovery{Store: st, Audit: al, Now: time.Now, Retention: 24 * time.Hour}
+	rc.LostReplies()
 
 	r, err := st.Reply("sign-7")
 	if err != nil {
 		t.Fatal(err)
 	}
-	e, lost := lostReply(r)
+	e, lost := LostReply(r)
 	if !lost || e.Code != protocol.CodeConflict || !strings.Contains(e.Message, "audit record 2") {
 		t.Fatalf("lost reply: %v %+v", lost, e)
 	}
@@ -114,9 +113,9 @@ func TestInterruptedRequestsReachTheAuditTrail(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	d := New(Options{DeviceID: "t", Audit: al}, &slots.Slots{Store: st, Registry: slots.NewRegistry()})
-	d.recoverIntents()
-	d.recoverLostReplies()
+	rc := &Recovery{Store: st, Audit: al, Now: time.Now, Retention: 24 * time.Hour}
+	rc.Intents()
+	rc.LostReplies()
 
 	want := map[string]string{"prov-done": "ok", "import-cut": "interrupted", "prov-cut": "interrupted", "pin": "interrupted",
 		"clear-audited": "ok", "pin-retry": "interrupted"}
@@ -152,7 +151,7 @@ func TestInterruptedRequestsReachTheAuditTrail(t *testing.T) {
 			t.Errorf("%s: no reply marker: %v", id, err)
 			continue
 		}
-		e, lost := lostReply(rep)
+		e, lost := LostReply(rep)
 		if !lost || e.Code != protocol.CodeConflict || e.Details["audit_seq"] != r.Seq {
 			t.Errorf("%s: redelivery answer %v %+v, want conflict naming audit record %d", id, lost, e, r.Seq)
 		}
@@ -173,7 +172,7 @@ func TestInterruptedRequestsReachTheAuditTrail(t *testing.T) {
 	}
 
 	// A second start finds nothing more to do.
-	d.recoverIntents()
+	rc.Intents()
 	if n := len(al.Tail(0)); n != 7 {
 		t.Errorf("%d audit records after a second start, want 7", n)
 	}
@@ -203,8 +202,8 @@ func TestRecoveryReadsTheWholeTrail(t *testing.T) {
 	}
 	head := al.Head().Seq
 
-	d := New(Options{DeviceID: "t", Audit: al, Now: time.Now}, &slots.Slots{Store: st, Registry: slots.NewRegistry()})
-	d.recoverIntents()
+	rc := &Recovery{Store: st, Audit: al, Now: time.Now, Retention: 24 * time.Hour}
+	rc.Intents()
 
 	if h := al.Head().Seq; h != head {
 		t.Fatalf("%d records were added for a request already recorded", h-head)
@@ -213,7 +212,7 @@ func TestRecoveryReadsTheWholeTrail(t *testing.T) {
 	if err != nil {
 		t.Fatalf("no answer kept for a redelivery: %v", err)
 	}
-	if e, lost := lostReply(rep); !lost || e.Details["audit_seq"] != rec.Seq {
+	if e, lost := LostReply(rep); !lost || e.Details["audit_seq"] != rec.Seq {
 		t.Fatalf("redelivery answer %v %+v, want conflict naming audit record %d", lost, e, rec.Seq)
 	}
 	if left, _ := st.Intents(); len(left) != 0 {

@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"fmt"
 	"log/slog"
 	"slices"
 	"time"
@@ -14,7 +13,6 @@ import (
 	"github.com/iot-hsm/iot-hsm/auth"
 	"github.com/iot-hsm/iot-hsm/device/recovery"
 	"github.com/iot-hsm/iot-hsm/device/slots"
-	"github.com/iot-hsm/iot-hsm/hsm"
 	"github.com/iot-hsm/iot-hsm/protocol"
 	"github.com/iot-hsm/iot-hsm/store"
 )
@@ -140,7 +138,7 @@ func (d *Device) Handle(topic string, payload []byte) {
 		d.refuse(req, cmd, requester, protocol.Errorf(protocol.CodeExpired, "request expired at %s", req.ExpiresAt.UTC().Format(time.RFC3339)))
 		return
 	}
-	j := &job{cmd: cmd, req: req, fp: fp, caID: caID, deadline: 30 * time.Second, requester: requester}
+	j := &job{cmd: cmd, req: req, fp: fp, caID: caID, deadline: defaultDeadline, requester: requester}
 	hsmID, perr := d.route(j)
 	if perr != nil {
 		d.replyNow(req, cmd, perr)
@@ -324,7 +322,7 @@ func (d *Device) runJob(j *job) (protocol.Reply, bool) {
 		d.replyNow(j.req, j.cmd, protocol.Errorf(protocol.CodeExpired, "request expired while queued"))
 		return protocol.Reply{}, false
 	}
-	if journaled[j.cmd] {
+	if journaled(j.cmd) {
 		in := store.Intent{Command: j.cmd, SlotID: j.slotID, Requester: j.requester, Started: d.opts.Now().UTC()}
 		if d.opts.Audit != nil {
 			in.AuditSeq = d.opts.Audit.Head().Seq
@@ -395,7 +393,7 @@ func (d *Device) commit(batch []finished) {
 		// writable again.
 		slog.Error("audit trail not written; results withheld", "err", err)
 		for i := range batch {
-			if audited[batch[i].j.cmd] {
+			if audited(batch[i].j.cmd) {
 				batch[i].rep = protocol.Reply{ID: batch[i].j.req.ID, Cmd: batch[i].j.cmd,
 					Error: protocol.Errorf(protocol.CodeInternal, "the audit trail could not be written")}
 			}
@@ -490,7 +488,7 @@ func (d *Device) done(j *job) []string {
 // the answers to reads (status, lists, show, audit.tail, ota.status): running one
 // again does nothing, and caching it would let any client fill the disk.
 func cacheable(cmd string, rep protocol.Reply) bool {
-	if !audited[cmd] {
+	if !audited(cmd) {
 		return false
 	}
 	if rep.Error == nil {
@@ -526,25 +524,6 @@ func (d *Device) failQueued(hsmID string) {
 	}
 }
 
-// audited are the commands the audit trail records: every provisioning action, every
-// signature, and what changes the running software (reload, restart, an update).
-// Reads (status, lists, show, audit.tail, ota.status) are not recorded.
-var audited = map[string]bool{
-	protocol.CmdHSMSetPIN: true, protocol.CmdSlotProvision: true, protocol.CmdSlotSelfSign: true,
-	protocol.CmdSlotCSR: true, protocol.CmdSlotImport: true, protocol.CmdSlotClear: true,
-	protocol.CmdSign: true, protocol.CmdReload: true, protocol.CmdRestart: true,
-	protocol.CmdOTAUpdate: true,
-}
-
-// journaled are the audited commands that change the appliance's state (token or
-// slot records): an intent is stored before they run, so that one the appliance
-// stops inside still reaches the audit trail (package recovery). A sign changes nothing
-// and its result leaves only after its audit record, so it needs none.
-var journaled = map[string]bool{
-	protocol.CmdHSMSetPIN: true, protocol.CmdSlotProvision: true, protocol.CmdSlotSelfSign: true,
-	protocol.CmdSlotCSR: true, protocol.CmdSlotImport: true, protocol.CmdSlotClear: true,
-}
-
 // recordBatch appends the audited jobs of a batch to the audit trail, with one sync.
 func (d *Device) recordBatch(batch []finished) error {
 	if d.opts.Audit == nil {
@@ -552,7 +531,7 @@ func (d *Device) recordBatch(batch []finished) error {
 	}
 	var recs []audit.Record
 	for _, f := range batch {
-		if !audited[f.j.cmd] {
+		if !audited(f.j.cmd) {
 			continue
 		}
 		r := f.j.rec
@@ -570,16 +549,4 @@ func (d *Device) recordBatch(batch []finished) error {
 	}
 	_, err := d.opts.Audit.AppendBatch(recs)
 	return err
-}
-
-// AuditTail answers audit.tail: the last records with their hash-chain links.
-func (d *Device) auditTail(n int) (any, error) {
-	if d.opts.Audit == nil {
-		return nil, fmt.Errorf("%w: no audit trail on this appliance", hsm.ErrUnsupported)
-	}
-	res := protocol.AuditTailResult{Records: []protocol.AuditRecord{}, Head: d.opts.Audit.Head().Hash}
-	for _, r := range d.opts.Audit.Tail(n) {
-		res.Records = append(res.Records, protocol.AuditRecord(r))
-	}
-	return res, nil
 }

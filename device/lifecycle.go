@@ -9,33 +9,45 @@ import (
 	"github.com/iot-hsm/iot-hsm/protocol"
 )
 
-// RestartResult is the reply to restart, sent before the daemon goes.
-type RestartResult struct {
-	Restarting bool `json:"restarting"`
-}
-
-// routeLifecycle routes reload and restart to the control worker. Both take no
-// arguments; both run only what the runtime hooked in (Options.Reload, Restart).
-func (d *Device) routeLifecycle(j *job) (string, *protocol.Error) {
-	var none struct{}
-	if e := protocol.DecodeArgs(j.req.Args, &none); e != nil {
+// routeReload runs reload on the control worker: it takes no arguments and runs
+// only what the runtime hooked in (Options.Reload).
+func (d *Device) routeReload(j *job) (string, *protocol.Error) {
+	if e := noArgs(j); e != nil {
 		return "", e
 	}
-	switch {
-	case j.cmd == protocol.CmdReload && d.opts.Reload != nil:
-		j.run = func(ctx context.Context, _ *job) (any, error) { return d.opts.Reload(ctx) }
-	case j.cmd == protocol.CmdRestart && d.opts.Restart != nil:
-		// The hook only asks for the shutdown; the shutdown waits for this worker,
-		// so the reply (cached first: a redelivered restart does not restart
-		// again) is published before the daemon goes.
-		j.run = func(context.Context, *job) (any, error) {
-			d.opts.Restart()
-			return RestartResult{Restarting: true}, nil
-		}
-	default:
-		return "", protocol.Errorf(protocol.CodeUnsupported, "%s is not available here", j.cmd)
+	if d.opts.Reload == nil {
+		return "", notAvailable(j)
+	}
+	j.run = func(ctx context.Context, _ *job) (any, error) { return d.opts.Reload(ctx) }
+	return "", nil
+}
+
+// routeRestart runs restart on the control worker. The hook (Options.Restart) only
+// asks for the shutdown; the shutdown waits for this worker, so the reply (cached
+// first: a redelivered restart does not restart again) is published before the
+// daemon goes.
+func (d *Device) routeRestart(j *job) (string, *protocol.Error) {
+	if e := noArgs(j); e != nil {
+		return "", e
+	}
+	if d.opts.Restart == nil {
+		return "", notAvailable(j)
+	}
+	j.run = func(context.Context, *job) (any, error) {
+		d.opts.Restart()
+		return protocol.RestartResult{Restarting: true}, nil
 	}
 	return "", nil
+}
+
+// noArgs refuses arguments to a command that takes none.
+func noArgs(j *job) *protocol.Error {
+	var none struct{}
+	return protocol.DecodeArgs(j.req.Args, &none)
+}
+
+func notAvailable(j *job) *protocol.Error {
+	return protocol.Errorf(protocol.CodeUnsupported, "%s is not available here", j.cmd)
 }
 
 // Reloaded takes in what a reload changed: cached issuers are dropped (the tokens

@@ -21,45 +21,48 @@ type OTAHooks struct {
 	Status func() any
 }
 
-// routeOTA routes ota.update and ota.status to the control worker; without the
-// runtime's hooks both are unsupported.
-func (d *Device) routeOTA(j *job) (string, *protocol.Error) {
-	switch j.cmd {
-	case protocol.CmdOTAUpdate:
-		var a protocol.OTAUpdateArgs
-		if e := protocol.DecodeArgs(j.req.Args, &a); e != nil {
-			return "", e
-		}
-		if a.URL == "" || a.SHA256 == "" || a.Size <= 0 {
-			return "", protocol.Errorf(protocol.CodeBadRequest, "url, sha256 and size are required")
-		}
-		if a.AllowDowngrade && !controllerSigned(j.requester) {
-			return "", d.refuseDowngrade(j, a)
-		}
-		if d.opts.OTA.Update == nil {
-			break
-		}
-		j.run = func(context.Context, *job) (any, error) { return d.opts.OTA.Update(a) }
-		// Who asked to install what: the trail's digest is the image's SHA-256. The
-		// URL goes in without credentials or query (a presigned URL's signature
-		// must not live on in the trail, nor be served by audit.tail).
-		j.rec.Subject, j.rec.Digest = redactURL(a.URL), a.SHA256
-		if a.AllowDowngrade {
-			j.rec.Note = "allow_downgrade"
-		}
-		return "", nil
-	case protocol.CmdOTAStatus:
-		var none struct{}
-		if e := protocol.DecodeArgs(j.req.Args, &none); e != nil {
-			return "", e
-		}
-		if d.opts.OTA.Status == nil {
-			break
-		}
-		j.run = func(context.Context, *job) (any, error) { return d.opts.OTA.Status(), nil }
-		return "", nil
+// routeOTAUpdate runs ota.update on the control worker; without the runtime's hook
+// it is unsupported.
+func (d *Device) routeOTAUpdate(j *job) (string, *protocol.Error) {
+	var a protocol.OTAUpdateArgs
+	if e := protocol.DecodeArgs(j.req.Args, &a); e != nil {
+		return "", e
 	}
-	return "", protocol.Errorf(protocol.CodeUnsupported, "%s is not available here (ota.mode is off)", j.cmd)
+	if a.URL == "" || a.SHA256 == "" || a.Size <= 0 {
+		return "", protocol.Errorf(protocol.CodeBadRequest, "url, sha256 and size are required")
+	}
+	if a.AllowDowngrade && !controllerSigned(j.requester) {
+		return "", d.refuseDowngrade(j, a)
+	}
+	if d.opts.OTA.Update == nil {
+		return "", otaOff(j)
+	}
+	j.run = func(context.Context, *job) (any, error) { return d.opts.OTA.Update(a) }
+	// Who asked to install what: the trail's digest is the image's SHA-256. The
+	// URL goes in without credentials or query (a presigned URL's signature must
+	// not live on in the trail, nor be served by audit.tail).
+	j.rec.Subject, j.rec.Digest = redactURL(a.URL), a.SHA256
+	if a.AllowDowngrade {
+		j.rec.Note = "allow_downgrade"
+	}
+	return "", nil
+}
+
+// routeOTAStatus runs ota.status on the control worker; without the runtime's hook
+// it is unsupported.
+func (d *Device) routeOTAStatus(j *job) (string, *protocol.Error) {
+	if e := noArgs(j); e != nil {
+		return "", e
+	}
+	if d.opts.OTA.Status == nil {
+		return "", otaOff(j)
+	}
+	j.run = func(context.Context, *job) (any, error) { return d.opts.OTA.Status(), nil }
+	return "", nil
+}
+
+func otaOff(j *job) *protocol.Error {
+	return protocol.Errorf(protocol.CodeUnsupported, "%s is not available here (ota.mode is off)", j.cmd)
 }
 
 // refuseDowngrade answers an allow_downgrade that no trusted controller signed, and

@@ -341,6 +341,11 @@ type OTAEvent struct {
 	Message string    `json:"message,omitempty"`
 }
 
+// RestartResult is the reply to restart, sent before the daemon goes.
+type RestartResult struct {
+	Restarting bool `json:"restarting"`
+}
+
 // ReloadResult is the reply to the reload command.
 type ReloadResult struct {
 	// Applied is what changed and took effect.

@@ -87,7 +87,6 @@ type daemon struct {
 	exe       string       // the running binary's path (ota.go)
 	ota       *ota.Updater // over-the-air updates (ota.go)
 	afterStop func() error // instead of a restart: the reboot of an image update
-	trustSum  string       // what the running verifier was made of (trust.go)
 }
 
 // run starts the appliance, serves until SIGTERM/SIGINT or the restart command, and

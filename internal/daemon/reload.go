@@ -1,4 +1,4 @@
-package main
+package daemon
 
 import (
 	"context"
@@ -48,7 +48,7 @@ func (d *daemon) reloadFromCommand(ctx context.Context) (any, error) {
 // RELOADING=1 first and READY=1 last, whatever the outcome: a rejected configuration
 // leaves the running one in place, which is ready.
 func (d *daemon) reload(ctx context.Context) (protocol.ReloadResult, error) {
-	slog.Info("reloading the configuration", "file", d.flags.config)
+	slog.Info("reloading the configuration", "file", d.flags.Config)
 	d.sd.Reloading("reloading the configuration")
 	d.leds.Load().SetPhase(leds.Reloading)
 	res, err := d.applyReload(ctx)

@@ -1,4 +1,4 @@
-package main
+package daemon
 
 import (
 	"fmt"
@@ -30,7 +30,7 @@ func selfPath() string {
 // openOTA makes the updater; the daemon shows an update on the LEDs and restarts
 // or reboots when it asks.
 func (d *daemon) openOTA() error {
-	u, err := d.app.OpenOTA(appliance.OTAOptions{Version: version, Exe: d.exe,
+	u, err := d.app.OpenOTA(appliance.OTAOptions{Version: d.flags.Version, Exe: d.exe,
 		Busy: func(updating bool) {
 			if updating {
 				d.leds.Load().SetPhase(leds.Updating)

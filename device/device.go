@@ -69,6 +69,10 @@ type Options struct {
 	// Secrets stores the PINs of hsm.set_pin with persist (device/secrets.go); nil
 	// answers persist unsupported.
 	Secrets PINStore
+
+	// Trace, when set, is told the wall time of each step of a request (trace.go)
+	// from the goroutine that ran it; it must not block. Nil costs nothing.
+	Trace func(step string, d time.Duration)
 }
 
 // Device is the appliance core: it takes requests from the transport, runs them on

@@ -335,7 +335,9 @@ func (d *Device) runJob(j *job) (protocol.Reply, bool) {
 		j.intent = true
 	}
 	ctx, cancel := context.WithTimeout(slots.WithRequestID(d.ctx, j.req.ID), j.deadline)
+	end := d.begin(StepRun)
 	result, err := j.run(ctx, j)
+	end()
 	cancel()
 	rep := protocol.Reply{ID: j.req.ID, Cmd: j.cmd, OK: err == nil}
 	if err != nil {
@@ -375,6 +377,7 @@ func (d *Device) runFinisher(ch <-chan finished) {
 // them: nothing leaves unrecorded, and a redelivery always finds a request either in
 // flight or in the cache.
 func (d *Device) commit(batch []finished) {
+	end := d.begin(StepVerify)
 	for i := range batch {
 		f := &batch[i]
 		if f.j.check == nil || !f.rep.OK {
@@ -386,6 +389,8 @@ func (d *Device) commit(batch []finished) {
 				Error: protocol.Errorf(protocol.CodeInternal, "the HSM produced a signature that does not verify; it was not handed out")}
 		}
 	}
+	end()
+	end = d.begin(StepRecord)
 	recorded := true
 	if err := d.recordBatch(batch); err != nil {
 		recorded = false // the intents stay: the next start records these requests
@@ -421,6 +426,7 @@ func (d *Device) commit(batch []finished) {
 			slog.Error("dropping settled intents", "err", err)
 		}
 	}
+	end()
 	if offline {
 		d.notePresence() // a token went away under these requests
 	}
@@ -437,7 +443,9 @@ func (d *Device) commit(batch []finished) {
 			}
 		}
 	}
+	end = d.begin(StepPublish)
 	d.publishAll(out)
+	end()
 }
 
 // asyncPublisher is a transport that can put a message in flight without waiting

@@ -121,7 +121,7 @@ func (d *Device) issuer(ctx context.Context, slotID string) (*ca.Issuer, error) 
 			return nil, fmt.Errorf("slot %s: stored chain: %w", slotID, err)
 		}
 	}
-	is := &ca.Issuer{Cert: cert, Chain: chain, Signer: signer}
+	is := &ca.Issuer{Cert: cert, Chain: chain, Signer: d.traced(signer)}
 	d.mu.Lock()
 	d.issuers[slotID] = &issuerCache{issuer: is}
 	d.mu.Unlock()

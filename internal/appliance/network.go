@@ -23,6 +23,9 @@ type Hooks struct {
 	OnConnectionLost func()
 	Reload           func(ctx context.Context) (any, error)
 	Restart          func()
+	// Trace is told the wall time of each step of a request (device.Options.Trace);
+	// the benchmarks set it, the daemon does not.
+	Trace func(step string, d time.Duration)
 }
 
 // Start starts the embedded broker when the configuration has none (development
@@ -44,7 +47,7 @@ func (a *Appliance) Start(ctx context.Context, h Hooks) error {
 		DeviceID: cfg.DeviceID, TopicRoot: cfg.TopicRoot, Version: h.Version,
 		QueueSize: cfg.QueueSize, AllowDigest: cfg.AllowDigest,
 		Verifier: verifier, Audit: a.Audit, Secrets: a.Secrets,
-		OnChange: h.OnChange, OnSign: h.OnSign, Reload: h.Reload, Restart: h.Restart, OTA: a.otaHooks(),
+		OnChange: h.OnChange, OnSign: h.OnSign, Reload: h.Reload, Restart: h.Restart, OTA: a.otaHooks(), Trace: h.Trace,
 	}, a.Slots)
 	if mc.ClientID == "" {
 		mc.ClientID = "iot-hsm-" + dev.Topics().Device

@@ -102,7 +102,6 @@ type daemon struct {
 	tok                  *softhsm.Token
 	state                string
 	o                    *operator
-	expectNotify         bool
 }
 
 type started struct {
@@ -114,12 +113,12 @@ type started struct {
 	ready   time.Duration // 0: no READY=1 arrived
 }
 
-func newDaemon(bin, work, brokerURL string, o *operator, expectNotify bool) (*daemon, error) {
+func newDaemon(bin, work, brokerURL string, o *operator) (*daemon, error) {
 	tok, err := softhsm.Create(filepath.Join(work, "daemon-token"), "bench-daemon")
 	if err != nil {
 		return nil, err
 	}
-	return &daemon{bin: bin, work: work, brokerURL: brokerURL, tok: tok, state: filepath.Join(work, "daemon-state"), o: o, expectNotify: expectNotify}, nil
+	return &daemon{bin: bin, work: work, brokerURL: brokerURL, tok: tok, state: filepath.Join(work, "daemon-state"), o: o}, nil
 }
 
 func (d *daemon) config(deviceID string) (string, error) {
@@ -215,16 +214,11 @@ func (d *daemon) start(deviceID string) (*started, error) {
 		s.stop()
 		return nil, fmt.Errorf("no online status from the daemon within 30s (log %s)", s.logPath)
 	}
-	// READY=1 may come before or after the status; give it a moment more when the
-	// code is there to send it.
-	grace := 300 * time.Millisecond
-	if d.expectNotify {
-		grace = 5 * time.Second
-	}
+	// READY=1 may come before or after the status.
 	select {
 	case at := <-ready:
 		s.ready = at.Sub(s.t0)
-	case <-time.After(grace):
+	case <-time.After(5 * time.Second):
 	}
 	return s, nil
 }
@@ -296,31 +290,4 @@ func logTime(line string) (time.Time, bool) {
 	v, _, _ = strings.Cut(v, " ")
 	t, err := time.Parse(time.RFC3339Nano, v)
 	return t, err == nil
-}
-
-// sdNotifyInCode reports whether the product (outside bench/, tests excluded) has
-// code that speaks sd_notify.
-func sdNotifyInCode(root string) (bool, string) {
-	found := ""
-	_ = filepath.WalkDir(root, func(p string, e os.DirEntry, err error) error {
-		if err != nil || found != "" {
-			return nil
-		}
-		if e.IsDir() {
-			switch e.Name() {
-			case ".git", "bench", "demo-out", "bin":
-				return filepath.SkipDir
-			}
-			return nil
-		}
-		if !strings.HasSuffix(p, ".go") || strings.HasSuffix(p, "_test.go") {
-			return nil
-		}
-		b, err := os.ReadFile(p)
-		if err == nil && (strings.Contains(string(b), "NOTIFY_SOCKET") || strings.Contains(string(b), "SdNotify")) {
-			found, _ = filepath.Rel(root, p)
-		}
-		return nil
-	})
-	return found != "", found
 }

@@ -4,7 +4,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -17,14 +16,13 @@ const startTrials = 5
 
 // daemonRows runs the real binary: memory idle and under load, and start-up time.
 func (b *bench) daemonRows() {
-	o, err := newOperator(b.mos.url)
+	o, err := newOperator(b.mos.URL)
 	if err != nil {
 		b.fail(secDaemon, "operator", err)
 		return
 	}
 	defer o.close()
-	expect, where := sdNotifyInCode(b.root)
-	d, err := newDaemon(b.bin, b.work, b.mos.url, o, expect)
+	d, err := newDaemon(b.bin, b.work, b.mos.URL, o)
 	if err != nil {
 		b.fail(secDaemon, "daemon token", err)
 		return
@@ -46,36 +44,23 @@ func (b *bench) daemonRows() {
 		phases = append(phases, logPhases(s))
 		s.stop()
 	}
-	med := median(online)
-	progress("daemon start to first online status: median %.0f ms of %d; READY=1 in %d of them", med, startTrials, len(ready))
-	notify := "no sd_notify code in the product yet (grep NOTIFY_SOCKET/SdNotify)"
-	if expect {
-		notify = "sd_notify code found in " + where
+	if len(ready) == 0 {
+		b.fail(secDaemon, "start-up", fmt.Errorf("no READY=1 on NOTIFY_SOCKET in %d starts", startTrials))
+		return
 	}
-	if len(ready) == startTrials {
-		mr := median(ready)
-		b.rows = append(b.rows, Row{Section: secDaemon, Name: "start to READY=1 (NOTIFY_SOCKET), median of 5", Value: val(mr), Unit: "ms",
-			Metrics: map[string]float64{"min_ms": slices.Min(ready), "max_ms": slices.Max(ready), "first_online_median_ms": med},
-			Target:  "≤ 300 ms", Status: verdict(mr <= 300),
-			Note: fmt.Sprintf("%s; first online status at %.0f ms; broker already up", notify, med)})
-		if mr > 300 {
-			b.rows[len(b.rows)-1].Reason = startReason(phases, online, med)
-		}
-	} else {
-		row := Row{Section: secDaemon, Name: "start to first online status (READY=1 not sent yet), median of 5", Value: val(med), Unit: "ms",
-			Metrics: map[string]float64{"min_ms": slices.Min(online), "max_ms": slices.Max(online)},
-			Target:  "≤ 300 ms (the READY target, measured on the first retained online status)", Status: verdict(med <= 300),
-			Profile: map[string]any{"log_phases_ms": phases, "online_ms": online},
-			Note: fmt.Sprintf("from fork/exec to the retained online status at a subscriber; broker already up; %s; min %.0f ms, max %.0f ms",
-				notify, slices.Min(online), slices.Max(online))}
-		if expect && len(ready) < startTrials {
-			row.Note += fmt.Sprintf("; READY=1 arrived in %d of %d starts", len(ready), startTrials)
-		}
-		if med > 300 {
-			row.Reason = startReason(phases, online, med)
-		}
-		b.rows = append(b.rows, row)
+	med, mr := median(online), median(ready)
+	progress("daemon start to READY=1: median %.0f ms of %d; first online status %.0f ms", mr, len(ready), med)
+	row := Row{Section: secDaemon, Name: fmt.Sprintf("start to READY=1 (NOTIFY_SOCKET), median of %d", startTrials), Value: val(mr), Unit: "ms",
+		Metrics: map[string]float64{"min_ms": slices.Min(ready), "max_ms": slices.Max(ready), "first_online_median_ms": med},
+		Target:  "≤ 300 ms", Status: verdict(mr <= 300), Profile: map[string]any{"log_phases_ms": phases, "online_ms": online},
+		Note: fmt.Sprintf("first online status at %.0f ms; broker already up", med)}
+	if len(ready) < startTrials {
+		row.Note += fmt.Sprintf("; READY=1 arrived in %d of %d starts", len(ready), startTrials)
 	}
+	if mr > 300 {
+		row.Reason = startReason(phases, online, med)
+	}
+	b.rows = append(b.rows, row)
 }
 
 func (b *bench) memoryRows(d *daemon) {
@@ -97,7 +82,7 @@ func (b *bench) memoryRows(d *daemon) {
 		b.fail(secDaemon, "resident memory", err)
 		return
 	}
-	pc, err := provision(d.o, topics, protocol.ProvisionArgs{HSM: hl.HSMs[0].ID, Slot: "01", Mode: "generate", KeyType: "p256"}, "Bench daemon CA")
+	pc, err := provision(d.o, topics, hl.HSMs[0].ID, "01", "p256", "Bench daemon CA")
 	if err != nil {
 		b.fail(secDaemon, "resident memory", err)
 		return
@@ -140,7 +125,7 @@ func (b *bench) memoryRows(d *daemon) {
 		args []byte
 	}{{"certificates", certArgs}, {"digests", digestArgs}} {
 		r, err := runLoad(d.o, loadSpec{topic: topics.CASign(pc.CAID), args: l.args, inflight: 64, warmup: b.warmup,
-			window: b.window, brokerPID: b.mos.pid()})
+			window: b.window, brokerPID: b.mos.PID()})
 		if err != nil {
 			close(stop)
 			<-done
@@ -163,7 +148,7 @@ func (b *bench) memoryRows(d *daemon) {
 		Target: "≤ 30 MiB", Status: verdict(kib(peak.VmRSS) <= 30),
 		Metrics: map[string]float64{"vm_hwm_mib": kib(end.VmHWM), "rss_anon_mib": kib(peak.RssAnon), "rss_file_mib": kib(peak.RssFile),
 			"threads": float64(peak.Threads)},
-		Profile: map[string]any{"peak": peak, "smaps_at_end": maps, "in_process_heap": b.heap},
+		Profile: map[string]any{"peak": peak, "smaps_at_end": maps},
 		Note: fmt.Sprintf("sampled every 50 ms during %s at 64 in flight (p256 CA); anonymous %.1f MiB, file-backed %.1f MiB, %d threads",
 			strings.Join(rates, ", then "), kib(peak.RssAnon), kib(peak.RssFile), peak.Threads)}
 	if !(kib(peak.VmRSS) <= 30) {
@@ -172,8 +157,7 @@ func (b *bench) memoryRows(d *daemon) {
 	b.rows = append(b.rows, row)
 }
 
-// memoryReason splits the daemon's resident memory by mapping, and names what the Go
-// heap of the in-process run held at the same load.
+// memoryReason splits the daemon's resident memory by mapping.
 func (b *bench) memoryReason(peak procStatus, maps []mapping) string {
 	var top []string
 	for i, m := range maps {
@@ -187,37 +171,7 @@ func (b *bench) memoryReason(peak procStatus, maps []mapping) string {
 	if fi, err := os.Stat(b.bin); err == nil {
 		out += fmt.Sprintf(" (%s is %.1f MiB on disk: its code, read-only data and pclntab are paged in)", filepath.Base(b.bin), float64(fi.Size())/(1<<20))
 	}
-	if h := b.heap; h.File != "" {
-		out += fmt.Sprintf("; the in-process run (appliance and client) at the same load had a Go heap of %.1f MiB in use, %.1f MiB of stacks, %.1f MiB from the OS",
-			h.HeapInuseMiB, h.StackMiB, h.SysMiB)
-		if tops := heapTop(h.File); tops != "" {
-			out += "; heap in use by: " + tops
-		}
-	}
 	return out
-}
-
-// heapTop writes `go tool pprof -top` of a heap profile next to it and returns its
-// three largest in-use entries.
-func heapTop(path string) string {
-	out, err := exec.Command(goTool(), "tool", "pprof", "-top", "-sample_index=inuse_space", "-nodecount=20", path).Output()
-	if err != nil {
-		return ""
-	}
-	_ = os.WriteFile(strings.TrimSuffix(path, ".pprof")+".top.txt", out, 0o644)
-	var tops []string
-	in := false
-	for _, line := range strings.Split(string(out), "\n") {
-		f := strings.Fields(line)
-		if len(f) >= 6 && f[0] == "flat" {
-			in = true
-			continue
-		}
-		if in && len(f) >= 6 && len(tops) < 3 {
-			tops = append(tops, fmt.Sprintf("%s %s", strings.Join(f[5:], " "), f[0]))
-		}
-	}
-	return strings.Join(tops, ", ")
 }
 
 // startReason reads the start-up phases of the median start from the daemon's log.
@@ -254,23 +208,3 @@ func median(v []float64) float64 {
 }
 
 func kib(n int) float64 { return float64(n) / 1024 }
-
-func (b *bench) sizeRows() {
-	for _, s := range binarySizes(b.root, b.work) {
-		row := Row{Section: secSize, Name: s.Target, Unit: "MiB", Note: s.Note}
-		if s.Built {
-			row.Value = val(float64(s.Bytes) / (1 << 20))
-			row.Metrics = map[string]float64{"bytes": float64(s.Bytes)}
-		}
-		if s.Target == "linux/arm64" {
-			row.Target = "≤ 25 MiB stripped"
-			switch {
-			case !s.Built:
-				row.Status = statusNotBuilt
-			default:
-				row.Status = verdict(float64(s.Bytes)/(1<<20) <= 25)
-			}
-		}
-		b.rows = append(b.rows, row)
-	}
-}

@@ -12,7 +12,6 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
-	"github.com/iot-hsm/iot-hsm/audit"
 	"path/filepath"
 	"runtime/pprof"
 	"sync"
@@ -20,120 +19,61 @@ import (
 	"time"
 
 	"github.com/iot-hsm/iot-hsm/ca"
-	"github.com/iot-hsm/iot-hsm/device"
-	"github.com/iot-hsm/iot-hsm/device/slots"
-	"github.com/iot-hsm/iot-hsm/hsm/pkcs11"
+	"github.com/iot-hsm/iot-hsm/config"
+	"github.com/iot-hsm/iot-hsm/internal/appliance"
+	"github.com/iot-hsm/iot-hsm/internal/softhsm"
 	"github.com/iot-hsm/iot-hsm/mqtt"
 	"github.com/iot-hsm/iot-hsm/protocol"
-	"github.com/iot-hsm/iot-hsm/store"
 )
 
 // Goroutines started under these pprof labels (and every goroutine they start) carry
 // them, so CPU samples and goroutine counts can be told apart between the appliance
-// and the benchmark's own client in one process.
+// and the benchmark's own client in one process. The device adds its step label
+// (device.StepLabel) on top while a request is in one of its steps.
 const (
 	labelKey       = "part"
 	labelAppliance = "appliance"
 	labelClient    = "client"
 )
 
-func withLabel(part string, f func()) {
-	pprof.Do(context.Background(), pprof.Labels(labelKey, part), func(context.Context) { f() })
+func withLabel(part string, f func(ctx context.Context)) {
+	pprof.Do(context.Background(), pprof.Labels(labelKey, part), f)
 }
 
-// appliance is the daemon's core wired as `iot-hsm run` and internal/e2e wire it:
-// module, registry, store, audit trail, device, MQTT client (publishes timed).
-type appliance struct {
-	dev    *device.Device
-	client *mqtt.Client
-	st     *store.Store
-	hsmID  string
-}
-
-func startAppliance(brokerURL, deviceID, stateDir string, mod *pkcs11.Module, tok *pkcs11.Token) (*appliance, error) {
-	var a *appliance
+// startAppliance builds the appliance as `iot-hsm run` does (internal/appliance),
+// from the configuration an operator would write for one SoftHSM2 token, with the
+// device's step trace going to steps.
+func startAppliance(brokerURL, deviceID, work string, tok *softhsm.Token) (*appliance.Appliance, error) {
+	cfg := config.Default()
+	cfg.DeviceID, cfg.StateDir = deviceID, filepath.Join(work, "state")
+	cfg.MQTT.Broker, cfg.MQTT.AllowPlaintext = brokerURL, true
+	cfg.QueueSize = 128 // every request in flight fits, or the device answers busy
+	cfg.AllowDigest = true
+	cfg.Service.BrokerWait = 10 * time.Second
+	cfg.Secrets.KeyFile = filepath.Join(work, "secrets.key")
+	cfg.YubiKey.Disabled = true
+	cfg.PKCS11 = []config.PKCS11{{Module: tok.Module, Token: "pkcs11:serial=" + tok.Serial, PIN: tok.PIN}}
+	var a *appliance.Appliance
 	var err error
-	withLabel(labelAppliance, func() { a, err = wireAppliance(brokerURL, deviceID, stateDir, mod, tok) })
+	withLabel(labelAppliance, func(ctx context.Context) {
+		if a, err = appliance.Open(ctx, cfg); err != nil {
+			return
+		}
+		if err = a.Start(ctx, appliance.Hooks{Version: "bench", Trace: steps.add}); err != nil {
+			a.Close()
+			return
+		}
+		for deadline := time.Now().Add(10 * time.Second); !a.Client.Connected(); time.Sleep(10 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				a.Stop()
+				a.Close()
+				err = errors.New("the appliance has no broker session after 10s")
+				return
+			}
+		}
+	})
 	return a, err
 }
-
-func wireAppliance(brokerURL, deviceID, stateDir string, mod *pkcs11.Module, tok *pkcs11.Token) (*appliance, error) {
-	ctx := context.Background()
-	st, err := store.Open(stateDir)
-	if err != nil {
-		return nil, err
-	}
-	reg := slots.NewRegistry(timedProvider{mod})
-	if err := reg.Rescan(ctx); err != nil {
-		st.Close()
-		return nil, err
-	}
-	// The daemon always keeps an audit trail: its syncs are part of the cost.
-	al, err := audit.Open(filepath.Join(stateDir, "audit.log"))
-	if err != nil {
-		st.Close()
-		return nil, err
-	}
-	// The queue must hold every request in flight, or the device answers busy.
-	dev := device.New(device.Options{DeviceID: deviceID, Version: "bench", QueueSize: 128, AllowDigest: true, Audit: al},
-		&slots.Slots{Store: st, Registry: reg})
-	client, err := mqtt.New(mqtt.Config{
-		Broker: brokerURL, ClientID: "iot-hsm-" + deviceID, AllowPlaintext: true,
-		Will: &mqtt.Message{Topic: dev.Topics().Status(), Payload: device.OfflineStatus(deviceID), Retained: true},
-	})
-	if err != nil {
-		st.Close()
-		return nil, err
-	}
-	client.OnConnect(dev.Connected)
-	if err := dev.Start(ctx, transport{client}); err != nil {
-		st.Close()
-		return nil, err
-	}
-	sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
-	if err := client.Start(sctx); err != nil {
-		dev.Stop()
-		client.Close(0)
-		st.Close()
-		return nil, err
-	}
-	return &appliance{dev: dev, client: client, st: st, hsmID: tok.Info().ID}, nil
-}
-
-func (a *appliance) stop() {
-	a.dev.Stop()
-	a.client.Close(100 * time.Millisecond)
-	a.st.Close()
-}
-
-// transport wraps the MQTT client to time the reply publishes.
-type transport struct{ c *mqtt.Client }
-
-func (t transport) Publish(ctx context.Context, topic string, payload []byte, retained bool) error {
-	t0 := time.Now()
-	err := t.c.Publish(ctx, topic, payload, retained)
-	shims.publish.add(time.Since(t0))
-	return err
-}
-
-// PublishAsync times each reply from the moment it is put in flight to its PUBACK;
-// the replies of a batch overlap.
-func (t transport) PublishAsync(topic string, payload []byte, retained bool) func(context.Context) error {
-	t0 := time.Now()
-	wait := t.c.PublishAsync(topic, payload, retained)
-	return func(ctx context.Context) error {
-		err := wait(ctx)
-		shims.publish.add(time.Since(t0))
-		return err
-	}
-}
-
-func (t transport) Subscribe(filter string, h func(string, []byte)) error {
-	return t.c.Subscribe(filter, h)
-}
-func (t transport) Unsubscribe(filter string) error { return t.c.Unsubscribe(filter) }
-func (t transport) Connected() bool                 { return t.c.Connected() }
 
 // operator is the PKI: a plain MQTT client that sends requests and matches replies by id.
 type operator struct {
@@ -149,14 +89,13 @@ type operator struct {
 func newOperator(brokerURL string) (*operator, error) {
 	var o *operator
 	var err error
-	withLabel(labelClient, func() {
+	withLabel(labelClient, func(ctx context.Context) {
 		id := randomHex(6)
 		var c *mqtt.Client
-		c, err = mqtt.New(mqtt.Config{Broker: brokerURL, ClientID: "bench-pki-" + id, AllowPlaintext: true, CleanSession: true})
-		if err != nil {
+		if c, err = mqtt.New(mqtt.Config{Broker: brokerURL, ClientID: "bench-pki-" + id, AllowPlaintext: true, CleanSession: true}); err != nil {
 			return
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		defer cancel()
 		if err = c.Start(ctx); err != nil {
 			c.Close(0)
@@ -201,25 +140,22 @@ func (o *operator) call(topic string, args json.RawMessage, timeout time.Duratio
 	o.mu.Lock()
 	o.pending[id] = ch
 	o.mu.Unlock()
+	defer func() {
+		o.mu.Lock()
+		delete(o.pending, id)
+		o.mu.Unlock()
+	}()
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	if err := o.c.Publish(ctx, topic, payload, false); err != nil {
-		o.forget(id)
 		return protocol.Reply{}, err
 	}
 	select {
 	case r := <-ch:
 		return r, nil
 	case <-ctx.Done():
-		o.forget(id)
 		return protocol.Reply{}, fmt.Errorf("no reply to %s within %s", id, timeout)
 	}
-}
-
-func (o *operator) forget(id string) {
-	o.mu.Lock()
-	delete(o.pending, id)
-	o.mu.Unlock()
 }
 
 // command sends args to a device command topic and decodes a successful result.
@@ -241,19 +177,15 @@ func command[T any](o *operator, topics protocol.Topics, cmd string, args any) (
 
 // provisionedCA is one slot turned into a root CA over MQTT, as the seed's wizard does.
 type provisionedCA struct {
-	SlotID  string
 	CAID    string
 	CertPEM string
 }
 
-// provisionExisting takes over a key already on the token (mode existing) and
-// self-signs it, so the slot signs on its CA topic.
-func provisionExisting(o *operator, topics protocol.Topics, hsmID, slot, cn string) (provisionedCA, error) {
-	return provision(o, topics, protocol.ProvisionArgs{HSM: hsmID, Slot: slot, Mode: "existing"}, cn)
-}
-
-func provision(o *operator, topics protocol.Topics, args protocol.ProvisionArgs, cn string) (provisionedCA, error) {
-	res, err := command[protocol.ProvisionResult](o, topics, protocol.CmdSlotProvision, args)
+// provision generates a key in a slot and self-signs it, so the slot signs on its CA
+// topic.
+func provision(o *operator, topics protocol.Topics, hsmID, slot, keyType, cn string) (provisionedCA, error) {
+	res, err := command[protocol.ProvisionResult](o, topics, protocol.CmdSlotProvision,
+		protocol.ProvisionArgs{HSM: hsmID, Slot: slot, Mode: "generate", KeyType: keyType})
 	if err != nil {
 		return provisionedCA{}, err
 	}
@@ -269,7 +201,7 @@ func provision(o *operator, topics protocol.Topics, args protocol.ProvisionArgs,
 	if err != nil {
 		return provisionedCA{}, err
 	}
-	return provisionedCA{SlotID: res.SlotID, CAID: res.CAID, CertPEM: cert.Certificate}, nil
+	return provisionedCA{CAID: res.CAID, CertPEM: cert.Certificate}, nil
 }
 
 // leafCSR is what a TLS server sends its PKI.
@@ -292,6 +224,3 @@ func randomHex(n int) string {
 	_, _ = rand.Read(b)
 	return hex.EncodeToString(b)
 }
-
-// errNoReplies marks a load run in which nothing was answered.
-var errNoReplies = errors.New("no request was answered")

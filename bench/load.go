@@ -3,8 +3,11 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"maps"
 	"math"
 	"os"
 	"runtime"
@@ -13,7 +16,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 )
 
@@ -50,12 +52,46 @@ type loadResult struct {
 	// whole process's.
 	ApplianceGoroutines int `json:"appliance_goroutines"`
 	ProcessGoroutines   int `json:"process_goroutines"`
-	// Wall time per request the device core spent in the token's Signer and in
-	// publishing (waiting for the PUBACK), from the timing shims.
-	SignMs    float64 `json:"sign_ms_per_request"`
-	PublishMs float64 `json:"publish_ms_per_request"`
+	// Steps is the device's step trace over the window: wall time per request in
+	// each step, and how often each ran (the finisher's steps once a batch).
+	Steps     map[string]float64 `json:"step_ms_per_request"`
+	StepCalls map[string]int     `json:"step_calls"`
 
 	window time.Duration
+}
+
+// stepTimes adds up the device's step trace (device.Options.Trace).
+type stepTimes struct {
+	mu sync.Mutex
+	stepSnap
+}
+
+type stepSnap struct {
+	d map[string]time.Duration
+	n map[string]int
+}
+
+var steps = &stepTimes{stepSnap: stepSnap{d: map[string]time.Duration{}, n: map[string]int{}}}
+
+func (s *stepTimes) add(step string, d time.Duration) {
+	s.mu.Lock()
+	s.d[step] += d
+	s.n[step]++
+	s.mu.Unlock()
+}
+
+func (s *stepTimes) snap() stepSnap {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return stepSnap{maps.Clone(s.d), maps.Clone(s.n)}
+}
+
+func (s stepSnap) since(s0 stepSnap) stepSnap {
+	out := stepSnap{d: map[string]time.Duration{}, n: map[string]int{}}
+	for k := range s.d {
+		out.d[k], out.n[k] = s.d[k]-s0.d[k], s.n[k]-s0.n[k]
+	}
+	return out
 }
 
 type lane struct {
@@ -71,7 +107,7 @@ func runLoad(o *operator, s loadSpec) (loadResult, error) {
 	t2 := t1.Add(s.window)
 	lanes := make([]lane, s.inflight)
 	var wg sync.WaitGroup
-	withLabel(labelClient, func() {
+	withLabel(labelClient, func(context.Context) {
 		for i := range lanes {
 			wg.Add(1)
 			go func(l *lane) {
@@ -83,7 +119,7 @@ func runLoad(o *operator, s loadSpec) (loadResult, error) {
 
 	time.Sleep(time.Until(t1))
 	c0 := takeCPU(s.brokerPID)
-	sign0, pub0 := shims.sign.snap(), shims.publish.snap()
+	st0 := steps.snap()
 	var stop func()
 	if s.onWindow != nil {
 		stop = s.onWindow()
@@ -104,8 +140,7 @@ func runLoad(o *operator, s loadSpec) (loadResult, error) {
 	}
 	secs := s.window.Seconds()
 	res.CPUSelf, res.CPUBroker, res.CPUOthers = takeCPU(s.brokerPID).since(c0, secs)
-	signT, _ := shims.sign.since(sign0)
-	pubT, _ := shims.publish.since(pub0)
+	st := steps.snap().since(st0)
 	wg.Wait()
 
 	var lat []time.Duration
@@ -121,7 +156,10 @@ func runLoad(o *operator, s loadSpec) (loadResult, error) {
 		return res, fmt.Errorf("%w (first error: %s)", errNoReplies, res.FirstErr)
 	}
 	res.Rate = float64(res.Completed) / secs
-	res.SignMs, res.PublishMs = ms(signT)/float64(res.Completed), ms(pubT)/float64(res.Completed)
+	res.Steps, res.StepCalls = map[string]float64{}, st.n
+	for k, d := range st.d {
+		res.Steps[k] = ms(d) / float64(res.Completed)
+	}
 	slices.Sort(lat)
 	var sum time.Duration
 	for _, d := range lat {
@@ -177,18 +215,7 @@ func percentile(sorted []time.Duration, p float64) time.Duration {
 
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
 
-// selfCPU is this process's user+system CPU time in seconds.
-func selfCPU() float64 {
-	var ru syscall.Rusage
-	if syscall.Getrusage(syscall.RUSAGE_SELF, &ru) != nil {
-		return 0
-	}
-	return tv(ru.Utime) + tv(ru.Stime)
-}
-
-func tv(t syscall.Timeval) float64 { return float64(t.Sec) + float64(t.Usec)/1e6 }
-
-// procCPU is another process's user+system CPU time in seconds, from /proc (in
+// procCPU is a process's user+system CPU time in seconds, from /proc (in
 // USER_HZ ticks, 100 per second on Linux).
 func procCPU(pid int) float64 {
 	if pid <= 0 {
@@ -238,7 +265,7 @@ func machineCPU() float64 {
 // the daemon) and the whole machine.
 type cpuSnap struct{ self, other, machine float64 }
 
-func takeCPU(pid int) cpuSnap { return cpuSnap{selfCPU(), procCPU(pid), machineCPU()} }
+func takeCPU(pid int) cpuSnap { return cpuSnap{procCPU(os.Getpid()), procCPU(pid), machineCPU()} }
 
 // since returns cores used since c0 over secs: by this process, by the other
 // process, and by everything else on the machine.
@@ -247,6 +274,9 @@ func (c cpuSnap) since(c0 cpuSnap, secs float64) (self, other, rest float64) {
 	rest = max(0, (c.machine-c0.machine)/secs-self-other)
 	return self, other, rest
 }
+
+// errNoReplies marks a load run in which nothing was answered.
+var errNoReplies = errors.New("no request was answered")
 
 // goroutineCounts returns the goroutines carrying the appliance label, and all.
 func goroutineCounts() (appliance, all int) {

@@ -99,17 +99,8 @@ func fsType(dir string) string {
 	if syscall.Statfs(dir, &st) != nil {
 		return "unknown"
 	}
-	switch st.Type {
-	case 0xEF53:
-		return "ext4"
-	case 0x01021994:
-		return "tmpfs"
-	case 0x58465342:
-		return "xfs"
-	case 0x9123683E:
-		return "btrfs"
-	case 0x794c7630:
-		return "overlayfs"
+	if name, ok := map[int64]string{0xEF53: "ext4", 0x01021994: "tmpfs", 0x58465342: "xfs", 0x9123683E: "btrfs", 0x794c7630: "overlayfs"}[int64(st.Type)]; ok {
+		return name
 	}
 	return fmt.Sprintf("0x%x", st.Type)
 }

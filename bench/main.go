@@ -1,15 +1,15 @@
-// Command bench measures the appliance against the limit of the token behind it
-// (issue 9): raw C_Sign speed of SoftHSM2, the same signatures through the appliance
-// over a real mosquitto, the seed's openssl-per-certificate way as a peer, and the
-// daemon's memory, start-up time and binary size, all in one run on one machine. It
-// writes RESULTS.md and results.json; targets are reported, never asserted, and a
-// missed one is re-run under the profilers so the table says why.
+// Command bench measures the appliance against the limit of the token behind it: raw
+// signing speed of SoftHSM2, the same signatures through the appliance (built by
+// internal/appliance, as `iot-hsm run` builds it) over a real mosquitto, the
+// openssl-per-certificate way as a peer, and the daemon's memory, start-up time and
+// binary size, all in one run on one machine. It writes RESULTS.md and results.json;
+// targets are reported, never asserted, and a missed one is re-run under the CPU
+// profiler so the table says why, from the device's step trace and pprof labels.
 //
 // Run it from the module root: make bench, or go run ./bench -bin bin/iot-hsm.
 package main
 
 import (
-	"context"
 	"crypto/rand"
 	"encoding/json"
 	"errors"
@@ -18,17 +18,15 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
-	"runtime"
-	"runtime/pprof"
 	"time"
 
 	"github.com/iot-hsm/iot-hsm/hsm"
-	"github.com/iot-hsm/iot-hsm/hsm/pkcs11"
+	"github.com/iot-hsm/iot-hsm/internal/mosquitto"
 	"github.com/iot-hsm/iot-hsm/internal/softhsm"
 	"github.com/iot-hsm/iot-hsm/protocol"
 )
 
-type config struct {
+type options struct {
 	root, bin, out string
 	window, warmup time.Duration
 	quietWait      time.Duration
@@ -36,7 +34,7 @@ type config struct {
 }
 
 func main() {
-	var c config
+	var c options
 	flag.StringVar(&c.bin, "bin", "bin/iot-hsm", "the daemon binary (make build)")
 	flag.StringVar(&c.out, "out", "bench", "where RESULTS.md, results.json and profiles/ go")
 	flag.DurationVar(&c.window, "window", 4*time.Second, "measured time per configuration")
@@ -52,7 +50,7 @@ func main() {
 	}
 }
 
-// The key types of the rows, and the CKA_ID each lives under on the token.
+// The key types of the rows, and the slot each is generated in.
 var keySlots = []struct {
 	kt   hsm.KeyType
 	slot string
@@ -61,28 +59,21 @@ var keySlots = []struct {
 var inFlights = []int{1, 8, 64}
 
 type bench struct {
-	config
+	options
 	profDir, work string
 	began         time.Time
-	mos           *mosquitto
+	mos           *mosquitto.Broker
 	rows          []Row
 	notes         []string
 	raw           map[hsm.KeyType]rawResult
-	heap          heapSnapshot
 	explained     map[string]explained // by configuration: each is profiled once
-	costs         aloneCosts
-}
-
-type explained struct {
-	reason  string
-	profile any
 }
 
 func progress(format string, args ...any) {
 	fmt.Fprintf(os.Stderr, "bench: "+format+"\n", args...)
 }
 
-func run(c config) error {
+func run(c options) error {
 	root, err := os.Getwd()
 	if err != nil {
 		return err
@@ -99,8 +90,8 @@ func run(c config) error {
 	if _, err := os.Stat(c.bin); err != nil {
 		return fmt.Errorf("the daemon binary: %w (make build)", err)
 	}
-	b := &bench{config: c, began: time.Now(), raw: map[hsm.KeyType]rawResult{}, profDir: filepath.Join(c.out, "profiles"),
-		explained: map[string]explained{}, costs: aloneCosts{VerifyMs: map[hsm.KeyType]float64{}}}
+	b := &bench{options: c, began: time.Now(), raw: map[hsm.KeyType]rawResult{}, profDir: filepath.Join(c.out, "profiles"),
+		explained: map[string]explained{}}
 	// Profiles of an earlier run would be mistaken for this one's.
 	if err := os.RemoveAll(b.profDir); err != nil {
 		return err
@@ -126,23 +117,22 @@ func run(c config) error {
 		b.notes = append(b.notes, fmt.Sprintf("The machine did not calm down within %s: other processes used %.2f cores when the run began; "+
 			"see the \"others\" CPU of each row.", c.quietWait, others))
 	}
-
-	if b.mos, err = startMosquitto(b.work); err != nil {
+	if b.mos, err = mosquitto.Start(b.work); err != nil {
 		return err
 	}
-	defer b.mos.stop()
+	defer b.mos.Stop()
 
 	b.notes = append(b.notes,
 		"Client, mosquitto, the appliance and SoftHSM2 (in-process, through cgo) share the machine's cores; the CPU columns say who used them, including other processes.",
-		"A missed target is re-run under the profilers. Its reason splits a request's time in the token's worker: signing and publishing are timed in place "+
-			"(shims at the token and transport interfaces), the reply-cache write and the checks in Go are measured alone in this run; a stack sampler (every 10 ms) "+
-			"gives each step's file:line (the device core's call → the innermost product frame) and the dispatch's waits; CPU shares come from a pprof CPU profile "+
-			"whose goroutines carry one label for the appliance and one for the bench client.")
+		"A missed target is re-run under the CPU profiler. Its reason splits a request's time by the device's step trace (device.Options.Trace): "+
+			"on the token's worker the run of the request with the token's signature inside it; on the finisher, for a batch, verifying digest signatures "+
+			"again, the audit trail and reply cache with their sync, and publishing until the PUBACKs. CPU shares come from the profile's pprof labels: "+
+			"the device's step label, and one label each for the appliance and the bench client.")
 	b.inProcess()
 	b.daemonRows()
 	b.sizeRows()
 
-	res := results{Machine: mach, Duration: fmtDuration(time.Since(b.began)), Rows: b.rows, Summary: summary(b.rows), Notes: b.notes, Alone: b.costs}
+	res := results{Machine: mach, Duration: fmtDuration(time.Since(b.began)), Rows: b.rows, Summary: summary(b.rows), Notes: b.notes}
 	if err := writeResults(c.out, res); err != nil {
 		return err
 	}
@@ -155,7 +145,7 @@ func (b *bench) fail(section, name string, err error) {
 	b.rows = append(b.rows, Row{Section: section, Name: name, Status: statusError, Reason: err.Error()})
 }
 
-// inProcess runs rows 1 to 3 on one SoftHSM2 token: raw speed, the appliance wired in
+// inProcess runs rows 1 to 3 on one SoftHSM2 token: raw speed, the appliance in
 // this process (so it can be profiled), and the openssl peer.
 func (b *bench) inProcess() {
 	tok, err := softhsm.Create(filepath.Join(b.work, "token"), "bench")
@@ -165,90 +155,59 @@ func (b *bench) inProcess() {
 	}
 	// SoftHSM2 reads it in every C_Initialize, so it stays set for the process.
 	os.Setenv("SOFTHSM2_CONF", tok.Conf)
-	ctx := context.Background()
-	mod, err := pkcs11.Open(tok.Module)
-	if err != nil {
-		b.fail(secRaw, "token", err)
-		return
-	}
-	defer mod.Close()
-	ptok, err := mod.Token(ctx, tok.Serial)
-	if err == nil {
-		err = ptok.Login(ctx, tok.PIN)
-	}
-	if err != nil {
-		b.fail(secRaw, "token", err)
-		return
-	}
-	for _, ks := range keySlots {
-		t0 := time.Now()
-		if _, err := ptok.Generate(ctx, ks.slot, ks.kt, hsm.KeyOptions{Label: "bench-" + string(ks.kt)}); err != nil {
-			b.fail(secRaw, string(ks.kt), fmt.Errorf("generate: %w", err))
-			return
-		}
-		progress("generated %s on SoftHSM2 in %s", ks.kt, time.Since(t0).Round(time.Millisecond))
-	}
-
-	for _, ks := range keySlots {
-		r, err := rawSpeed(ptok, ks.slot, ks.kt, b.warmup, b.window)
-		if err != nil {
-			b.fail(secRaw, string(ks.kt), err)
-			continue
-		}
-		b.raw[ks.kt] = r
-		progress("raw %s: %.0f signatures/s, p50 %.3f ms; verifying one in Go %.3f ms", ks.kt, r.Rate, r.P50, r.VerifyMs)
-		b.costs.VerifyMs[ks.kt] = r.VerifyMs
-		b.rows = append(b.rows, Row{Section: secRaw, Name: "raw " + string(ks.kt), KeyType: string(ks.kt),
-			Value: val(r.Rate), Unit: "signatures/s", Metrics: map[string]float64{"p50_ms": r.P50, "signatures": float64(r.N), "cpu_others_cores": r.Others, "verify_in_go_ms": r.VerifyMs}})
-	}
-	if b.costs.ReplyCacheMs, err = measureReplyCache(filepath.Join(b.work, "cost-store"), 200); err != nil {
-		progress("reply cache alone: %v", err)
-	} else {
-		progress("reply cache alone: store.PutReply %.3f ms", b.costs.ReplyCacheMs)
-	}
-
-	a, err := startAppliance(b.mos.url, "bench-"+randomHex(3), filepath.Join(b.work, "state"), mod, ptok)
+	a, err := startAppliance(b.mos.URL, "bench-"+randomHex(3), b.work, tok)
 	if err != nil {
 		b.fail(secAppliance, "appliance", err)
 		return
 	}
-	defer a.stop()
-	o, err := newOperator(b.mos.url)
+	defer func() {
+		if a.Stop() {
+			a.Close()
+		}
+	}()
+	o, err := newOperator(b.mos.URL)
 	if err != nil {
 		b.fail(secAppliance, "operator", err)
 		return
 	}
 	defer o.close()
-	topics := a.dev.Topics()
+	toks := a.Registry.Tokens()
+	if len(toks) == 0 {
+		b.fail(secAppliance, "appliance", errors.New("the appliance lists no HSM"))
+		return
+	}
+	htok, topics := toks[0], a.Device.Topics()
 	cas := map[hsm.KeyType]provisionedCA{}
-	for _, ks := range keySlots[:3] {
-		pc, err := provisionExisting(o, topics, a.hsmID, ks.slot, "Bench "+string(ks.kt)+" CA")
+	for _, ks := range keySlots {
+		t0 := time.Now()
+		pc, err := provision(o, topics, htok.Info().ID, ks.slot, string(ks.kt), "Bench "+string(ks.kt)+" CA")
 		if err != nil {
 			b.fail(secAppliance, "provision "+string(ks.kt), err)
 			return
 		}
 		cas[ks.kt] = pc
+		progress("generated %s on SoftHSM2 and provisioned it in %s", ks.kt, time.Since(t0).Round(time.Millisecond))
+	}
+	for _, ks := range keySlots {
+		r, err := rawSpeed(htok, ks.slot, ks.kt, b.warmup, b.window)
+		if err != nil {
+			b.fail(secRaw, string(ks.kt), err)
+			continue
+		}
+		b.raw[ks.kt] = r
+		progress("raw %s: %.0f signatures/s, p50 %.3f ms", ks.kt, r.Rate, r.P50)
+		b.rows = append(b.rows, Row{Section: secRaw, Name: "raw " + string(ks.kt), KeyType: string(ks.kt),
+			Value: val(r.Rate), Unit: "signatures/s", Metrics: map[string]float64{"p50_ms": r.P50, "signatures": float64(r.N), "cpu_others_cores": r.Others}})
 	}
 	csr, err := leafCSR("node.example.com")
 	if err != nil {
 		b.fail(secAppliance, "csr", err)
 		return
 	}
-	if b.costs.IssueMs, err = measureIssue(cas[hsm.P256].CertPEM, csr, time.Second); err != nil {
-		progress("certificate issuance alone: %v", err)
-	} else {
-		progress("certificate issuance in Go alone (software key): %.3f ms", b.costs.IssueMs)
-	}
-
 	specs := b.applianceSpecs(topics, cas, csr)
 	results := map[string]loadResult{}
 	for i := range specs {
 		s := &specs[i]
-		if s.kind == protocol.KindCertificate && s.inflight == 64 {
-			// Heap of the in-process run at its busiest, should the daemon's memory
-			// need explaining.
-			s.onWindow = func() func() { return func() { b.heap = takeHeap(b.profDir) } }
-		}
 		r, err := runLoad(o, s.loadSpec)
 		if err != nil {
 			b.fail(secAppliance, s.name(), err)
@@ -279,7 +238,7 @@ func (b *bench) applianceSpecs(topics protocol.Topics, cas map[hsm.KeyType]provi
 		for _, n := range inFlights {
 			specs = append(specs, appSpec{kind: kind, kt: kt, loadSpec: loadSpec{
 				topic: topics.CASign(cas[kt].CAID), args: raw, inflight: n,
-				warmup: b.warmup, window: b.window, brokerPID: b.mos.pid(),
+				warmup: b.warmup, window: b.window, brokerPID: b.mos.PID(),
 			}})
 		}
 	}
@@ -298,9 +257,8 @@ func (b *bench) applianceSpecs(topics protocol.Topics, cas map[hsm.KeyType]provi
 	return specs
 }
 
-// applianceRows evaluates the targets of the issue, re-runs each missed
-// configuration under the CPU profiler and the wall-clock sampler, and writes the
-// rows with the reason next to them.
+// applianceRows evaluates the targets, re-runs each missed configuration under the
+// CPU profiler, and writes the rows with the reason next to them.
 func (b *bench) applianceRows(specs []appSpec, results map[string]loadResult, o *operator) {
 	maxApp, maxAll := 0, 0
 	for _, s := range specs {
@@ -313,10 +271,12 @@ func (b *bench) applianceRows(specs []appSpec, results map[string]loadResult, o 
 			Value: val(r.Rate), Unit: "requests/s", Metrics: map[string]float64{
 				"p50_ms": r.P50, "p99_ms": r.P99, "ratio_to_raw": r.Rate / raw.Rate, "cpu_self_cores": r.CPUSelf,
 				"cpu_broker_cores": r.CPUBroker, "cpu_others_cores": r.CPUOthers, "mean_ms": r.MeanMs,
-				"sign_ms_per_request": r.SignMs, "publish_ms_per_request": r.PublishMs,
 				"completed": float64(r.Completed), "errors": float64(r.Errors),
 				"appliance_goroutines": float64(r.ApplianceGoroutines), "process_goroutines": float64(r.ProcessGoroutines),
 			}}
+		for step, v := range r.Steps {
+			row.Metrics["step_"+step+"_ms_per_request"] = v
+		}
 		if r.Errors > 0 {
 			row.Note = fmt.Sprintf("%d errors, first: %s", r.Errors, r.FirstErr)
 		}
@@ -348,64 +308,6 @@ func (b *bench) applianceRows(specs []appSpec, results map[string]loadResult, o 
 		Note: fmt.Sprintf("the status document has no goroutine count and the daemon exposes none, so this is the appliance of row 2 "+
 			"(goroutines carrying its pprof label, started by its device core and MQTT session); runtime.NumGoroutine of the whole "+
 			"process, client included, was %d", maxAll)})
-}
-
-// profiled re-runs a configuration under the CPU profiler and the wall-clock sampler.
-func (b *bench) profiled(o *operator, s appSpec) (loadResult, wallProfile, cpuProfile, aloneCosts, error) {
-	var wall wallProfile
-	var cpu cpuProfile
-	path := filepath.Join(b.profDir, s.file()+".cpu.pprof")
-	ls := s.loadSpec
-	var cpuErr error
-	ls.onWindow = func() func() {
-		stopCPU, err := startCPUProfile(path)
-		cpuErr = err
-		ws := startWallSampler(b.root, 10*time.Millisecond)
-		return func() {
-			wall = ws.finish()
-			if stopCPU != nil {
-				stopCPU()
-			}
-		}
-	}
-	progress("profiling %s", s.name())
-	// The reply-cache write is measured just before, under the same conditions: fsync
-	// time follows what else the disk is doing.
-	costs := b.costs
-	if c, err := measureReplyCache(filepath.Join(b.work, "cost-"+s.file()), 100); err == nil {
-		costs.ReplyCacheMs = c
-	}
-	r, err := runLoad(o, ls)
-	if err != nil {
-		return r, wall, cpu, costs, err
-	}
-	if cpuErr != nil {
-		return r, wall, cpu, costs, cpuErr
-	}
-	cpu, err = analyseCPU(path, s.window)
-	return r, wall, cpu, costs, err
-}
-
-type loadProfile struct {
-	Rate         float64     `json:"profiled_per_second"`
-	P50          float64     `json:"profiled_p50_ms"`
-	ReplyCacheMs float64     `json:"reply_cache_put_alone_ms"`
-	Wall         wallProfile `json:"wall"`
-	CPU          cpuProfile  `json:"cpu"`
-}
-
-func (b *bench) explainLoad(o *operator, s appSpec, raw rawResult) (string, any) {
-	if _, ok := b.explained[s.name()]; ok {
-		return fmt.Sprintf("profiled as %s: see that reason above", s.name()), nil
-	}
-	r, wall, cpu, costs, err := b.profiled(o, s)
-	if err != nil {
-		return "profiling failed: " + err.Error(), nil
-	}
-	e := explained{explainLoad(s, raw, costs, r, wall, cpu, b.out),
-		loadProfile{Rate: r.Rate, P50: r.P50, ReplyCacheMs: costs.ReplyCacheMs, Wall: wall, CPU: cpu}}
-	b.explained[s.name()] = e
-	return e.reason, e.profile
 }
 
 // peerRows measures openssl-per-certificate on the same token and key as the
@@ -464,26 +366,3 @@ func (b *bench) peerRows(tok *softhsm.Token, pc provisionedCA, csr string, specs
 	add("certificate issuance vs openssl, best against best", best, max(p.Rate1, p.Rate2),
 		"ours %.0f certificates/s at %d in flight vs openssl %.1f/s")
 }
-
-type heapSnapshot struct {
-	HeapInuseMiB float64 `json:"heap_inuse_mib"`
-	StackMiB     float64 `json:"stack_inuse_mib"`
-	SysMiB       float64 `json:"go_sys_mib"`
-	File         string  `json:"file,omitempty"`
-}
-
-func takeHeap(dir string) heapSnapshot {
-	var ms runtime.MemStats
-	runtime.ReadMemStats(&ms)
-	h := heapSnapshot{HeapInuseMiB: mib(ms.HeapInuse), StackMiB: mib(ms.StackInuse), SysMiB: mib(ms.Sys)}
-	p := filepath.Join(dir, "certificate-p256-64.heap.pprof")
-	if f, err := os.Create(p); err == nil {
-		if pprof.Lookup("heap").WriteTo(f, 0) == nil {
-			h.File = p
-		}
-		f.Close()
-	}
-	return h
-}
-
-func mib(n uint64) float64 { return float64(n) / (1 << 20) }

@@ -7,8 +7,6 @@ import (
 	"path/filepath"
 	"strings"
 	"time"
-
-	"github.com/iot-hsm/iot-hsm/hsm"
 )
 
 // Row is one line of the results: a measurement, and when the issue sets a target
@@ -62,12 +60,11 @@ var sectionTitles = map[string]string{
 }
 
 type results struct {
-	Machine  machine    `json:"machine"`
-	Duration string     `json:"duration"`
-	Summary  string     `json:"summary"`
-	Rows     []Row      `json:"rows"`
-	Notes    []string   `json:"notes"`
-	Alone    aloneCosts `json:"steps_measured_alone"`
+	Machine  machine  `json:"machine"`
+	Duration string   `json:"duration"`
+	Summary  string   `json:"summary"`
+	Rows     []Row    `json:"rows"`
+	Notes    []string `json:"notes"`
 }
 
 func writeResults(dir string, r results) error {
@@ -88,12 +85,11 @@ func summary(rows []Row) string {
 			n[r.Status]++
 		}
 	}
-	parts := []string{fmt.Sprintf("%d PASS", n[statusPass]), fmt.Sprintf("%d FAIL", n[statusFail])}
-	if n[statusNotBuilt] > 0 {
-		parts = append(parts, fmt.Sprintf("%d NOT BUILT", n[statusNotBuilt]))
-	}
-	if n[statusError] > 0 {
-		parts = append(parts, fmt.Sprintf("%d ERROR", n[statusError]))
+	var parts []string
+	for _, st := range []string{statusPass, statusFail, statusNotBuilt, statusError} {
+		if n[st] > 0 || st == statusPass || st == statusFail {
+			parts = append(parts, fmt.Sprintf("%d %s", n[st], st))
+		}
 	}
 	return strings.Join(parts, ", ")
 }
@@ -145,9 +141,6 @@ func markdown(r results) string {
 				fmt.Fprintf(&b, "| %s | %s | %.3f ms | %.2f cores |\n", row.KeyType, num(row.Value), row.Metrics["p50_ms"], row.Metrics["cpu_others_cores"])
 			}
 		case secAppliance:
-			c := r.Alone
-			fmt.Fprintf(&b, "Steps of a request measured alone in this run: `store.PutReply` of a 1 KiB reply %.2f ms; verifying a signature in Go: p256 %.2f ms, p384 %.2f ms, rsa2048 %.2f ms; `ca.Issuer.IssueCertificate` in Go with a software key %.2f ms.\n\n",
-				c.ReplyCacheMs, c.VerifyMs[hsm.P256], c.VerifyMs[hsm.P384], c.VerifyMs[hsm.RSA2048], c.IssueMs)
 			b.WriteString("| kind | key | in flight | requests/s | p50 | p99 | of raw speed | CPU cores: this process + mosquitto + others | target | result | reason (profile) |\n")
 			b.WriteString("|---|---|--:|--:|--:|--:|--:|--:|---|---|---|\n")
 			for _, row := range rows {

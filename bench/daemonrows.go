@@ -94,23 +94,7 @@ func (b *bench) memoryRows(d *daemon) {
 		return
 	}
 
-	var peak procStatus
-	stop, done := make(chan struct{}), make(chan struct{})
-	go func() {
-		defer close(done)
-		t := time.NewTicker(50 * time.Millisecond)
-		defer t.Stop()
-		for {
-			if st, err := readStatus(pid); err == nil && st.VmRSS > peak.VmRSS {
-				peak = st
-			}
-			select {
-			case <-stop:
-				return
-			case <-t.C:
-			}
-		}
-	}()
+	peakOf := samplePeak(pid)
 	csr, err := leafCSR("node.example.com")
 	if err != nil {
 		b.fail(secDaemon, "resident memory", err)
@@ -127,15 +111,13 @@ func (b *bench) memoryRows(d *daemon) {
 		r, err := runLoad(d.o, loadSpec{topic: topics.CASign(pc.CAID), args: l.args, inflight: 64, warmup: b.warmup,
 			window: b.window, brokerPID: b.mos.PID()})
 		if err != nil {
-			close(stop)
-			<-done
+			peakOf()
 			b.fail(secDaemon, "resident memory under load", err)
 			return
 		}
 		rates = append(rates, fmt.Sprintf("%.0f %s/s", r.Rate, l.name))
 	}
-	close(stop)
-	<-done
+	peak := peakOf()
 	maps, _ := smapsByFile(pid)
 	end, _ := readStatus(pid)
 	progress("daemon RSS: %.1f MiB at start, %.1f MiB idle, %.1f MiB peak under load", kib(atStart.VmRSS), kib(idle.VmRSS), kib(peak.VmRSS))
@@ -155,6 +137,33 @@ func (b *bench) memoryRows(d *daemon) {
 		row.Reason = b.memoryReason(peak, maps)
 	}
 	b.rows = append(b.rows, row)
+}
+
+// samplePeak samples the process's memory every 50 ms until the function it returns
+// is called, which returns the sample with the highest VmRSS.
+func samplePeak(pid int) func() procStatus {
+	var peak procStatus
+	stop, done := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(done)
+		t := time.NewTicker(50 * time.Millisecond)
+		defer t.Stop()
+		for {
+			if st, err := readStatus(pid); err == nil && st.VmRSS > peak.VmRSS {
+				peak = st
+			}
+			select {
+			case <-stop:
+				return
+			case <-t.C:
+			}
+		}
+	}()
+	return func() procStatus {
+		close(stop)
+		<-done
+		return peak
+	}
 }
 
 // memoryReason splits the daemon's resident memory by mapping.

@@ -109,39 +109,12 @@ func opensslPeer(s peerSetup) (peerResult, error) {
 	// SoftHSM2 is not built for several processes on one token at once: with two
 	// openssl processes some runs fail (segfault, "Failed to enumerate slots").
 	// Failed runs are counted and not retried; only certificates count.
-	run := func(workers int) (n, failed int, el time.Duration, firstErr error) {
-		var mu sync.Mutex
-		start := time.Now()
-		end := start.Add(s.duration)
-		var wg sync.WaitGroup
-		for w := range workers {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				for i := 0; time.Now().Before(end); i++ {
-					err := issue(fmt.Sprintf("leaf-%d-%d.pem", w, i))
-					mu.Lock()
-					if err != nil {
-						failed++
-						if firstErr == nil {
-							firstErr = err
-						}
-					} else {
-						n++
-					}
-					mu.Unlock()
-				}
-			}()
-		}
-		wg.Wait()
-		return n, failed, time.Since(start), firstErr
-	}
-	n, failed, el, err := run(1)
+	n, failed, el, err := issueMany(1, s.duration, issue)
 	if n == 0 {
 		return res, err
 	}
 	res.N1, res.Failed1, res.Rate1, res.PerCert = n, failed, float64(n)/el.Seconds(), el.Seconds()*1000/float64(n)
-	n, failed, el, err = run(2)
+	n, failed, el, err = issueMany(2, s.duration, issue)
 	res.N2, res.Failed2, res.Rate2 = n, failed, float64(n)/el.Seconds()
 	if err != nil {
 		res.FirstFailure = firstLine(err.Error())
@@ -155,4 +128,34 @@ func firstLine(s string) string {
 		s = s[:200] + "…"
 	}
 	return s
+}
+
+// issueMany runs issue in workers goroutines for d and counts the certificates and
+// the failed runs.
+func issueMany(workers int, d time.Duration, issue func(out string) error) (n, failed int, el time.Duration, firstErr error) {
+	var mu sync.Mutex
+	start := time.Now()
+	end := start.Add(d)
+	var wg sync.WaitGroup
+	for w := range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; time.Now().Before(end); i++ {
+				err := issue(fmt.Sprintf("leaf-%d-%d.pem", w, i))
+				mu.Lock()
+				if err != nil {
+					failed++
+					if firstErr == nil {
+						firstErr = err
+					}
+				} else {
+					n++
+				}
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	return n, failed, time.Since(start), firstErr
 }

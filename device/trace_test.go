@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/iot-hsm/iot-hsm/device/slots"
 	"github.com/iot-hsm/iot-hsm/protocol"
 )
 
@@ -23,7 +24,7 @@ func TestTraceNamesTheStepsOfASign(t *testing.T) {
 		mu.Unlock()
 	}})
 	if rep := call(t, d, tr, protocol.CmdSlotProvision, "gen",
-		protocol.ProvisionArgs{HSM: c.hsmID, Slot: "01", Mode: ModeGenerate, KeyType: "p256"}); !rep.OK {
+		protocol.ProvisionArgs{HSM: c.hsmID, Slot: "01", Mode: slots.ModeGenerate, KeyType: "p256"}); !rep.OK {
 		t.Fatalf("generate: %+v", rep.Error)
 	}
 	rep := call(t, d, tr, protocol.CmdSlotSelfSign, "root",

@@ -40,7 +40,6 @@ const (
 	CmdOTAStatus     = "ota.status"
 )
 
-
 // Error codes.
 const (
 	CodeBadRequest     = "bad_request"

@@ -147,4 +147,3 @@ func (t *Token) Attest(ctx context.Context, slot string) ([]*x509.Certificate, e
 	}
 	return a.Certificates(), nil
 }
-

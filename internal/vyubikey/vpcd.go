@@ -88,7 +88,6 @@ func (c *Card) Unplug() {
 	}
 }
 
-
 func (c *Card) serve(conn net.Conn) error {
 	r := bufio.NewReader(conn)
 	quickAck := quickAcker(conn)

@@ -51,8 +51,8 @@ lint:
 demo: deps build
 	BIN=$(BIN) bash scripts/demo.sh
 
-# Benchmarks (bench/, issue 9): the token's own signing speed, the same through the
-# appliance and mosquitto, the seed's openssl-per-certificate way, memory, start-up and
+# Benchmarks (bench/): the token's own signing speed, the same through the
+# appliance and mosquitto, the original IoT-HSM's openssl-per-certificate way, memory, start-up and
 # binary size; writes bench/RESULTS.md and bench/results.json in about five minutes.
 # What it runs against is installed as deps installs (only when missing), including the
 # PKCS#11 engine for openssl that deps leaves out.
@@ -87,7 +87,7 @@ cross-clean:
 buildroot-check: build
 	HOST_BIN=$(BIN) bash buildroot/check.sh
 
-# Fuzz targets (issue 8), each run for a short, bounded time one after the other; the
+# Fuzz targets, each run for a short, bounded time one after the other; the
 # seed corpora in testdata/fuzz/ also run as ordinary tests under `make test`.
 # A finding is written to testdata/fuzz/<Target>/ and fails the run.
 FUZZTIME ?= 10s

@@ -44,8 +44,9 @@ type Verifier struct {
 	cas   []*x509.Certificate
 	crls  map[string]*crl // by caID of the issuing CA
 	Now   func() time.Time
-	// RequireTopic refuses signed requests without the topic header. PROTOCOL.md
-	// does not know the header, so requiring it is a choice of the operator.
+	// RequireTopic refuses signed requests without the topic header. Controllers
+	// written to the protocol's first version do not send it, so requiring it is a
+	// choice of the operator.
 	RequireTopic bool
 }
 

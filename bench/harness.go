@@ -175,7 +175,7 @@ func command[T any](o *operator, topics protocol.Topics, cmd string, args any) (
 	return out, json.Unmarshal(r.Result, &out)
 }
 
-// provisionedCA is one slot turned into a root CA over MQTT, as the seed's wizard does.
+// provisionedCA is one slot turned into a root CA over MQTT, as the original IoT-HSM's wizard does.
 type provisionedCA struct {
 	CAID    string
 	CertPEM string

@@ -11,7 +11,7 @@ import (
 	"time"
 )
 
-// peerResult is the seed product's way of issuing: one openssl process per
+// peerResult is the original IoT-HSM's way of issuing: one openssl process per
 // certificate, the CA key reached through the PKCS#11 engine on the same token.
 type peerResult struct {
 	Rate1   float64 `json:"per_second_one_at_a_time"`

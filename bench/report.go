@@ -54,7 +54,7 @@ const (
 var sectionTitles = map[string]string{
 	secRaw:       "1. Raw token speed: one PKCS#11 session, C_Sign from Go (hsm/pkcs11 Signer), SoftHSM2",
 	secAppliance: "2. Through the appliance: `sign` over mosquitto on loopback (QoS 1, set_tcp_nodelay true)",
-	secPeer:      "3. The seed's way as a peer: one `openssl` process per certificate, PKCS#11 engine, same token",
+	secPeer:      "3. The original IoT-HSM's way as a peer: one `openssl` process per certificate, PKCS#11 engine, same token",
 	secDaemon:    "4. The daemon: `bin/iot-hsm run --config` as a child process",
 	secSize:      "5. Binary size (stripped)",
 }

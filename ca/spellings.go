@@ -6,7 +6,7 @@ import (
 	"slices"
 )
 
-// The protocol's spellings (PROTOCOL.md, "Spellings") for usages and
+// The protocol's spellings (docs/protocol.md, "Spellings") for usages and
 // revocation reasons. The parsers are strict: an unknown value is
 // ErrProfile, never dropped, because a silently missing usage or reason
 // changes what a certificate or CRL says.

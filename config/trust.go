@@ -19,8 +19,8 @@ type Trust struct {
 	// RequireTopic refuses signed requests that do not name, in their protected
 	// header "topic", the MQTT topic they were published to. Without the binding a
 	// signed request can be published again to another appliance or under another
-	// command. PROTOCOL.md does not define the header, so it is off unless every
-	// controller sends it (iot-hsm console always does).
+	// command. The protocol's first version has no such header, so it is off unless
+	// every controller sends it (iot-hsm console always does).
 	RequireTopic bool `toml:"require_topic"`
 }
 

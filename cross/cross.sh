@@ -27,7 +27,7 @@ BIN_DIR=${BIN_DIR:-$ROOT/bin}
 GO=${GO:-go}
 VERSION=${VERSION:-$(git -C "$ROOT" describe --tags --always --dirty 2>/dev/null || echo devel)}
 CROSS_ARCHES=${CROSS_ARCHES:-arm64 armv7}
-# arm64 must stay under this (issue 7).
+# arm64 must stay under this: the appliance image's budget for the binary.
 ARM64_LIMIT_MIB=25
 
 # The flags of a static cgo binary: external linking with -static (glibc, libpcsclite,

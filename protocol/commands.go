@@ -5,7 +5,7 @@ import (
 	"time"
 )
 
-// Arguments and results of each command, as PROTOCOL.md names them.
+// Arguments and results of each command, as docs/protocol.md names them.
 
 type HSMSetPINArgs struct {
 	HSM           string `json:"hsm"`

@@ -8,7 +8,7 @@ import (
 	"testing"
 )
 
-// Fuzz targets for the request envelope (issue 8). Seeds are here and in
+// Fuzz targets for the request envelope. Seeds are here and in
 // testdata/fuzz/<Target>/; `make fuzz` runs each for a bounded time.
 
 // requestSeeds are envelopes the daemon sees: valid ones and known tricky ones.

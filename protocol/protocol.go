@@ -1,4 +1,4 @@
-// Package protocol is the MQTT contract of ../shared/design/PROTOCOL.md in Go types:
+// Package protocol is the MQTT contract (docs/protocol.md) in Go types:
 // topics, the request and reply envelope, error codes, command arguments and results,
 // and the status document. The daemon and the console both speak it; it knows nothing
 // of HSMs or of the MQTT client.

@@ -9,7 +9,7 @@ import (
 	"testing"
 )
 
-// FuzzParseUEvent (issue 8): ParseUEvent never panics; a refusal returns the
+// FuzzParseUEvent: ParseUEvent never panics; a refusal returns the
 // zero UEvent; an accepted event has the shape the kernel sends, its fields
 // agree with its environment, and writing it back out the kernel's way parses
 // to the same event. SmartCard must not panic on anything parsed.

@@ -66,7 +66,7 @@ func writeFile(t *testing.T, dir, name string, data []byte) {
 }
 
 // ca provisions a root (slot 01) and an intermediate (slot 02, signed by the root
-// through its CA topic) on the appliance, as the seed's wizard does, over MQTT only.
+// through its CA topic) on the appliance, as the original IoT-HSM's wizard does, over MQTT only.
 func provisionCAs(t *testing.T, op *operator, a *appliance) (root, interm protocol.ProvisionResult, rootPEM, intermPEM string) {
 	t.Helper()
 	root = ok[protocol.ProvisionResult](t, op.call(a, protocol.CmdSlotProvision,

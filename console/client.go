@@ -122,24 +122,19 @@ func (s *session) request(cmd, topic string, rf *requestFlags, args any) (reply 
 	} else if !protocol.ValidID(id) {
 		return nil, nil, usagef("--id must be 1 to 128 characters of A-Z a-z 0-9 . _ : -")
 	}
-	rawArgs := json.RawMessage("{}")
-	if args != nil {
-		if rawArgs, err = json.Marshal(args); err != nil {
-			return nil, nil, fmt.Errorf("encode args: %w", err)
-		}
-	}
-
 	cn, err := s.connect()
 	if err != nil {
 		return nil, nil, err
 	}
 	defer cn.close()
-	if topic == "" {
-		dev, err := s.resolveDevice(cn)
-		if err != nil {
-			return nil, nil, err
+	if args, topic, err = s.resolveTarget(cn, cmd, topic, args); err != nil {
+		return nil, nil, err
+	}
+	rawArgs := json.RawMessage("{}")
+	if args != nil {
+		if rawArgs, err = json.Marshal(args); err != nil {
+			return nil, nil, fmt.Errorf("encode args: %w", err)
 		}
-		topic = protocol.Topics{Root: s.opts.root, Device: dev}.Cmd(cmd)
 	}
 
 	replies := make(chan []byte, 1)

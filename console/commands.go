@@ -2,6 +2,7 @@ package console
 
 import (
 	"fmt"
+	"strings"
 
 	"github.com/iot-hsm/iot-hsm/protocol"
 )
@@ -103,7 +104,8 @@ func (s *session) cmdProvision(args []string) error {
 	keyFile := fs.String("key-pem", "", "the private key to import, PEM `FILE` (- for stdin)")
 	pwFile := fs.String("key-password-file", "", "read the key's password from `FILE`")
 	fs.StringVar(&a.Label, "label", "", "key label")
-	fs.BoolVar(&a.Overwrite, "overwrite", false, "replace a key already in the slot")
+	fs.BoolVar(&a.Overwrite, "overwrite", false, "replace a key already in the slot (asks first; --yes in scripts)")
+	yes := fs.Bool("yes", false, "confirm --overwrite without asking")
 	if err := s.parse(fs, args); err != nil {
 		return err
 	}
@@ -135,10 +137,19 @@ func (s *session) cmdProvision(args []string) error {
 			return err
 		}
 	}
+	var victim string
+	if a.Overwrite {
+		var err error
+		if victim, err = s.confirmDestroy("slot.provision --overwrite", a.HSM, a.Slot, *yes); err != nil {
+			return err
+		}
+	}
 	if !s.opts.timeoutSet {
 		s.opts.timeout = provisionTimeout
 	}
+	stop := s.progress(fmt.Sprintf("slot.provision %s/%s (%s %s)", a.HSM, a.Slot, a.Mode, a.KeyType))
 	reply, err := s.call(protocol.CmdSlotProvision, "", rf, a)
+	stop()
 	if err != nil {
 		return err
 	}
@@ -147,6 +158,9 @@ func (s *session) cmdProvision(args []string) error {
 		return err
 	}
 	summary := fmt.Sprintf("slot_id: %s\nkey_type: %s\nca_id: %s", res.SlotID, dash(res.KeyType), dash(res.CAID))
+	if victim != "" {
+		summary = "destroyed: " + victim + "\n" + summary
+	}
 	if res.Attestation != "" {
 		summary += "\nattestation: present (see --json)"
 	}
@@ -268,12 +282,20 @@ func (s *session) cmdClear(args []string) error {
 	fs, rf := s.requestFlags(protocol.CmdSlotClear, "--slot-id ID [--destroy-key]")
 	var a protocol.ClearArgs
 	fs.StringVar(&a.SlotID, "slot-id", "", "the slot, <hsm-id>/<slot>")
-	fs.BoolVar(&a.DestroyKey, "destroy-key", false, "also delete the key from the HSM (irreversible)")
+	fs.BoolVar(&a.DestroyKey, "destroy-key", false, "also delete the key from the HSM (irreversible; asks first, --yes in scripts)")
+	yes := fs.Bool("yes", false, "confirm --destroy-key without asking")
 	if err := s.parse(fs, args); err != nil {
 		return err
 	}
 	if a.SlotID == "" {
 		return usagef("--slot-id is required")
+	}
+	var victim string
+	if h, slot, ok := strings.Cut(a.SlotID, "/"); ok && a.DestroyKey {
+		var err error
+		if victim, err = s.confirmDestroy("slot.clear --destroy-key", h, slot, *yes); err != nil {
+			return err
+		}
 	}
 	reply, err := s.call(protocol.CmdSlotClear, "", rf, a)
 	if err != nil || s.opts.json {
@@ -288,6 +310,9 @@ func (s *session) cmdClear(args []string) error {
 		key = "key destroyed"
 	}
 	fmt.Fprintf(s.stdout, "slot %s: %s, %s\n", res.SlotID, dash(res.State), key)
+	if res.KeyDestroyed && victim != "" {
+		fmt.Fprintf(s.stdout, "destroyed: %s\n", victim)
+	}
 	return nil
 }
 

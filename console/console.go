@@ -5,6 +5,7 @@
 package console
 
 import (
+	"bufio"
 	"errors"
 	"flag"
 	"fmt"
@@ -69,6 +70,10 @@ protocol commands (each also takes --id ID and --out FILE; FILE may be - for std
   ota.status
 
 other commands:
+  provision [--hsm H] [--slot S] [--mode M] [--key-type T] [--provisioning-cert F] [--as root|csr]
+            [--csr-out F] [--certificate F] [--chain F] [--out F] [--yes]
+                                         guided provisioning of one CA slot; asks on a terminal,
+                                         resumes a slot left half-way
   devices [--wait D]                     devices seen through their retained status
   watch [--all] [--count N] [--for D]    status and events as they arrive
   make-provisioning-cert --cn NAME [--org O] [--country C] [--validity D] [--path-len N]
@@ -82,9 +87,12 @@ exit status: 0 ok, 1 the device answered an error, 2 usage error, 3 timeout or b
 type exitError struct {
 	code int
 	msg  string
+	err  error // the sentinel it stands for, if any
 }
 
 func (e *exitError) Error() string { return e.msg }
+
+func (e *exitError) Unwrap() error { return e.err }
 
 func usagef(format string, args ...any) error {
 	return &exitError{code: exitUsage, msg: fmt.Sprintf(format, args...)}
@@ -180,7 +188,10 @@ type session struct {
 	stdin     io.Reader
 	stdout    io.Writer
 	stderr    io.Writer
-	stdinUsed string // the flag that read stdin, which can be read only once
+	stdinUsed string        // the flag that read stdin, which can be read only once
+	in        *bufio.Reader // the answers to the questions of a terminal session
+	seen      []seenDevice  // the retained status documents, once read
+	seenRead  bool
 }
 
 var commands = map[string]func(s *session, args []string) error{
@@ -202,6 +213,7 @@ var commands = map[string]func(s *session, args []string) error{
 	"devices":                 (*session).cmdDevices,
 	"watch":                   (*session).cmdWatch,
 	"make-provisioning-cert":  (*session).cmdMakeProvisioningCert,
+	"provision":               (*session).cmdWizard,
 }
 
 // Run runs the console with args (what follows "console" on the command line) and

@@ -196,10 +196,14 @@ func TestProvisionRequestOnTheWire(t *testing.T) {
 
 	before := time.Now()
 	code, stdout, stderr := run(t, "", "--broker", url, "--device", "dev1", "slot.provision",
-		"--hsm", "pkcs11-abc", "--slot", "01", "--mode", "generate", "--key-type", "p256", "--label", "root", "--overwrite", "--id", "req-1")
+		"--hsm", "pkcs11-abc", "--slot", "01", "--mode", "generate", "--key-type", "p256", "--label", "root", "--overwrite", "--yes", "--id", "req-1")
 	after := time.Now()
 	if code != 0 {
 		t.Fatalf("exit %d, stderr %q", code, stderr)
+	}
+	// --overwrite reads the slot first, to name what it destroys.
+	if r := next(t, got); r.topic != "iot-hsm/dev1/cmd/slot.show" {
+		t.Errorf("first request on %q, want slot.show", r.topic)
 	}
 	r := next(t, got)
 	if r.topic != "iot-hsm/dev1/cmd/slot.provision" {

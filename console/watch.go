@@ -37,8 +37,10 @@ func topicDevice(root, topic, suffix string) (string, bool) {
 	return dev, ok && mqtt.ValidTopicLevel(dev)
 }
 
-// statuses collects the retained status documents under the root for wait.
-func (s *session) statuses(cn *conn, wait time.Duration) ([]seenDevice, error) {
+// statuses collects the retained status documents under the root for wait; with
+// synced it returns as soon as the broker has handed them all out, wait being then
+// only the upper bound.
+func (s *session) statuses(cn *conn, wait time.Duration, synced bool) ([]seenDevice, error) {
 	var mu sync.Mutex
 	seen := map[string]seenDevice{}
 	filter := protocol.StatusFilter(s.opts.root)
@@ -62,7 +64,11 @@ func (s *session) statuses(cn *conn, wait time.Duration) ([]seenDevice, error) {
 	if err != nil {
 		return nil, unreachablef("subscribe to %s: %v", filter, err)
 	}
-	time.Sleep(wait)
+	if synced {
+		s.syncRetained(cn, wait)
+	} else {
+		time.Sleep(wait)
+	}
 	// Nothing more is wanted from it; an error here changes nothing for the caller.
 	_ = cn.client.Unsubscribe(filter)
 
@@ -83,7 +89,7 @@ func (s *session) resolveDevice(cn *conn) (string, error) {
 	if s.opts.device != "" {
 		return s.opts.device, nil
 	}
-	seen, err := s.statuses(cn, discoveryWait)
+	seen, err := s.retained(cn)
 	if err != nil {
 		return "", err
 	}
@@ -126,7 +132,7 @@ func (s *session) cmdDevices(args []string) error {
 		return err
 	}
 	defer cn.close()
-	seen, err := s.statuses(cn, *wait)
+	seen, err := s.statuses(cn, *wait, false)
 	if err != nil {
 		return err
 	}

@@ -77,6 +77,9 @@ func (w *wizard) from(rec *protocol.SlotShow) error {
 	if rec != nil {
 		state = rec.State
 	}
+	if err := w.scripted(state); err != nil {
+		return err
+	}
 	switch state {
 	case "":
 		if err := w.makeKey(); err != nil {
@@ -98,6 +101,23 @@ func (w *wizard) from(rec *protocol.SlotShow) error {
 			w.slotID, describeSlot(*rec))}
 	}
 	return fmt.Errorf("slot %s is in state %q, which this console does not know", w.slotID, state)
+}
+
+// scripted checks, without a terminal, that the flags answer every question the
+// remaining steps ask, before any of them changes the slot.
+func (w *wizard) scripted(state string) error {
+	if w.ask || (state != "" && state != "key_ready") {
+		return nil
+	}
+	for _, f := range []struct{ name, value string }{{"provisioning-cert", w.f.provCert}, {"as", w.f.as}} {
+		if f.value == "" {
+			return usagef("--%s is required (no terminal to ask on)", f.name)
+		}
+	}
+	if (w.f.mode == "import") != (w.f.keyPEM != "") && state == "" {
+		return usagef("--key-pem goes with --mode import, and --mode import needs it")
+	}
+	return nil
 }
 
 // ErrExists: the slot the wizard was pointed at is already provisioned.

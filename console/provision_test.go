@@ -99,3 +99,70 @@ func TestWizardRootAndIntermediateOnATerminal(t *testing.T) {
 		t.Errorf("slot 02: %+v", sl)
 	}
 }
+
+// TestWizardResumesAndScripts: without a terminal every answer is a flag, a missing
+// one is a usage error naming it, and a slot left half-way (csr_pending after a
+// first run, key_ready after a bare slot.provision) is taken up where it stopped.
+func TestWizardResumesAndScripts(t *testing.T) {
+	l := startLab(t)
+	short := l.tok.Serial[:5]
+	rootProv, issuingProv := l.provCert(t, "Root", 1), l.provCert(t, "Issuing", 0)
+
+	code, _, stderr := l.console(t, "provision", "--hsm", short, "--slot", "01")
+	if code != 2 || !strings.Contains(stderr, "--provisioning-cert is required") {
+		t.Fatalf("missing flag: exit %d, %s", code, stderr)
+	}
+	// Refused before anything was made: the slot has no record.
+	if code, _, stderr := l.console(t, "slot.show", "--slot-id", l.hsmID+"/01"); code != 1 || !strings.Contains(stderr, "not_found") {
+		t.Fatalf("after the usage error, slot.show: exit %d, %s", code, stderr)
+	}
+	// A key made by hand: the slot is key_ready, and the wizard goes on at the
+	// provisioning certificate.
+	if code, _, stderr := l.console(t, "slot.provision", "--hsm", short, "--slot", "01", "--mode", "generate", "--key-type", "p256"); code != 0 {
+		t.Fatalf("slot.provision: %s", stderr)
+	}
+	rootPEM := filepath.Join(l.dir, "root.pem")
+	code, stdout, stderr := l.console(t, "provision", "--slot", short+"/01", "--provisioning-cert", rootProv, "--as", "root", "--out", rootPEM)
+	if code != 0 || !strings.Contains(stdout, "holds a key (p256, ca_id ") || !strings.Contains(stdout, "going on from there") ||
+		!strings.Contains(stdout, "0 CN=Root (self-signed root)") {
+		t.Fatalf("resume at key_ready: exit %d\n%s\n%s", code, stdout, stderr)
+	}
+	opensslVerify(t, rootPEM, rootPEM)
+
+	// The intermediate, in two runs: the CSR, then (later) the certificate.
+	csrPath := filepath.Join(l.dir, "issuing.csr")
+	code, stdout, stderr = l.console(t, "provision", "--hsm", "1", "--slot", "02", "--key-type", "p384",
+		"--provisioning-cert", issuingProv, "--as", "csr", "--csr-out", csrPath)
+	if code != 0 || !strings.Contains(stdout, "stays csr_pending") || !strings.Contains(stdout, "written to "+csrPath) {
+		t.Fatalf("csr run: exit %d\n%s\n%s", code, stdout, stderr)
+	}
+	issuingPEM := filepath.Join(l.dir, "issuing.pem")
+	root := l.slotShow(t, l.hsmID+"/01")
+	if code, _, stderr := l.console(t, "sign", "--ca-id", root.CAID[:6], "--kind", "certificate", "--csr", csrPath, "--is-ca",
+		"--key-usage", "cert_sign,crl_sign", "--validity", "1h", "--out", issuingPEM); code != 0 {
+		t.Fatalf("sign: %s", stderr)
+	}
+	// Certificate and chain pasted as one bundle file.
+	bundleIn := l.write(t, "bundle-in.pem", readFile(t, issuingPEM)+readFile(t, rootPEM))
+	code, stdout, stderr = l.console(t, "provision", "--slot", short+"/2", "--certificate", bundleIn, "--csr-out", csrPath)
+	if code != 0 || !strings.Contains(stdout, "waits for its signed certificate: going on from there") ||
+		!strings.Contains(stdout, "1 CN=Root (self-signed root)") {
+		t.Fatalf("resume at csr_pending: exit %d\n%s\n%s", code, stdout, stderr)
+	}
+	opensslVerify(t, rootPEM, issuingPEM)
+
+	// A provisioned slot is not touched again.
+	code, _, stderr = l.console(t, "provision", "--hsm", short, "--slot", "01", "--provisioning-cert", rootProv, "--as", "root")
+	if code != 1 || !strings.Contains(stderr, "already provisioned") || !strings.Contains(stderr, "subject CN=Root") {
+		t.Errorf("provisioned slot: exit %d, %s", code, stderr)
+	}
+}
+
+func readFile(t *testing.T, path string) string {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}

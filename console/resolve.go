@@ -303,15 +303,16 @@ func (s *session) resolveCAID(cn *conn, name string) (string, error) {
 	default:
 		return "", ambiguousf("ca_id %s is ambiguous: it could be %s", name, caCandidates(byID))
 	}
-	for id, holders := range byID {
-		for _, h := range holders {
-			if h.usable {
-				return id, nil
-			}
-		}
-		return "", offlinef("ca_id %s is held by %s, none of them online and connected", short(id), holderList(holders))
+	var id string
+	var holders []caHolder
+	for id, holders = range byID { // its one entry
 	}
-	panic("unreachable")
+	for _, h := range holders {
+		if h.usable {
+			return id, nil
+		}
+	}
+	return "", offlinef("ca_id %s is held by %s, none of them online and connected", short(id), holderList(holders))
 }
 
 func caHolders(seen []seenDevice) []caHolder {

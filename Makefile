@@ -12,8 +12,11 @@ STATICCHECK_VERSION := v0.7.0
 # mosquitto (the tests start their own brokers; the service is not needed), pcscd with
 # vsmartcard's virtual readers and the pcsc-lite headers (the YubiKey path; the tests
 # plug a virtual YubiKey into vpcd), yubico-piv-tool (a second client of that card),
-# systemd (systemd-analyze verifies the unit file).
-DEB_PACKAGES := softhsm2 opensc openssl mosquitto pcscd vsmartcard-vpcd libpcsclite-dev yubico-piv-tool systemd
+# systemd (systemd-analyze verifies the unit file), rauc with squashfs-tools (builds its
+# bundles) and dbus-daemon (the OTA test runs rauc on a private bus). testtools_test.go
+# fails when a test runs a program from a package not listed here.
+DEB_PACKAGES := softhsm2 opensc openssl mosquitto pcscd vsmartcard-vpcd libpcsclite-dev yubico-piv-tool systemd \
+	rauc squashfs-tools dbus-daemon
 
 .PHONY: build test lint deps demo clean pcscd
 

@@ -28,7 +28,7 @@ type raucRig struct {
 func needTools(t *testing.T, tools ...string) {
 	for _, tool := range tools {
 		if _, err := exec.LookPath(tool); err != nil {
-			t.Fatalf("%s is not installed (apt-get install rauc squashfs-tools dbus openssl): the RAUC test cannot run", tool)
+			t.Fatalf("%s is not installed (make deps installs it): the RAUC test cannot run", tool)
 		}
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -36,21 +37,37 @@ func (f *fakeTransport) Connected() bool                              { return t
 // reply waits for the reply to id on the default reply topic.
 func (f *fakeTransport) reply(t *testing.T, d *Device, id string) protocol.Reply {
 	t.Helper()
+	return f.repliesN(t, d, id, 1)[0]
+}
+
+// repliesN waits until n replies to id are on the default reply topic.
+func (f *fakeTransport) repliesN(t *testing.T, d *Device, id string, n int) []protocol.Reply {
+	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
+	var got []protocol.Reply
 	for time.Now().Before(deadline) {
-		f.mu.Lock()
-		msgs := f.out[d.Topics().Reply()]
-		f.mu.Unlock()
-		for _, m := range msgs {
-			var r protocol.Reply
-			if json.Unmarshal(m, &r) == nil && r.ID == id {
-				return r
-			}
+		got = f.repliesTo(d, id)
+		if len(got) >= n {
+			return got
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-	t.Fatalf("no reply to %s", id)
-	return protocol.Reply{}
+	t.Fatalf("%d replies to %s, want %d", len(got), id, n)
+	return nil
+}
+
+// repliesTo is what was published on the default reply topic for id so far.
+func (f *fakeTransport) repliesTo(d *Device, id string) []protocol.Reply {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var got []protocol.Reply
+	for _, m := range f.out[d.Topics().Reply()] {
+		var r protocol.Reply
+		if json.Unmarshal(m, &r) == nil && r.ID == id {
+			got = append(got, r)
+		}
+	}
+	return got
 }
 
 func request(d *Device, cmd, id string, args string) {
@@ -61,16 +78,16 @@ func request(d *Device, cmd, id string, args string) {
 }
 
 func TestReloadAndRestartCommands(t *testing.T) {
-	var restarts int
-	var mu sync.Mutex
+	var reloads, restarts atomic.Int32
 	d, tr, _ := startDevice(t, Options{
 		Reload: func(ctx context.Context) (any, error) {
+			reloads.Add(1)
 			if ctx.Err() != nil {
 				return nil, ctx.Err()
 			}
 			return map[string]any{"applied": []string{"log_level"}}, nil
 		},
-		Restart: func() { mu.Lock(); restarts++; mu.Unlock() },
+		Restart: func() { restarts.Add(1) },
 	})
 	request(d, protocol.CmdReload, "r1", "")
 	if r := tr.reply(t, d, "r1"); !r.OK || !strings.Contains(string(r.Result), "log_level") {
@@ -84,13 +101,18 @@ func TestReloadAndRestartCommands(t *testing.T) {
 	if r := tr.reply(t, d, "r3"); !r.OK || string(r.Result) != `{"restarting":true}` {
 		t.Errorf("restart: %+v %s", r.Error, r.Result)
 	}
-	// A redelivered restart gets the cached reply and does not restart again.
+	// A redelivered restart gets the cached reply and does not restart again. The
+	// hook runs before its job's reply, so once both replies are out the count is
+	// final.
 	request(d, protocol.CmdRestart, "r3", "")
-	time.Sleep(100 * time.Millisecond)
-	mu.Lock()
-	defer mu.Unlock()
-	if restarts != 1 {
-		t.Errorf("restart hook called %d times, want once", restarts)
+	if r := tr.repliesN(t, d, "r3", 2)[1]; !r.Replayed || string(r.Result) != `{"restarting":true}` {
+		t.Errorf("redelivered restart: %+v %s, want the cached reply, marked replayed", r.Error, r.Result)
+	}
+	if n := reloads.Load(); n != 1 {
+		t.Errorf("reload hook called %d times, want once (the refused reload must not run)", n)
+	}
+	if n := restarts.Load(); n != 1 {
+		t.Errorf("restart hook called %d times, want once", n)
 	}
 }
 
@@ -168,14 +190,18 @@ func TestHealthyAndShutdown(t *testing.T) {
 	if rep := tr.reply(t, d, "queued"); rep.Error == nil || rep.Error.Code != protocol.CodeBusy {
 		t.Errorf("the queued request: %+v, want busy (not run)", rep.Error)
 	}
-	// Handle takes nothing once stopping.
+	// Handle takes nothing once stopping: neither counted nor answered, whether the
+	// request would run, be refused or be dropped.
+	before := d.Status().Counters
 	request(d, protocol.CmdStatus, "late", "")
-	time.Sleep(50 * time.Millisecond)
-	tr.mu.Lock()
-	defer tr.mu.Unlock()
-	for _, m := range tr.out[d.Topics().Reply()] {
-		if strings.Contains(string(m), `"late"`) {
-			t.Error("a request was answered after the shutdown began")
+	request(d, protocol.CmdReload, "late-bad", `{"force":true}`)
+	d.Handle(d.Topics().Cmd(protocol.CmdStatus), []byte("not json"))
+	if after := d.Status().Counters; after != before {
+		t.Errorf("counters %+v after the shutdown began, were %+v: requests were taken", after, before)
+	}
+	for _, id := range []string{"late", "late-bad"} {
+		if got := tr.repliesTo(d, id); len(got) != 0 {
+			t.Errorf("%s was answered after the shutdown began: %+v", id, got)
 		}
 	}
 }

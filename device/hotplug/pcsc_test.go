@@ -90,6 +90,8 @@ type fakePCSCD struct {
 	wake     chan struct{}
 	cancels  int // SCardCancel calls that woke a blocked call
 	timeouts int // calls that ended with SCARD_E_TIMEOUT
+	refused  int // opens that failed
+	blocked  int // calls blocked in getStatusChange now
 	// afterList, when set, runs once right after a reader list is taken:
 	// a change landing between the list and the next status call.
 	afterList func()
@@ -109,13 +111,33 @@ func (f *fakePCSCD) open() (scardConn, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.down {
+		f.refused++
 		return nil, errFakeNoService
 	}
 	if f.failOpen > 0 {
 		f.failOpen--
+		f.refused++
 		return nil, errFakeNoService
 	}
 	return &fakeConn{f: f}, nil
+}
+
+// waitUntil waits for cond, checked under the lock, to hold.
+func (f *fakePCSCD) waitUntil(t *testing.T, what string, cond func(f *fakePCSCD) bool) {
+	t.Helper()
+	deadline := time.Now().Add(3 * time.Second)
+	for {
+		f.mu.Lock()
+		ok := cond(f)
+		f.mu.Unlock()
+		if ok {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("not within 3s: %s", what)
+		}
+		time.Sleep(time.Millisecond)
+	}
 }
 
 // change edits the state and wakes blocked calls, as pcscd's event
@@ -207,16 +229,19 @@ func (c *fakeConn) getStatusChange(states []readerState, timeout time.Duration) 
 		wake := f.wake
 		cancelled := make(chan struct{})
 		c.blocked = cancelled
+		f.blocked++
 		f.mu.Unlock()
 		select {
 		case <-wake:
 			f.mu.Lock()
 			c.blocked = nil
+			f.blocked--
 		case <-cancelled:
 			return errors.New("fake: cancelled")
 		case <-expired:
 			f.mu.Lock()
 			c.blocked = nil
+			f.blocked--
 			f.timeouts++
 			f.mu.Unlock()
 			return errTimeout
@@ -231,6 +256,7 @@ func (c *fakeConn) cancel() {
 	if c.blocked != nil {
 		close(c.blocked)
 		c.blocked = nil
+		c.f.blocked--
 		c.f.cancels++
 	}
 }
@@ -341,9 +367,12 @@ func TestWatchPCSCLogic(t *testing.T) {
 
 	// pcscd dies: its readers are reported removed, one warning, and the
 	// watcher comes back when pcscd does.
+	f.mu.Lock()
+	refusedBefore := f.refused
+	f.mu.Unlock()
 	f.change(func(f *fakePCSCD) { f.down = true })
 	expectEvent(t, ch, ReaderEvent{Reader: "B", Removed: true})
-	time.Sleep(50 * time.Millisecond) // several failed reconnects
+	f.waitUntil(t, "three failed reconnects", func(f *fakePCSCD) bool { return f.refused >= refusedBefore+3 })
 	if n := rec.count(slog.LevelWarn, "lost pcscd"); n != 1 {
 		t.Errorf("%d warnings for a lost pcscd, want 1", n)
 	}
@@ -354,7 +383,7 @@ func TestWatchPCSCLogic(t *testing.T) {
 	expectEvent(t, ch, ReaderEvent{Reader: "B", Present: true})
 
 	// Cancel while blocked in SCardGetStatusChange.
-	time.Sleep(20 * time.Millisecond)
+	f.waitUntil(t, "a call blocked in SCardGetStatusChange", func(f *fakePCSCD) bool { return f.blocked > 0 })
 	cancel()
 	expectClosed(t, ch)
 	f.mu.Lock()
@@ -377,7 +406,7 @@ func TestWatchPCSCCancelWhileAbsent(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(20 * time.Millisecond)
+	f.waitUntil(t, "a refused connection", func(f *fakePCSCD) bool { return f.refused > 0 })
 	cancel()
 	expectClosed(t, ch)
 	settleGoroutines(t, base)

@@ -110,6 +110,28 @@ func (c *calls) onChange(reason string) {
 	c.at = append(c.at, time.Now())
 }
 
+// waitFor waits until OnChange was called n times and returns the calls so far.
+func (c *calls) waitFor(t *testing.T, n int) ([]string, []time.Time) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		reasons, at := c.snapshot()
+		if len(reasons) >= n {
+			return reasons, at
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d OnChange calls within 5s, want %d: %q", len(reasons), n, reasons)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+func (c *calls) count() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.reasons)
+}
+
 func (c *calls) snapshot() ([]string, []time.Time) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -161,11 +183,7 @@ func TestWatcherDebounce(t *testing.T) {
 	}
 	sendPC(ReaderEvent{Reader: "Yubico YubiKey OTP+FIDO+CCID 00 00", Present: true})
 	last := time.Now()
-	time.Sleep(400 * time.Millisecond)
-	reasons, at := c.snapshot()
-	if len(reasons) != 1 {
-		t.Fatalf("%d OnChange calls for one burst, want 1: %q", len(reasons), reasons)
-	}
+	reasons, at := c.waitFor(t, 1)
 	if d := at[0].Sub(last); d < 90*time.Millisecond {
 		t.Errorf("OnChange %v after the burst's last event, want after the 100ms debounce", d)
 	}
@@ -176,23 +194,22 @@ func TestWatcherDebounce(t *testing.T) {
 		t.Errorf("reason %q does not name the first event and the rest", reasons[0])
 	}
 
-	// Other devices: no rescan.
+	// Other devices: no rescan. The dropped-events notice after them comes through
+	// the same source, so the next call is its alone if they noted nothing (and
+	// the burst is not called twice).
 	for _, ev := range otherEvents {
 		sendUE(parseOrFail(t, ev.msg))
 	}
-	time.Sleep(250 * time.Millisecond)
-	if reasons, _ := c.snapshot(); len(reasons) != 1 {
-		t.Fatalf("non-smart-card uevents caused OnChange: %q", reasons[1:])
-	}
-
-	// A dropped-events notice and a card removal each cause one more.
 	sendUE(UEvent{Action: ActionOverflow})
-	time.Sleep(250 * time.Millisecond)
+	reasons, _ = c.waitFor(t, 2)
+	if reasons[1] != "uevent: kernel dropped events" {
+		t.Fatalf("second OnChange %q, want the dropped events alone: %q", reasons[1], reasons)
+	}
+	// A card removal causes one more.
 	sendPC(ReaderEvent{Reader: "Virtual PCD 00 00"})
-	time.Sleep(250 * time.Millisecond)
-	reasons, _ = c.snapshot()
-	if len(reasons) != 3 || !strings.Contains(reasons[1], "dropped") || !strings.Contains(reasons[2], "no card in Virtual PCD 00 00") {
-		t.Fatalf("reasons %q", reasons)
+	reasons, _ = c.waitFor(t, 3)
+	if reasons[2] != "pcsc: no card in Virtual PCD 00 00" {
+		t.Fatalf("third OnChange %q, want the card removal alone", reasons[2])
 	}
 
 	stop()
@@ -208,15 +225,16 @@ func TestWatcherMaxWait(t *testing.T) {
 		Logger: slog.New(&logRecorder{})}
 	_, sendPC := newFakeSources().attach(w)
 	stop := runWatcher(t, w)
+	// Events every 20ms, well inside the debounce, until the first rescan.
 	start := time.Now()
-	for time.Since(start) < 700*time.Millisecond {
+	for c.count() == 0 {
+		if time.Since(start) > 5*time.Second {
+			t.Fatal("no OnChange during 5s of continuous events")
+		}
 		sendPC(ReaderEvent{Reader: "R", Present: true})
 		time.Sleep(20 * time.Millisecond)
 	}
-	reasons, at := c.snapshot()
-	if len(reasons) == 0 {
-		t.Fatal("no OnChange during 700ms of continuous events")
-	}
+	_, at := c.snapshot()
 	if d := at[0].Sub(start); d > 500*time.Millisecond {
 		t.Errorf("first OnChange after %v, want by 4x100ms", d)
 	}
@@ -233,12 +251,15 @@ func TestWatcherInterval(t *testing.T) {
 	w := &Watcher{OnChange: c.onChange, Interval: 50 * time.Millisecond, Logger: slog.New(rec)}
 	w.uevents = func(context.Context) (<-chan UEvent, error) { return nil, errors.New("no netlink for you") }
 	w.pcsc = func(context.Context, *slog.Logger) (<-chan ReaderEvent, error) { return nil, errNoPCSC }
+	start := time.Now()
 	stop := runWatcher(t, w)
-	time.Sleep(330 * time.Millisecond)
+	reasons, at := c.waitFor(t, 3)
 	stop()
-	reasons, _ := c.snapshot()
-	if len(reasons) < 3 || len(reasons) > 7 {
-		t.Errorf("%d periodic rescans in 330ms at a 50ms interval: %q", len(reasons), reasons)
+	// Each rescan an interval after the last (timers may fire a little early).
+	for i, prev := range append([]time.Time{start}, at[:2]...) {
+		if gap := at[i].Sub(prev); gap < 45*time.Millisecond {
+			t.Errorf("periodic rescan %d came %v after the one before, want the 50ms interval", i+1, gap)
+		}
 	}
 	for _, r := range reasons {
 		if r != "periodic rescan" {
@@ -263,6 +284,7 @@ func TestWatcherNeverConcurrent(t *testing.T) {
 	var (
 		inFlight, maxInFlight atomic.Int32
 		n                     int // deliberately unsynchronised
+		done                  atomic.Int32
 	)
 	w := &Watcher{
 		OnChange: func(string) {
@@ -276,6 +298,7 @@ func TestWatcherNeverConcurrent(t *testing.T) {
 			n++
 			time.Sleep(3 * time.Millisecond)
 			inFlight.Add(-1)
+			done.Add(1)
 		},
 		Debounce: time.Millisecond,
 		Interval: 2 * time.Millisecond,
@@ -303,7 +326,11 @@ func TestWatcherNeverConcurrent(t *testing.T) {
 			}
 		})
 	}
-	time.Sleep(500 * time.Millisecond)
+	for deadline := time.Now().Add(10 * time.Second); done.Load() < 50; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("only %d OnChange calls in 10s of flooding", done.Load())
+		}
+	}
 	cancel()
 	wg.Wait()
 	if err := <-errc; err != nil {
@@ -312,8 +339,8 @@ func TestWatcherNeverConcurrent(t *testing.T) {
 	if m := maxInFlight.Load(); m != 1 {
 		t.Errorf("OnChange ran %d at once", m)
 	}
-	if n < 20 {
-		t.Errorf("only %d OnChange calls; the test did not exercise much", n)
+	if n < 50 {
+		t.Errorf("%d OnChange calls counted unguarded, %d guarded", n, done.Load())
 	}
 	settleGoroutines(t, base)
 }

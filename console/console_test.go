@@ -13,7 +13,6 @@ import (
 	"encoding/json"
 	"encoding/pem"
 	"flag"
-	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
@@ -25,6 +24,7 @@ import (
 
 	"github.com/iot-hsm/iot-hsm/auth"
 	"github.com/iot-hsm/iot-hsm/ca"
+	"github.com/iot-hsm/iot-hsm/internal/mqtttest"
 	"github.com/iot-hsm/iot-hsm/mqtt"
 	"github.com/iot-hsm/iot-hsm/protocol"
 )
@@ -42,24 +42,14 @@ func startBroker(t *testing.T) string {
 	return b.URL()
 }
 
-func newClient(t *testing.T, url string) *mqtt.Client {
+// newClient connects a test client with subs subscribed before the session starts.
+func newClient(t *testing.T, url string, subs map[string]mqtt.Handler) *mqtt.Client {
 	t.Helper()
-	c, err := mqtt.New(mqtt.Config{Broker: url, ClientID: "test-" + randomHex(6), AllowPlaintext: true,
-		Logger: slog.New(slog.DiscardHandler)})
+	c, err := mqtttest.Connect(t, mqtt.Config{Broker: url, AllowPlaintext: true, ClientID: "test-" + mqtttest.RandomID()}, subs)
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { c.Close(0) })
 	return c
-}
-
-func startClient(t *testing.T, c *mqtt.Client) {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	if err := c.Start(ctx); err != nil {
-		t.Fatal(err)
-	}
 }
 
 // received is one request as the fake device saw it.
@@ -77,17 +67,13 @@ type answerFunc func(cmd string, req protocol.Request) [][]byte
 // signed message is read from its payload, unverified.
 func fakeDevice(t *testing.T, url string, answer answerFunc, filters ...string) <-chan received {
 	t.Helper()
-	c := newClient(t, url)
 	in := make(chan received, 16)
 	got := make(chan received, 16)
+	subs := map[string]mqtt.Handler{}
 	for _, f := range filters {
-		if err := c.Subscribe(f, func(topic string, payload []byte) {
-			in <- received{topic: topic, raw: payload}
-		}); err != nil {
-			t.Fatal(err)
-		}
+		subs[f] = func(topic string, payload []byte) { in <- received{topic: topic, raw: payload} }
 	}
-	startClient(t, c)
+	c := newClient(t, url, subs)
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
 	go func() {
@@ -509,8 +495,7 @@ func publishRetained(t *testing.T, c *mqtt.Client, dev string, st protocol.Statu
 func TestDevicesAndDiscovery(t *testing.T) {
 	clearEnv(t)
 	url := startBroker(t)
-	pub := newClient(t, url)
-	startClient(t, pub)
+	pub := newClient(t, url, nil)
 	publishRetained(t, pub, "dev1", protocol.Status{Online: true, Device: "dev1", Version: "1.2.0", Broker: "connected", ConnectedSlots: 2, SlotsTotal: 3})
 	publishRetained(t, pub, "dev2", protocol.Status{Online: false, Device: "dev2"})
 
@@ -553,8 +538,7 @@ func TestDevicesAndDiscovery(t *testing.T) {
 func TestWatch(t *testing.T) {
 	clearEnv(t)
 	url := startBroker(t)
-	pub := newClient(t, url)
-	startClient(t, pub)
+	pub := newClient(t, url, nil)
 	publishRetained(t, pub, "dev1", protocol.Status{Online: true, Device: "dev1", ConnectedSlots: 1, SlotsTotal: 2, Broker: "connected"})
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()

@@ -6,19 +6,16 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/asn1"
 	"encoding/json"
 	"encoding/pem"
 	"errors"
 	"strings"
 	"testing"
-	"time"
 
-	"github.com/iot-hsm/iot-hsm/ca"
 	"github.com/iot-hsm/iot-hsm/device/slots"
 	"github.com/iot-hsm/iot-hsm/hsm"
 	"github.com/iot-hsm/iot-hsm/hsm/hsmtest"
+	"github.com/iot-hsm/iot-hsm/internal/pkitest"
 	"github.com/iot-hsm/iot-hsm/protocol"
 	"github.com/iot-hsm/iot-hsm/store"
 )
@@ -81,22 +78,8 @@ func startDevice(t *testing.T, opts Options) (*Device, *fakeTransport, *core) {
 	return d, tr, c
 }
 
-var labPolicy = asn1.ObjectIdentifier{2, 999, 7}
-
 func provisioningCert(t *testing.T, cn string, pathLen int) []byte {
-	t.Helper()
-	p, err := ca.MakeProvisioningCert(ca.ProvisioningOptions{
-		Subject:               pkix.Name{CommonName: cn, Organization: []string{"iot-hsm test PKI"}, Country: []string{"DE"}},
-		Validity:              5 * 365 * 24 * time.Hour,
-		MaxPathLen:            pathLen,
-		PermittedDNSDomains:   []string{"example.com"},
-		PolicyOIDs:            []asn1.ObjectIdentifier{labPolicy},
-		CRLDistributionPoints: []string{"http://pki.example.com/ca.crl"},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return p
+	return pkitest.ProvisioningCert(t, cn, pathLen)
 }
 
 func call(t *testing.T, d *Device, tr *fakeTransport, cmd, id string, args any) protocol.Reply {

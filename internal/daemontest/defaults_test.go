@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/iot-hsm/iot-hsm/internal/brokertest"
+	"github.com/iot-hsm/iot-hsm/internal/mqtttest"
 	"github.com/iot-hsm/iot-hsm/internal/syncbuf"
 )
 
@@ -32,7 +33,7 @@ func TestRefusesToServeWithoutBroker(t *testing.T) {
 			dir := t.TempDir()
 			port := brokertest.FreePort(t)
 			d := &daemon{t: t, log: &syncbuf.Buffer{}, dir: dir, config: filepath.Join(dir, "config.toml"),
-				deviceID: "ihsm-e2e-" + randomID(), exited: make(chan struct{})}
+				deviceID: "ihsm-e2e-" + mqtttest.RandomID(), exited: make(chan struct{})}
 			d.writeConfig(fmt.Sprintf(baseConfig, d.deviceID) + "\n[mqtt]\n" + fmt.Sprintf(tc.mqtt, port) + "\n")
 			args := []string{"run", "--config", d.config, "--state-dir", filepath.Join(dir, "state")}
 			for _, a := range tc.args {

@@ -3,7 +3,6 @@ package daemontest
 import (
 	"bufio"
 	"bytes"
-	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -12,21 +11,18 @@ import (
 	"encoding/json"
 	"encoding/pem"
 	"fmt"
-	"io"
-	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/iot-hsm/iot-hsm/audit"
-	"github.com/iot-hsm/iot-hsm/ca"
+	"github.com/iot-hsm/iot-hsm/internal/mqtttest"
+	"github.com/iot-hsm/iot-hsm/internal/pkitest"
 	"github.com/iot-hsm/iot-hsm/internal/syncbuf"
-	"github.com/iot-hsm/iot-hsm/mqtt"
 	"github.com/iot-hsm/iot-hsm/protocol"
 )
 
@@ -94,58 +90,15 @@ func (d *daemon) kill9() {
 // fop is a PKI talking to the daemon: it keeps every reply per id (to count them),
 // and can send a request again under the same id.
 type fop struct {
-	t       *testing.T
-	c       *mqtt.Client
-	device  string
-	replyTo string
-	mu      sync.Mutex
-	replies map[string][]protocol.Reply
-	arrived chan struct{}
+	*mqtttest.Client
+	t      *testing.T
+	device string
 }
 
 func newFop(t *testing.T, brokerURL, deviceID string) *fop {
 	t.Helper()
-	id := randomID()
-	c, err := mqtt.New(mqtt.Config{Broker: brokerURL, ClientID: "pki-" + id, AllowPlaintext: true, CleanSession: true,
-		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
-	if err != nil {
-		t.Fatal(err)
-	}
-	o := &fop{t: t, c: c, device: deviceID, replyTo: "test/" + id + "/replies", replies: map[string][]protocol.Reply{},
-		arrived: make(chan struct{}, 1)}
-	if err := c.Subscribe(o.replyTo, func(_ string, payload []byte) {
-		var r protocol.Reply
-		if json.Unmarshal(payload, &r) != nil {
-			return
-		}
-		o.mu.Lock()
-		o.replies[r.ID] = append(o.replies[r.ID], r)
-		o.mu.Unlock()
-		select {
-		case o.arrived <- struct{}{}:
-		default:
-		}
-	}); err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	if err := c.Start(ctx); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close(100 * time.Millisecond) })
-	return o
-}
-
-// payload is the request envelope for id.
-func (o *fop) payload(id string, args any) []byte {
-	raw, err := json.Marshal(args)
-	if err != nil {
-		o.t.Fatal(err)
-	}
-	exp := time.Now().Add(5 * time.Minute).UTC()
-	b, _ := json.Marshal(protocol.Request{ID: id, ReplyTo: o.replyTo, ExpiresAt: &exp, Args: raw})
-	return b
+	c := mqtttest.Start(t, brokerURL, mqtttest.Options{Name: "pki", Expiry: 5 * time.Minute})
+	return &fop{Client: c, t: t, device: deviceID}
 }
 
 func (o *fop) topic(cmd string) string {
@@ -154,9 +107,8 @@ func (o *fop) topic(cmd string) string {
 
 // trySend publishes the request once (QoS 1, waiting for the broker's PUBACK).
 func (o *fop) trySend(id, cmd string, args any) error {
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
-	defer cancel()
-	return o.c.Publish(ctx, o.topic(cmd), o.payload(id, args), false)
+	_, payload := o.Request(id, args)
+	return o.Send(o.topic(cmd), payload)
 }
 
 // sendRetry publishes until the broker takes it (the broker may be restarting).
@@ -175,33 +127,18 @@ func (o *fop) sendRetry(id, cmd string, args any, within time.Duration) {
 	}
 }
 
-func (o *fop) got(id string) []protocol.Reply {
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	return append([]protocol.Reply(nil), o.replies[id]...)
-}
+func (o *fop) got(id string) []protocol.Reply { return o.Replies(id) }
 
 // wait returns the first reply to id, or false after timeout.
 func (o *fop) wait(id string, timeout time.Duration) (protocol.Reply, bool) {
-	deadline := time.After(timeout)
-	for {
-		if rs := o.got(id); len(rs) > 0 {
-			return rs[0], true
-		}
-		select {
-		case <-o.arrived:
-		case <-time.After(20 * time.Millisecond):
-		case <-deadline:
-			return protocol.Reply{}, false
-		}
-	}
+	return o.Reply(id, 1, timeout)
 }
 
 // call sends a request with a fresh id (retrying the publish while the broker or the
 // daemon comes back) and waits for its reply.
 func (o *fop) call(cmd string, args any) protocol.Reply {
 	o.t.Helper()
-	id := randomID()
+	id := mqtttest.RandomID()
 	o.sendRetry(id, cmd, args, 30*time.Second)
 	r, ok := o.wait(id, 60*time.Second)
 	if !ok {
@@ -229,22 +166,10 @@ func (o *fop) callID(id, cmd string, args any, within time.Duration) protocol.Re
 // waitOnline waits until the daemon answers status.
 func (o *fop) waitOnline(within time.Duration) protocol.Status {
 	o.t.Helper()
-	return decode[protocol.Status](o.t, o.callID(randomID(), protocol.CmdStatus, nil, within))
+	return decode[protocol.Status](o.t, o.callID(mqtttest.RandomID(), protocol.CmdStatus, nil, within))
 }
 
 // provisioningCert is the PKI's template for a CA certificate.
-func provisioningCert(t *testing.T, cn string, pathLen int) string {
-	t.Helper()
-	p, err := ca.MakeProvisioningCert(ca.ProvisioningOptions{
-		Subject:  pkix.Name{CommonName: cn, Organization: []string{"PKIaaS fault test"}},
-		Validity: 10 * 365 * 24 * time.Hour, MaxPathLen: pathLen,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return string(p)
-}
-
 // leafCSR is what a TLS server sends its PKI.
 func leafCSR(t *testing.T, dns string) string {
 	t.Helper()
@@ -273,7 +198,7 @@ func makeRoot(t *testing.T, o *fop, hsm string) (protocol.ProvisionResult, strin
 	root := decode[protocol.ProvisionResult](t, o.call(protocol.CmdSlotProvision,
 		protocol.ProvisionArgs{HSM: hsm, Slot: "01", Mode: "generate", KeyType: "p256", Label: "root"}))
 	rootPEM := decode[protocol.CertificateResult](t, o.call(protocol.CmdSlotSelfSign,
-		protocol.ProvisioningCertArgs{SlotID: root.SlotID, ProvisioningCert: provisioningCert(t, "Fault Test Root", 1)})).Certificate
+		protocol.ProvisioningCertArgs{SlotID: root.SlotID, ProvisioningCert: string(pkitest.ProvisioningCert(t, "Fault Test Root", 1))})).Certificate
 	return root, rootPEM
 }
 

@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"github.com/iot-hsm/iot-hsm/internal/brokertest"
+	"github.com/iot-hsm/iot-hsm/internal/mqtttest"
+	"github.com/iot-hsm/iot-hsm/internal/pkitest"
 	"github.com/iot-hsm/iot-hsm/internal/softhsm"
 	"github.com/iot-hsm/iot-hsm/protocol"
 	"github.com/iot-hsm/iot-hsm/store"
@@ -31,7 +33,7 @@ func TestFaultBrokerRestartUnderLoad(t *testing.T) {
 	mos := brokertest.StartMosquitto(t)
 	dir := t.TempDir()
 	state := filepath.Join(dir, "state")
-	dev := "ihsm-fault-" + randomID()
+	dev := "ihsm-fault-" + mqtttest.RandomID()
 	d := startDaemonIn(t, dir, state, dev, mos.URL)
 	o := newFop(t, mos.URL, dev)
 	st := o.waitOnline(60 * time.Second)
@@ -42,7 +44,7 @@ func TestFaultBrokerRestartUnderLoad(t *testing.T) {
 	args := signArgs(t, root.SlotID)
 	ids := make([]string, n)
 	for i := range ids {
-		ids[i] = randomID()
+		ids[i] = mqtttest.RandomID()
 	}
 	sends := make([]atomic.Int32, n)
 	var sent atomic.Int32
@@ -439,7 +441,7 @@ func TestFaultKillDaemon(t *testing.T) {
 	start := func(t *testing.T) (dir, state, dev string, d *daemon, o *fop, hsm string) {
 		dir = t.TempDir()
 		state = filepath.Join(dir, "state")
-		dev = "ihsm-kill-" + randomID()
+		dev = "ihsm-kill-" + mqtttest.RandomID()
 		d = startDaemonIn(t, dir, state, dev, mos.URL)
 		o = newFop(t, mos.URL, dev)
 		return dir, state, dev, d, o, hsmID(t, o.waitOnline(60*time.Second))
@@ -457,7 +459,7 @@ func TestFaultKillDaemon(t *testing.T) {
 			objs := objectFiles(tdir)
 			args := protocol.ProvisionArgs{HSM: hsm, Slot: "0a", Mode: "generate", KeyType: "rsa2048", Label: "killed"}
 			slotID := hsm + "/0a"
-			id := randomID()
+			id := mqtttest.RandomID()
 			o.sendRetry(id, protocol.CmdSlotProvision, args, 10*time.Second)
 			switch point {
 			case "arrival":
@@ -524,7 +526,7 @@ func TestFaultKillDaemon(t *testing.T) {
 				t.Fatalf("slot after the retry: %q", s)
 			}
 			if r := o.call(protocol.CmdSlotCSR, protocol.ProvisioningCertArgs{SlotID: slotID,
-				ProvisioningCert: provisioningCert(t, "After Kill", 0)}); !r.OK {
+				ProvisioningCert: string(pkitest.ProvisioningCert(t, "After Kill", 0))}); !r.OK {
 				t.Errorf("slot %s is key_ready but cannot sign: %s (keys with id 0a on the token: %d)", slotID,
 					short(outcome(r)), tokenObjects(t, state, "privkey", "0a"))
 			}
@@ -542,7 +544,7 @@ func TestFaultKillDaemon(t *testing.T) {
 			interm := decode[protocol.ProvisionResult](t, o.call(protocol.CmdSlotProvision,
 				protocol.ProvisionArgs{HSM: hsm, Slot: "02", Mode: "generate", KeyType: "p256", Label: "issuing"}))
 			csr := decode[protocol.CSRResult](t, o.call(protocol.CmdSlotCSR,
-				protocol.ProvisioningCertArgs{SlotID: interm.SlotID, ProvisioningCert: provisioningCert(t, "Fault Issuing CA", 0)})).CSR
+				protocol.ProvisioningCertArgs{SlotID: interm.SlotID, ProvisioningCert: string(pkitest.ProvisioningCert(t, "Fault Issuing CA", 0))})).CSR
 			zero := 0
 			cert := decode[protocol.SignResult](t, o.call(protocol.CmdSign, protocol.SignArgs{SlotID: root.SlotID,
 				Kind: protocol.KindCertificate, CSR: csr, Profile: &protocol.Profile{Validity: "43800h", IsCA: true,
@@ -551,7 +553,7 @@ func TestFaultKillDaemon(t *testing.T) {
 			tdir := tokenDir(t, state)
 			objs := objectFiles(tdir)
 			args := protocol.ImportCertArgs{SlotID: interm.SlotID, Certificate: cert, Chain: rootPEM}
-			id := randomID()
+			id := mqtttest.RandomID()
 			o.sendRetry(id, protocol.CmdSlotImport, args, 10*time.Second)
 			switch point {
 			case "arrival":
@@ -612,7 +614,7 @@ func TestFaultKillDaemon(t *testing.T) {
 		const n = 60
 		ids := make([]string, n)
 		for i := range ids {
-			ids[i] = randomID()
+			ids[i] = mqtttest.RandomID()
 			o.sendRetry(ids[i], protocol.CmdSign, args, 10*time.Second)
 		}
 		deadline := time.Now().Add(60 * time.Second)
@@ -687,7 +689,7 @@ func TestFaultTokenRemoved(t *testing.T) {
 	mos := brokertest.StartMosquitto(t)
 	dir := t.TempDir()
 	state := filepath.Join(dir, "state")
-	dev := "ihsm-pull-" + randomID()
+	dev := "ihsm-pull-" + mqtttest.RandomID()
 	d := startDaemonIn(t, dir, state, dev, mos.URL)
 	o := newFop(t, mos.URL, dev)
 	st := o.waitOnline(60 * time.Second)
@@ -707,7 +709,7 @@ func TestFaultTokenRemoved(t *testing.T) {
 				return
 			case <-time.After(20 * time.Millisecond):
 			}
-			id := randomID()
+			id := mqtttest.RandomID()
 			if o.trySend(id, protocol.CmdSign, args) == nil {
 				mu.Lock()
 				ids = append(ids, id)
@@ -831,7 +833,7 @@ func TestFaultDiskFull(t *testing.T) {
 			t.Errorf("umount %s: %v: %s", state, err, out)
 		}
 	})
-	dev := "ihsm-full-" + randomID()
+	dev := "ihsm-full-" + mqtttest.RandomID()
 	d := startDaemonIn(t, dir, state, dev, mos.URL)
 	o := newFop(t, mos.URL, dev)
 	st := o.waitOnline(60 * time.Second)
@@ -867,7 +869,7 @@ func TestFaultDiskFull(t *testing.T) {
 	var failedIDs, okIDs []string
 	msgs := map[string]int{}
 	for range 20 {
-		id := randomID()
+		id := mqtttest.RandomID()
 		o.sendRetry(id, protocol.CmdSign, args, 10*time.Second)
 		r, ok := o.wait(id, 30*time.Second)
 		if !ok {

@@ -4,13 +4,8 @@
 package daemontest
 
 import (
-	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"encoding/json"
 	"fmt"
-	"io"
-	"log/slog"
 	"net"
 	"os"
 	"os/exec"
@@ -22,8 +17,8 @@ import (
 	"time"
 
 	"github.com/iot-hsm/iot-hsm/internal/brokertest"
+	"github.com/iot-hsm/iot-hsm/internal/mqtttest"
 	"github.com/iot-hsm/iot-hsm/internal/syncbuf"
-	"github.com/iot-hsm/iot-hsm/mqtt"
 	"github.com/iot-hsm/iot-hsm/protocol"
 )
 
@@ -237,12 +232,6 @@ hung_grace = "1s"
 disabled = true
 `
 
-func randomID() string {
-	b := make([]byte, 6)
-	rand.Read(b)
-	return hex.EncodeToString(b)
-}
-
 // startDaemon runs `iot-hsm run --dev --config <tmp> --state-dir <tmp> --dev-listen
 // 127.0.0.1:<free>`. The environment is the test's minus anything systemd would set,
 // plus what o asks for.
@@ -251,7 +240,7 @@ func startDaemon(t *testing.T, o daemonOpts) *daemon {
 	bin := binary(t)
 	dir := t.TempDir()
 	d := &daemon{t: t, log: &syncbuf.Buffer{}, dir: dir, config: filepath.Join(dir, "config.toml"),
-		deviceID: "ihsm-e2e-" + randomID(), exited: make(chan struct{})}
+		deviceID: "ihsm-e2e-" + mqtttest.RandomID(), exited: make(chan struct{})}
 	listen := fmt.Sprintf("127.0.0.1:%d", brokertest.FreePort(t))
 	d.broker = "tcp://" + listen
 	args := []string{"run", "--dev", "--config", d.config, "--state-dir", filepath.Join(dir, "state")}
@@ -364,54 +353,21 @@ func (d *daemon) waitLog(s string, n int, timeout time.Duration) {
 	}
 }
 
-// operator is a PKI or an operator's script talking to the daemon over MQTT.
+// operator is a PKI or an operator's script talking to the daemon over MQTT; it
+// keeps the status documents the daemon publishes.
 type operator struct {
-	t       *testing.T
-	d       *daemon
-	c       *mqtt.Client
-	replyTo string
-	mu      sync.Mutex
-	replies map[string]protocol.Reply
-	status  []protocol.Status
+	*mqtttest.Client
+	t *testing.T
+	d *daemon
 }
 
 func newOperator(t *testing.T, d *daemon) *operator {
 	t.Helper()
-	id := randomID()
-	c, err := mqtt.New(mqtt.Config{Broker: d.broker, ClientID: "op-" + id, AllowPlaintext: true, CleanSession: true,
-		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
-	if err != nil {
-		t.Fatal(err)
-	}
-	o := &operator{t: t, d: d, c: c, replyTo: "test/" + id + "/replies", replies: map[string]protocol.Reply{}}
-	if err := c.Subscribe(o.replyTo, func(_ string, payload []byte) {
-		var r protocol.Reply
-		if json.Unmarshal(payload, &r) == nil {
-			o.mu.Lock()
-			o.replies[r.ID] = r
-			o.mu.Unlock()
-		}
-	}); err != nil {
-		t.Fatal(err)
-	}
-	if err := c.Subscribe(protocol.DefaultRoot+"/"+d.deviceID+"/status", func(_ string, payload []byte) {
-		var s protocol.Status
-		if json.Unmarshal(payload, &s) == nil {
-			o.mu.Lock()
-			o.status = append(o.status, s)
-			o.mu.Unlock()
-		}
-	}); err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	if err := c.Start(ctx); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close(100 * time.Millisecond) })
-	return o
+	c := mqtttest.Start(t, d.broker, mqtttest.Options{Name: "op", Watch: []string{d.statusTopic()}})
+	return &operator{Client: c, t: t, d: d}
 }
+
+func (d *daemon) statusTopic() string { return protocol.DefaultRoot + "/" + d.deviceID + "/status" }
 
 // send publishes a command and returns its request id.
 func (o *operator) send(cmd string, args any) string {
@@ -425,45 +381,22 @@ func (o *operator) send(cmd string, args any) string {
 
 // trySend is send for a broker that may be coming back.
 func (o *operator) trySend(cmd string, args any) (string, error) {
-	id := randomID()
-	raw, _ := json.Marshal(args)
-	exp := time.Now().Add(time.Minute).UTC()
-	payload, _ := json.Marshal(protocol.Request{ID: id, ReplyTo: o.replyTo, ExpiresAt: &exp, Args: raw})
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	return id, o.c.Publish(ctx, protocol.DefaultRoot+"/"+o.d.deviceID+"/cmd/"+cmd, payload, false)
+	id, payload := o.Request("", args)
+	return id, o.Send(protocol.DefaultRoot+"/"+o.d.deviceID+"/cmd/"+cmd, payload)
 }
 
 func (o *operator) reply(id string, timeout time.Duration) protocol.Reply {
 	o.t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		o.mu.Lock()
-		r, ok := o.replies[id]
-		o.mu.Unlock()
-		if ok {
-			return r
-		}
-		if time.Now().After(deadline) {
-			o.t.Fatalf("no reply to %s within %v", id, timeout)
-		}
-		time.Sleep(20 * time.Millisecond)
+	r, ok := o.Reply(id, 1, timeout)
+	if !ok {
+		o.t.Fatalf("no reply to %s within %v", id, timeout)
 	}
+	return r
 }
 
 // tryReply is reply without failing: for a daemon that may not be listening yet.
 func (o *operator) tryReply(id string, timeout time.Duration) (protocol.Reply, bool) {
-	deadline := time.Now().Add(timeout)
-	for time.Now().Before(deadline) {
-		o.mu.Lock()
-		r, ok := o.replies[id]
-		o.mu.Unlock()
-		if ok {
-			return r, true
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	return protocol.Reply{}, false
+	return o.Reply(id, 1, timeout)
 }
 
 func (o *operator) call(cmd string, args any) protocol.Reply {
@@ -473,22 +406,12 @@ func (o *operator) call(cmd string, args any) protocol.Reply {
 
 // lastStatus is the last status document seen on the status topic.
 func (o *operator) lastStatus() (protocol.Status, bool) {
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	if len(o.status) == 0 {
-		return protocol.Status{}, false
-	}
-	return o.status[len(o.status)-1], true
+	var st protocol.Status
+	b := o.Last(o.d.statusTopic())
+	return st, b != nil && json.Unmarshal(b, &st) == nil
 }
 
 func decode[T any](t *testing.T, r protocol.Reply) T {
 	t.Helper()
-	var v T
-	if !r.OK {
-		t.Fatalf("%s failed: %+v", r.Cmd, r.Error)
-	}
-	if err := json.Unmarshal(r.Result, &v); err != nil {
-		t.Fatalf("%s result: %v", r.Cmd, err)
-	}
-	return v
+	return mqtttest.Result[T](t, r)
 }

@@ -1,7 +1,6 @@
 package daemontest
 
 import (
-	"context"
 	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -9,7 +8,6 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/asn1"
-	"encoding/json"
 	"encoding/pem"
 	"fmt"
 	"math/big"
@@ -91,18 +89,13 @@ func writePEMCerts(t *testing.T, path string, cas ...*trustCA) {
 // callSigned sends a request signed by c (bound to its topic) and waits for the reply.
 func (o *operator) callSigned(c controller, cmd string, args any) protocol.Reply {
 	o.t.Helper()
-	id := randomID()
-	raw, _ := json.Marshal(args)
-	exp := time.Now().Add(time.Minute).UTC()
-	payload, _ := json.Marshal(protocol.Request{ID: id, ReplyTo: o.replyTo, ExpiresAt: &exp, Args: raw})
+	id, payload := o.Request("", args)
 	topic := protocol.DefaultRoot + "/" + o.d.deviceID + "/cmd/" + cmd
 	msg, err := auth.Sign(payload, c.key, []*x509.Certificate{c.cert}, topic)
 	if err != nil {
 		o.t.Fatal(err)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	if err := o.c.Publish(ctx, topic, msg, false); err != nil {
+	if err := o.Send(topic, msg); err != nil {
 		o.t.Fatal(err)
 	}
 	return o.reply(id, 30*time.Second)

@@ -20,6 +20,8 @@ import (
 
 	"github.com/iot-hsm/iot-hsm/audit"
 	"github.com/iot-hsm/iot-hsm/auth"
+	"github.com/iot-hsm/iot-hsm/internal/mqtttest"
+	"github.com/iot-hsm/iot-hsm/internal/pkitest"
 	"github.com/iot-hsm/iot-hsm/internal/softhsm/softhsmtest"
 	"github.com/iot-hsm/iot-hsm/protocol"
 )
@@ -64,8 +66,8 @@ func (p *controllerPKI) bundle() []byte {
 func send(t *testing.T, op *operator, a *appliance, cmd string, args any, expires *time.Time, key crypto.Signer, cert *x509.Certificate) protocol.Reply {
 	t.Helper()
 	raw, _ := json.Marshal(args)
-	id := randomID()
-	payload, _ := json.Marshal(protocol.Request{ID: id, ReplyTo: op.replyTo, ExpiresAt: expires, Args: raw})
+	id := mqtttest.RandomID()
+	payload, _ := json.Marshal(protocol.Request{ID: id, ReplyTo: op.ReplyTo, ExpiresAt: expires, Args: raw})
 	if key != nil {
 		var err error
 		if payload, err = auth.Sign(payload, key, []*x509.Certificate{cert}, a.dev.Topics().Cmd(cmd)); err != nil {
@@ -79,7 +81,7 @@ func send(t *testing.T, op *operator, a *appliance, cmd string, args any, expire
 func TestSignedRequestsAndAuditTrail(t *testing.T) {
 	b := brokers(t)[0]
 	trusted, rogue := newControllerPKI(t, "PKI controllers"), newControllerPKI(t, "someone with broker access")
-	a := startAppliance(t, b.url, "signed-"+randomID(), softhsmtest.New(t, "signed"), options{controllers: trusted.bundle()})
+	a := startAppliance(t, b.url, "signed-"+mqtttest.RandomID(), softhsmtest.New(t, "signed"), options{controllers: trusted.bundle()})
 	trail := filepath.Join(a.stateDir, "audit.log")
 	op := newOperator(t, b.url)
 	soon := time.Now().Add(time.Minute).UTC()
@@ -99,7 +101,7 @@ func TestSignedRequestsAndAuditTrail(t *testing.T) {
 	}
 	res := ok[protocol.ProvisionResult](t, send(t, op, a, protocol.CmdSlotProvision, provision, &soon, key, cert))
 	root := ok[protocol.CertificateResult](t, send(t, op, a, protocol.CmdSlotSelfSign,
-		protocol.ProvisioningCertArgs{SlotID: res.SlotID, ProvisioningCert: provisioningCert(t, "Signed Root", 0)}, &soon, key, cert))
+		protocol.ProvisioningCertArgs{SlotID: res.SlotID, ProvisioningCert: string(pkitest.ProvisioningCert(t, "Signed Root", 0))}, &soon, key, cert))
 	leaf := ok[protocol.SignResult](t, send(t, op, a, protocol.CmdSign, protocol.SignArgs{SlotID: res.SlotID, Kind: protocol.KindCertificate,
 		CSR: leafCSR(t, "audited.example.com"), Profile: &protocol.Profile{Validity: "1h"}}, &soon, key, cert))
 
@@ -145,8 +147,8 @@ func TestSignedRequestsAndAuditTrail(t *testing.T) {
 	// Someone on the broker takes a signed slot.show and publishes it, unchanged, as
 	// slot.clear with destroy_key (the arguments fit): refused, the slot stays.
 	raw, _ := json.Marshal(protocol.SlotIDArgs{SlotID: res.SlotID})
-	id := randomID()
-	payload, _ := json.Marshal(protocol.Request{ID: id, ReplyTo: op.replyTo, ExpiresAt: &soon, Args: raw})
+	id := mqtttest.RandomID()
+	payload, _ := json.Marshal(protocol.Request{ID: id, ReplyTo: op.ReplyTo, ExpiresAt: &soon, Args: raw})
 	signed, err := auth.Sign(payload, key, []*x509.Certificate{cert}, a.dev.Topics().Cmd(protocol.CmdSlotShow))
 	if err != nil {
 		t.Fatal(err)

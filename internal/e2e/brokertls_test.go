@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"bufio"
-	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -18,12 +17,13 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/iot-hsm/iot-hsm/config"
 	"github.com/iot-hsm/iot-hsm/internal/brokertest"
+	"github.com/iot-hsm/iot-hsm/internal/mqtttest"
+	"github.com/iot-hsm/iot-hsm/internal/pkitest"
 	"github.com/iot-hsm/iot-hsm/internal/softhsm/softhsmtest"
 	"github.com/iot-hsm/iot-hsm/mqtt"
 	"github.com/iot-hsm/iot-hsm/protocol"
@@ -142,90 +142,11 @@ func shippedMosquittoConf(t *testing.T, port int, dir string, paths map[string]s
 	return strings.Join(out, "\n") + "\n"
 }
 
-// tlsClient connects a plain client with a clean session; it returns the Start
-// error.
+// tlsClient connects a client with a clean session; it returns the Start error.
 func tlsClient(t *testing.T, cfg mqtt.Config) (*mqtt.Client, error) {
 	t.Helper()
 	cfg.CleanSession = true
-	return sessionClient(t, cfg, nil)
-}
-
-// sessionClient connects a client as cfg says, with subs subscribed before the
-// session comes up (so that queued messages find them).
-func sessionClient(t *testing.T, cfg mqtt.Config, subs map[string]mqtt.Handler) (*mqtt.Client, error) {
-	t.Helper()
-	if cfg.ConnectTimeout == 0 {
-		cfg.ConnectTimeout = 3 * time.Second
-	}
-	c, err := mqtt.New(cfg)
-	if err != nil {
-		return nil, err
-	}
-	t.Cleanup(func() { c.Close(100 * time.Millisecond) })
-	for f, h := range subs {
-		if err := c.Subscribe(f, h); err != nil {
-			t.Fatal(err)
-		}
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	return c, c.Start(ctx)
-}
-
-// inbox collects what a subscription receives.
-type msgInbox struct {
-	mu  sync.Mutex
-	got map[string][]string // by topic
-}
-
-func (in *msgInbox) handle(topic string, payload []byte) {
-	in.mu.Lock()
-	defer in.mu.Unlock()
-	if in.got == nil {
-		in.got = map[string][]string{}
-	}
-	in.got[topic] = append(in.got[topic], string(payload))
-}
-
-func (in *msgInbox) has(topic, payload string) bool {
-	in.mu.Lock()
-	defer in.mu.Unlock()
-	for _, p := range in.got[topic] {
-		if payload == "" || strings.Contains(p, payload) {
-			return true
-		}
-	}
-	return false
-}
-
-func (in *msgInbox) waitFor(t *testing.T, topic, payload string) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !in.has(topic, payload) {
-		if time.Now().After(deadline) {
-			t.Fatalf("%q never arrived on %s", payload, topic)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
-func (in *msgInbox) topics() []string {
-	in.mu.Lock()
-	defer in.mu.Unlock()
-	var out []string
-	for k := range in.got {
-		out = append(out, k)
-	}
-	return out
-}
-
-func mustPublish(t *testing.T, c *mqtt.Client, topic string, payload []byte, retained bool) {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	if err := c.Publish(ctx, topic, payload, retained); err != nil {
-		t.Fatalf("publish %s: %v", topic, err)
-	}
+	return mqtttest.Connect(t, cfg, nil)
 }
 
 // TestBrokerTLSExample runs the shipped mosquitto example (dist/mosquitto) on
@@ -256,7 +177,7 @@ func TestBrokerTLSExample(t *testing.T) {
 	mos := brokertest.StartMosquittoConfig(t, port, conf)
 	url := fmt.Sprintf("ssl://127.0.0.1:%d", port)
 	tlsCfg := func(cert, key string) mqtt.Config {
-		return mqtt.Config{Broker: url, CAFile: pki.file, CertFile: cert, KeyFile: key}
+		return mqtt.Config{Broker: url, CAFile: pki.file, CertFile: cert, KeyFile: key, ConnectTimeout: 3 * time.Second}
 	}
 
 	// Appliance A over a SoftHSM2 token, B without HSMs; both pin the broker's CA
@@ -268,19 +189,12 @@ func TestBrokerTLSExample(t *testing.T) {
 	b := start(t, "", devB, options{mqtt: applianceTLS(bCert, bKey)})
 
 	// The PKI controller, with its reply topics under pkiaas/replies/<its CN>/.
-	ctlClient, err := tlsClient(t, withID(tlsCfg(ctlCert, ctlKey), "pki-controller-1"))
-	if err != nil {
-		t.Fatalf("controller: %v", err)
-	}
-	op := &operator{t: t, c: ctlClient, replyTo: "pkiaas/replies/" + controller + "/" + randomID(),
-		replies: map[string][]protocol.Reply{}, raw: map[string][][]byte{}, arrived: make(chan struct{}, 1)}
-	if err := ctlClient.Subscribe(op.replyTo, op.onReply); err != nil {
-		t.Fatal(err)
-	}
-	ctlStatus := &msgInbox{}
-	if err := ctlClient.Subscribe(protocol.StatusFilter(protocol.DefaultRoot), ctlStatus.handle); err != nil {
-		t.Fatal(err)
-	}
+	ctlCfg := withID(tlsCfg(ctlCert, ctlKey), "pki-controller-1")
+	ctlCfg.CleanSession = true
+	op := &operator{t: t, Client: mqtttest.StartWith(t, ctlCfg, mqtttest.Options{
+		ReplyTo: "pkiaas/replies/" + controller + "/" + mqtttest.RandomID(),
+		Watch:   []string{protocol.StatusFilter(protocol.DefaultRoot)}})}
+	ctlClient, ctlStatus := op.MQTT, op.Inbox
 
 	t.Run("appliances serve the controller", func(t *testing.T) {
 		for _, app := range []*appliance{a, b} {
@@ -289,7 +203,7 @@ func TestBrokerTLSExample(t *testing.T) {
 				t.Fatalf("status of %s: %+v", app.id, st)
 			}
 		}
-		ctlStatus.waitFor(t, b.dev.Topics().Status(), `"online":true`)
+		ctlStatus.WaitFor(t, b.dev.Topics().Status(), `"online":true`)
 	})
 
 	var caID string
@@ -306,11 +220,11 @@ func TestBrokerTLSExample(t *testing.T) {
 		f.Close()
 		mos.Reload(t)
 		rootPEM := ok[protocol.CertificateResult](t, op.call(a, protocol.CmdSlotSelfSign,
-			protocol.ProvisioningCertArgs{SlotID: root.SlotID, ProvisioningCert: provisioningCert(t, "TLS Broker Root", 0)})).Certificate
+			protocol.ProvisioningCertArgs{SlotID: root.SlotID, ProvisioningCert: string(pkitest.ProvisioningCert(t, "TLS Broker Root", 0))})).Certificate
 		caID = root.CAID
 		id, payload := op.envelope("", protocol.SignArgs{Kind: protocol.KindCertificate, CSR: leafCSR(t, "svc.example.com"),
 			Profile: &protocol.Profile{Validity: "1h"}})
-		mustPublish(t, ctlClient, a.dev.Topics().CASign(caID), payload, false)
+		mqtttest.Publish(t, ctlClient, a.dev.Topics().CASign(caID), payload, false)
 		leafPEM := ok[protocol.SignResult](t, op.wait(id, 1, time.Minute)).Certificate
 		rootCert, _ := pem.Decode([]byte(rootPEM))
 		leafCert, _ := pem.Decode([]byte(leafPEM))
@@ -369,29 +283,29 @@ func TestBrokerTLSExample(t *testing.T) {
 	t.Run("another appliance taking over a client id gets none of its queued commands", func(t *testing.T) {
 		// A's session (persistent) with a subscription to A's commands, offline.
 		sess := withID(tlsCfg(aCert, aKey), "sess-a")
-		c, err := sessionClient(t, sess, map[string]mqtt.Handler{a.dev.Topics().CmdFilter(): func(string, []byte) {}})
+		c, err := mqtttest.Connect(t, sess, map[string]mqtt.Handler{a.dev.Topics().CmdFilter(): func(string, []byte) {}})
 		if err != nil {
 			t.Fatal(err)
 		}
 		c.Close(100 * time.Millisecond)
 		// Control: the broker queues for that session, and A resuming it gets it.
-		mustPublish(t, ctlClient, a.dev.Topics().Cmd("zz-queued"), []byte("queued-1"), false)
-		mine := &msgInbox{}
-		c, err = sessionClient(t, sess, map[string]mqtt.Handler{a.dev.Topics().CmdFilter(): mine.handle})
+		mqtttest.Publish(t, ctlClient, a.dev.Topics().Cmd("zz-queued"), []byte("queued-1"), false)
+		mine := &mqtttest.Inbox{}
+		c, err = mqtttest.Connect(t, sess, map[string]mqtt.Handler{a.dev.Topics().CmdFilter(): mine.Handle})
 		if err != nil {
 			t.Fatal(err)
 		}
-		mine.waitFor(t, a.dev.Topics().Cmd("zz-queued"), "queued-1")
+		mine.WaitFor(t, a.dev.Topics().Cmd("zz-queued"), "queued-1")
 		c.Close(100 * time.Millisecond)
-		mustPublish(t, ctlClient, a.dev.Topics().Cmd("zz-queued"), []byte("queued-2"), false)
+		mqtttest.Publish(t, ctlClient, a.dev.Topics().Cmd("zz-queued"), []byte("queued-2"), false)
 		// B's certificate resumes that session under A's client id.
-		got := &msgInbox{}
+		got := &mqtttest.Inbox{}
 		steal := withID(tlsCfg(bCert, bKey), "sess-a")
-		if _, err := sessionClient(t, steal, map[string]mqtt.Handler{"#": got.handle}); err != nil {
+		if _, err := mqtttest.Connect(t, steal, map[string]mqtt.Handler{"#": got.Handle}); err != nil {
 			t.Fatal(err)
 		}
 		time.Sleep(time.Second)
-		if topics := got.topics(); len(topics) != 0 {
+		if topics := got.Topics(); len(topics) != 0 {
 			t.Fatalf("B got A's queued messages on %v", topics)
 		}
 	})
@@ -410,9 +324,9 @@ func TestBrokerTLSExample(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		bseen := &msgInbox{}
+		bseen := &mqtttest.Inbox{}
 		for _, f := range []string{b.dev.Topics().CASignShared(caID), b.dev.Topics().CASign(caID)} {
-			if err := bprobe.Subscribe(f, bseen.handle); err != nil {
+			if err := bprobe.Subscribe(f, bseen.Handle); err != nil {
 				t.Logf("B's subscription to %s refused: %v", f, err)
 			}
 		}
@@ -420,29 +334,29 @@ func TestBrokerTLSExample(t *testing.T) {
 		if !regexp.MustCompile(`as probe-a \([^)]*u'` + devA + `'\)`).MatchString(mos.Log()) {
 			t.Fatal("the broker did not take the probe's username from its certificate")
 		}
-		seen := &msgInbox{}
+		seen := &mqtttest.Inbox{}
 		subscribed := map[string]error{}
 		for _, f := range []string{b.dev.Topics().CmdFilter(), "iot-hsm/" + devB + "/cmd/#", b.dev.Topics().Status(),
-			b.dev.Topics().Reply(), op.replyTo, "#"} {
-			subscribed[f] = probe.Subscribe(f, seen.handle)
+			b.dev.Topics().Reply(), op.ReplyTo, "#"} {
+			subscribed[f] = probe.Subscribe(f, seen.Handle)
 		}
 		t.Logf("subscriptions outside A's topics: %v", subscribed)
 		own := a.dev.Topics().Cmd("zz-marker")
-		if err := probe.Subscribe(a.dev.Topics().CmdFilter(), seen.handle); err != nil {
+		if err := probe.Subscribe(a.dev.Topics().CmdFilter(), seen.Handle); err != nil {
 			t.Fatalf("A cannot subscribe to its own commands: %v", err)
 		}
 
 		// A forges B's status (retained), sends B a command and signs through its
 		// own CA topic as if it were the PKI: none of it may arrive.
-		mustPublish(t, probe, b.dev.Topics().Status(), []byte(`{"device":"tls-dev-b","online":false,"forged":true}`), true)
+		mqtttest.Publish(t, probe, b.dev.Topics().Status(), []byte(`{"device":"tls-dev-b","online":false,"forged":true}`), true)
 		forgedID, forged := op.envelope("", struct{}{})
-		mustPublish(t, probe, b.dev.Topics().Cmd(protocol.CmdStatus), forged, false)
+		mqtttest.Publish(t, probe, b.dev.Topics().Cmd(protocol.CmdStatus), forged, false)
 		signID, signReq := op.envelope("", protocol.SignArgs{Kind: protocol.KindCertificate, CSR: leafCSR(t, "evil.example.com"),
 			Profile: &protocol.Profile{Validity: "1h"}})
-		mustPublish(t, probe, a.dev.Topics().CASign(caID), signReq, false)
+		mqtttest.Publish(t, probe, a.dev.Topics().CASign(caID), signReq, false)
 		// What A may do, as a marker after the forgeries: its own status.
-		mustPublish(t, probe, a.dev.Topics().Status(), []byte(`{"marker":"after-forgery"}`), false)
-		ctlStatus.waitFor(t, a.dev.Topics().Status(), "after-forgery")
+		mqtttest.Publish(t, probe, a.dev.Topics().Status(), []byte(`{"marker":"after-forgery"}`), false)
+		ctlStatus.WaitFor(t, a.dev.Topics().Status(), "after-forgery")
 
 		// The controller's own command to B after that: answered, and so
 		// everything B got before it has been answered too.
@@ -456,15 +370,15 @@ func TestBrokerTLSExample(t *testing.T) {
 			var ids []string
 			for i := 0; i < n; i++ {
 				id, req := op.envelope("", protocol.SignArgs{Kind: protocol.KindCertificate, CSR: csr, Profile: &protocol.Profile{Validity: "1h"}})
-				mustPublish(t, ctlClient, a.dev.Topics().CASign(caID), req, false)
+				mqtttest.Publish(t, ctlClient, a.dev.Topics().CASign(caID), req, false)
 				ids = append(ids, id)
 			}
 			return ids
 		}
 		during := signReqs(6)
 		// A marker on A's own command topic, after all of that.
-		mustPublish(t, ctlClient, own, []byte("marker"), false)
-		seen.waitFor(t, own, "marker")
+		mqtttest.Publish(t, ctlClient, own, []byte("marker"), false)
+		seen.WaitFor(t, own, "marker")
 		time.Sleep(300 * time.Millisecond)
 		// B gone, every request is answered, by A.
 		bprobe.Close(100 * time.Millisecond)
@@ -482,7 +396,7 @@ func TestBrokerTLSExample(t *testing.T) {
 		}
 		t.Logf("%d of %d signing requests answered while B sat in the share group of A's CA", answered, len(during))
 
-		if ctlStatus.has(b.dev.Topics().Status(), "forged") {
+		if ctlStatus.Has(b.dev.Topics().Status(), "forged") {
 			t.Fatal("A's forged status of B reached the controller")
 		}
 		if n := op.count(forgedID); n != 0 {
@@ -491,29 +405,26 @@ func TestBrokerTLSExample(t *testing.T) {
 		if n := op.count(signID); n != 0 {
 			t.Fatal("A had its CA sign a request A published itself")
 		}
-		for _, topic := range seen.topics() {
+		for _, topic := range seen.Topics() {
 			// Its own commands, and the signing requests of its own CA.
 			if topic != own && topic != a.dev.Topics().CASign(caID) {
 				t.Fatalf("A received a message on %s", topic)
 			}
 		}
-		if got := bseen.topics(); len(got) != 0 {
+		if got := bseen.Topics(); len(got) != 0 {
 			t.Fatalf("B received the signing requests of a CA it does not hold: %v", got)
 		}
 		// A late subscriber sees B's genuine retained status, not the forgery.
-		late := &msgInbox{}
-		if err := ctlClient.Subscribe(b.dev.Topics().Status(), late.handle); err != nil {
+		late := &mqtttest.Inbox{}
+		if err := ctlClient.Subscribe(b.dev.Topics().Status(), late.Handle); err != nil {
 			t.Fatal(err)
 		}
-		late.waitFor(t, b.dev.Topics().Status(), `"online":true`)
-		if late.has(b.dev.Topics().Status(), "forged") {
+		late.WaitFor(t, b.dev.Topics().Status(), `"online":true`)
+		if late.Has(b.dev.Topics().Status(), "forged") {
 			t.Fatal("the retained status of B is A's forgery")
 		}
 		var st protocol.Status
-		late.mu.Lock()
-		msgs := late.got[b.dev.Topics().Status()]
-		late.mu.Unlock()
-		if err := json.Unmarshal([]byte(msgs[len(msgs)-1]), &st); err != nil || st.Device != devB {
+		if err := json.Unmarshal(late.Last(b.dev.Topics().Status()), &st); err != nil || st.Device != devB {
 			t.Fatalf("B's retained status: %v %+v", err, st)
 		}
 	})

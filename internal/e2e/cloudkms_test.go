@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -10,7 +9,6 @@ import (
 	"encoding/pem"
 	"os/exec"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -19,7 +17,8 @@ import (
 	"github.com/iot-hsm/iot-hsm/ca"
 	"github.com/iot-hsm/iot-hsm/config"
 	"github.com/iot-hsm/iot-hsm/internal/kmstest"
-	"github.com/iot-hsm/iot-hsm/mqtt"
+	"github.com/iot-hsm/iot-hsm/internal/mqtttest"
+	"github.com/iot-hsm/iot-hsm/internal/pkitest"
 	"github.com/iot-hsm/iot-hsm/protocol"
 )
 
@@ -78,7 +77,7 @@ func kmsCAs(t *testing.T, op *operator, a *appliance, srv *kmstest.Server) (root
 		t.Fatal("the root's ca_id is not that of the KMS key")
 	}
 	rootPEM = ok[protocol.CertificateResult](t, op.call(a, protocol.CmdSlotSelfSign,
-		protocol.ProvisioningCertArgs{SlotID: root.SlotID, ProvisioningCert: provisioningCert(t, "KMS Root CA", 1)})).Certificate
+		protocol.ProvisioningCertArgs{SlotID: root.SlotID, ProvisioningCert: string(pkitest.ProvisioningCert(t, "KMS Root CA", 1))})).Certificate
 
 	interm = ok[protocol.ProvisionResult](t, op.call(a, protocol.CmdSlotProvision,
 		protocol.ProvisionArgs{HSM: a.hsmID, Slot: "issuing-ca/1", Mode: "existing"}))
@@ -86,7 +85,7 @@ func kmsCAs(t *testing.T, op *operator, a *appliance, srv *kmstest.Server) (root
 		t.Fatalf("intermediate provisioned as %+v", interm)
 	}
 	csr := ok[protocol.CSRResult](t, op.call(a, protocol.CmdSlotCSR,
-		protocol.ProvisioningCertArgs{SlotID: interm.SlotID, ProvisioningCert: provisioningCert(t, "KMS Issuing CA", 0)})).CSR
+		protocol.ProvisioningCertArgs{SlotID: interm.SlotID, ProvisioningCert: string(pkitest.ProvisioningCert(t, "KMS Issuing CA", 0))})).CSR
 	zero := 0
 	id, payload := op.envelope("", protocol.SignArgs{Kind: protocol.KindCertificate, CSR: csr, Profile: &protocol.Profile{
 		Validity: "43800h", IsCA: true, MaxPathLen: &zero, KeyUsage: []string{"cert_sign", "crl_sign", "digital_signature"},
@@ -169,7 +168,7 @@ func TestCloudKMSWorkflowOverMQTT(t *testing.T) {
 			// An RSA-PSS key (named -pss) is made, but the CA engine signs certificates
 			// with PKCS#1 v1.5: the key refuses rather than sign under the wrong name.
 			pss := ok[protocol.ProvisionResult](t, op.call(a, protocol.CmdSlotProvision, protocol.ProvisionArgs{HSM: a.hsmID, Slot: "root-pss", Mode: "generate", KeyType: "rsa2048"}))
-			failed(t, op.call(a, protocol.CmdSlotSelfSign, protocol.ProvisioningCertArgs{SlotID: pss.SlotID, ProvisioningCert: provisioningCert(t, "PSS Root", 0)}), protocol.CodeUnsupported)
+			failed(t, op.call(a, protocol.CmdSlotSelfSign, protocol.ProvisioningCertArgs{SlotID: pss.SlotID, ProvisioningCert: string(pkitest.ProvisioningCert(t, "PSS Root", 0))}), protocol.CodeUnsupported)
 		})
 	}
 }
@@ -187,70 +186,35 @@ func ecKeyPEM(t *testing.T) string {
 // statusWatch follows the retained status document and the events as an observer
 // (a dashboard) sees them.
 type statusWatch struct {
-	mu     sync.Mutex
-	last   protocol.Status
-	events []protocol.Event
+	*mqtttest.Client
+	status, events string
 }
 
 func watchStatus(t *testing.T, brokerURL string, a *appliance) *statusWatch {
 	t.Helper()
-	c, err := mqtt.New(mqtt.Config{Broker: brokerURL, ClientID: "observer-" + randomID(), AllowPlaintext: true, CleanSession: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	if err := c.Start(ctx); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close(0) })
-	w := &statusWatch{}
-	if err := c.Subscribe(a.dev.Topics().Status(), func(_ string, p []byte) {
-		var st protocol.Status
-		if json.Unmarshal(p, &st) == nil {
-			w.mu.Lock()
-			w.last = st
-			w.mu.Unlock()
-		}
-	}); err != nil {
-		t.Fatal(err)
-	}
-	if err := c.Subscribe(a.dev.Topics().Events(), func(_ string, p []byte) {
-		var e protocol.Event
-		if json.Unmarshal(p, &e) == nil {
-			w.mu.Lock()
-			w.events = append(w.events, e)
-			w.mu.Unlock()
-		}
-	}); err != nil {
-		t.Fatal(err)
-	}
-	return w
+	st, ev := a.dev.Topics().Status(), a.dev.Topics().Events()
+	c := mqtttest.Start(t, brokerURL, mqtttest.Options{Name: "observer", Watch: []string{st, ev}})
+	return &statusWatch{Client: c, status: st, events: ev}
 }
 
 // until waits for a status document that satisfies ok.
 func (w *statusWatch) until(t *testing.T, what string, ok func(protocol.Status) bool) protocol.Status {
 	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		w.mu.Lock()
-		st := w.last
-		w.mu.Unlock()
-		if ok(st) {
-			return st
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("no status with %s; last: %+v", what, st)
-		}
-		time.Sleep(50 * time.Millisecond)
+	var st protocol.Status
+	if !w.Wait(30*time.Second, func() bool {
+		st = protocol.Status{}
+		json.Unmarshal(w.Last(w.status), &st)
+		return ok(st)
+	}) {
+		t.Fatalf("no status with %s; last: %+v", what, st)
 	}
+	return st
 }
 
 func (w *statusWatch) saw(typ, hsmID string) bool {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	for _, e := range w.events {
-		if e.Type == typ && e.HSM == hsmID {
+	for _, b := range w.Messages(w.events) {
+		var e protocol.Event
+		if json.Unmarshal(b, &e) == nil && e.Type == typ && e.HSM == hsmID {
 			return true
 		}
 	}

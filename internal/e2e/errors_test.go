@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/iot-hsm/iot-hsm/internal/pkitest"
 	"github.com/iot-hsm/iot-hsm/internal/softhsm/softhsmtest"
 	"github.com/iot-hsm/iot-hsm/protocol"
 	"github.com/iot-hsm/iot-hsm/store"
@@ -36,7 +37,7 @@ func TestDuplicateIDIsAnsweredFromTheCache(t *testing.T) {
 
 			// A duplicate sign returns the same certificate and issues no second one.
 			pub := ok[protocol.ProvisionResult](t, first)
-			cert := ok[protocol.CertificateResult](t, op.call(a, protocol.CmdSlotSelfSign, protocol.ProvisioningCertArgs{SlotID: pub.SlotID, ProvisioningCert: provisioningCert(t, "Dup Root", 0)}))
+			cert := ok[protocol.CertificateResult](t, op.call(a, protocol.CmdSlotSelfSign, protocol.ProvisioningCertArgs{SlotID: pub.SlotID, ProvisioningCert: string(pkitest.ProvisioningCert(t, "Dup Root", 0))}))
 			_ = cert
 			sid, sp := op.envelope("sign-1", protocol.SignArgs{SlotID: pub.SlotID, Kind: protocol.KindCertificate, CSR: leafCSR(t, "a.example.com"),
 				Profile: &protocol.Profile{Validity: "24h", ExtKeyUsage: []string{"server_auth"}}})
@@ -55,7 +56,7 @@ func TestDuplicateIDIsAnsweredFromTheCache(t *testing.T) {
 			soon := time.Now().Add(time.Second).UTC()
 			raw, _ := json.Marshal(protocol.SignArgs{SlotID: pub.SlotID, Kind: protocol.KindCertificate, CSR: leafCSR(t, "late.example.com"),
 				Profile: &protocol.Profile{Validity: "24h"}})
-			lp, _ := json.Marshal(protocol.Request{ID: "sign-late", ReplyTo: op.replyTo, ExpiresAt: &soon, Args: raw})
+			lp, _ := json.Marshal(protocol.Request{ID: "sign-late", ReplyTo: op.ReplyTo, ExpiresAt: &soon, Args: raw})
 			op.publish(a.dev.Topics().Cmd(protocol.CmdSign), lp)
 			l1 := ok[protocol.SignResult](t, op.wait("sign-late", 1, time.Minute))
 			time.Sleep(time.Until(soon) + 100*time.Millisecond)
@@ -64,7 +65,7 @@ func TestDuplicateIDIsAnsweredFromTheCache(t *testing.T) {
 			if l2 := ok[protocol.SignResult](t, l2r); !l2r.Replayed || l2.Serial != l1.Serial {
 				t.Fatalf("a late repeat: replayed %v, serial %s, want the stored reply with %s", l2r.Replayed, l2.Serial, l1.Serial)
 			}
-			late, _ := json.Marshal(protocol.Request{ID: "sign-late-new", ReplyTo: op.replyTo, ExpiresAt: &soon, Args: raw})
+			late, _ := json.Marshal(protocol.Request{ID: "sign-late-new", ReplyTo: op.ReplyTo, ExpiresAt: &soon, Args: raw})
 			op.publish(a.dev.Topics().Cmd(protocol.CmdSign), late)
 			failed(t, op.wait("sign-late-new", 1, time.Minute), protocol.CodeExpired)
 			st := ok[protocol.Status](t, op.call(a, protocol.CmdStatus, struct{}{}))
@@ -121,17 +122,17 @@ func TestBadRequestsGetTheirCodeAndChangeNothing(t *testing.T) {
 			}
 			past := time.Now().Add(-time.Second).UTC().Format(time.RFC3339)
 
-			failed(t, raw(cmd("status"), `{"id":"exp-1","reply_to":"`+op.replyTo+`","expires_at":"`+past+`"}`), protocol.CodeExpired)
-			failed(t, raw(cmd("status"), `{"id":"bad-json","reply_to":"`+op.replyTo+`","args":[1,2}`), protocol.CodeBadRequest)
-			failed(t, raw(cmd("slot.provision"), `{"id":"bad-field","reply_to":"`+op.replyTo+`","args":{"hsm":"`+a.hsmID+`","slot":"09","mode":"generate","key_type":"p256","colour":"red"}}`), protocol.CodeBadRequest)
-			failed(t, raw(cmd("slot.provision"), `{"id":"bad-type","reply_to":"`+op.replyTo+`","args":{"hsm":"`+a.hsmID+`","slot":"09","mode":"generate","key_type":"ed25519"}}`), protocol.CodeBadRequest)
-			big := `{"id":"too-big","reply_to":"` + op.replyTo + `","args":{"pad":"` + strings.Repeat("x", protocol.MaxPayload) + `"}}`
+			failed(t, raw(cmd("status"), `{"id":"exp-1","reply_to":"`+op.ReplyTo+`","expires_at":"`+past+`"}`), protocol.CodeExpired)
+			failed(t, raw(cmd("status"), `{"id":"bad-json","reply_to":"`+op.ReplyTo+`","args":[1,2}`), protocol.CodeBadRequest)
+			failed(t, raw(cmd("slot.provision"), `{"id":"bad-field","reply_to":"`+op.ReplyTo+`","args":{"hsm":"`+a.hsmID+`","slot":"09","mode":"generate","key_type":"p256","colour":"red"}}`), protocol.CodeBadRequest)
+			failed(t, raw(cmd("slot.provision"), `{"id":"bad-type","reply_to":"`+op.ReplyTo+`","args":{"hsm":"`+a.hsmID+`","slot":"09","mode":"generate","key_type":"ed25519"}}`), protocol.CodeBadRequest)
+			big := `{"id":"too-big","reply_to":"` + op.ReplyTo + `","args":{"pad":"` + strings.Repeat("x", protocol.MaxPayload) + `"}}`
 			failed(t, raw(cmd("status"), big), protocol.CodeBadRequest)
-			failed(t, raw(cmd("frobnicate"), `{"id":"unknown-cmd","reply_to":"`+op.replyTo+`"}`), protocol.CodeUnknownCommand)
+			failed(t, raw(cmd("frobnicate"), `{"id":"unknown-cmd","reply_to":"`+op.ReplyTo+`"}`), protocol.CodeUnknownCommand)
 			failed(t, op.call(a, protocol.CmdSlotShow, protocol.SlotIDArgs{SlotID: a.hsmID + "/7e"}), protocol.CodeNotFound)
 			failed(t, op.call(a, protocol.CmdSlotShow, protocol.SlotIDArgs{SlotID: "nohsm/01"}), protocol.CodeNotFound)
 			failed(t, op.call(a, protocol.CmdSign, protocol.SignArgs{SlotID: pending.SlotID, Kind: protocol.KindCertificate, CSR: leafCSR(t, "x.example.com"), Profile: &protocol.Profile{Validity: "1h"}}), protocol.CodeConflict)
-			failed(t, op.call(a, protocol.CmdSlotSelfSign, protocol.ProvisioningCertArgs{SlotID: root.SlotID, ProvisioningCert: provisioningCert(t, "again", 1)}), protocol.CodeConflict)
+			failed(t, op.call(a, protocol.CmdSlotSelfSign, protocol.ProvisioningCertArgs{SlotID: root.SlotID, ProvisioningCert: string(pkitest.ProvisioningCert(t, "again", 1))}), protocol.CodeConflict)
 
 			// CSR whose signature does not verify: one bit of the signature flipped.
 			blk, _ := pem.Decode([]byte(leafCSR(t, "y.example.com")))

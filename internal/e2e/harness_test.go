@@ -5,12 +5,9 @@ package e2e
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"encoding/json"
 	"os"
 	"path/filepath"
-	"sync"
 	"testing"
 	"time"
 
@@ -18,6 +15,7 @@ import (
 	"github.com/iot-hsm/iot-hsm/device"
 	wiring "github.com/iot-hsm/iot-hsm/internal/appliance"
 	"github.com/iot-hsm/iot-hsm/internal/brokertest"
+	"github.com/iot-hsm/iot-hsm/internal/mqtttest"
 	"github.com/iot-hsm/iot-hsm/internal/softhsm"
 	"github.com/iot-hsm/iot-hsm/mqtt"
 	"github.com/iot-hsm/iot-hsm/protocol"
@@ -152,77 +150,21 @@ func (a *appliance) stop() {
 
 // operator is a PKI or an operator's script: a plain MQTT client.
 type operator struct {
-	t       *testing.T
-	c       *mqtt.Client
-	replyTo string
-	mu      sync.Mutex
-	replies map[string][]protocol.Reply
-	raw     map[string][][]byte
-	arrived chan struct{}
+	*mqtttest.Client
+	t *testing.T
 }
 
 func newOperator(t *testing.T, brokerURL string) *operator {
 	t.Helper()
-	id := randomID()
-	c, err := mqtt.New(mqtt.Config{Broker: brokerURL, ClientID: "pki-" + id, AllowPlaintext: true, CleanSession: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	if err := c.Start(ctx); err != nil {
-		t.Fatal(err)
-	}
-	o := &operator{t: t, c: c, replyTo: "pki/" + id + "/replies", replies: map[string][]protocol.Reply{},
-		raw: map[string][][]byte{}, arrived: make(chan struct{}, 1)}
-	if err := c.Subscribe(o.replyTo, o.onReply); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close(100 * time.Millisecond) })
-	return o
-}
-
-func (o *operator) onReply(_ string, payload []byte) {
-	var r protocol.Reply
-	if err := json.Unmarshal(payload, &r); err != nil {
-		o.t.Errorf("reply is not JSON: %v: %s", err, payload)
-		return
-	}
-	o.mu.Lock()
-	o.replies[r.ID] = append(o.replies[r.ID], r)
-	o.raw[r.ID] = append(o.raw[r.ID], append([]byte(nil), payload...))
-	o.mu.Unlock()
-	select {
-	case o.arrived <- struct{}{}:
-	default:
-	}
-}
-
-func randomID() string {
-	b := make([]byte, 8)
-	rand.Read(b)
-	return hex.EncodeToString(b)
+	return &operator{Client: mqtttest.Start(t, brokerURL, mqtttest.Options{Name: "pki"}), t: t}
 }
 
 // envelope builds a request with a fresh id unless id is given.
-func (o *operator) envelope(id string, args any) (string, []byte) {
-	if id == "" {
-		id = randomID()
-	}
-	raw, err := json.Marshal(args)
-	if err != nil {
-		o.t.Fatal(err)
-	}
-	exp := time.Now().Add(time.Minute).UTC()
-	b, _ := json.Marshal(protocol.Request{ID: id, ReplyTo: o.replyTo, ExpiresAt: &exp, Args: raw})
-	return id, b
-}
+func (o *operator) envelope(id string, args any) (string, []byte) { return o.Request(id, args) }
 
 func (o *operator) publish(topic string, payload []byte) {
 	o.t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	if err := o.c.Publish(ctx, topic, payload, false); err != nil {
+	if err := o.Send(topic, payload); err != nil {
 		o.t.Fatal(err)
 	}
 }
@@ -230,28 +172,14 @@ func (o *operator) publish(topic string, payload []byte) {
 // wait returns the n-th reply for id, failing the test after timeout.
 func (o *operator) wait(id string, n int, timeout time.Duration) protocol.Reply {
 	o.t.Helper()
-	deadline := time.After(timeout)
-	for {
-		o.mu.Lock()
-		rs := o.replies[id]
-		o.mu.Unlock()
-		if len(rs) >= n {
-			return rs[n-1]
-		}
-		select {
-		case <-o.arrived:
-		case <-time.After(20 * time.Millisecond):
-		case <-deadline:
-			o.t.Fatalf("no reply %d for request %s within %v", n, id, timeout)
-		}
+	r, ok := o.Reply(id, n, timeout)
+	if !ok {
+		o.t.Fatalf("no reply %d for request %s within %v", n, id, timeout)
 	}
+	return r
 }
 
-func (o *operator) count(id string) int {
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	return len(o.replies[id])
-}
+func (o *operator) count(id string) int { return len(o.Raw(id)) }
 
 // call sends a command to a device and waits for its reply.
 func (o *operator) call(dev *appliance, cmd string, args any) protocol.Reply {

@@ -1,16 +1,16 @@
 package e2e
 
 import (
-	"context"
 	"encoding/json"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/iot-hsm/iot-hsm/internal/brokertest"
+	"github.com/iot-hsm/iot-hsm/internal/mqtttest"
+	"github.com/iot-hsm/iot-hsm/internal/pkitest"
 	"github.com/iot-hsm/iot-hsm/internal/softhsm/softhsmtest"
 	"github.com/iot-hsm/iot-hsm/mqtt"
 	"github.com/iot-hsm/iot-hsm/protocol"
@@ -40,7 +40,7 @@ func TestTwoAppliancesShareOneCA(t *testing.T) {
 				caID = res.CAID
 				if rootPEM == "" {
 					rootPEM = ok[protocol.CertificateResult](t, op.call(app, protocol.CmdSlotSelfSign,
-						protocol.ProvisioningCertArgs{SlotID: res.SlotID, ProvisioningCert: provisioningCert(t, "Shared Root", 0)})).Certificate
+						protocol.ProvisioningCertArgs{SlotID: res.SlotID, ProvisioningCert: string(pkitest.ProvisioningCert(t, "Shared Root", 0))})).Certificate
 				} else {
 					// The second appliance is re-associated with the same certificate.
 					ok[protocol.SlotShow](t, op.call(app, protocol.CmdSlotImport, protocol.ImportCertArgs{SlotID: res.SlotID, Certificate: rootPEM}))
@@ -89,34 +89,19 @@ func TestBrokerRestart(t *testing.T) {
 	mos.Start(t)
 
 	// A new observer sees the retained status again (mosquitto kept nothing).
-	obs, err := mqtt.New(mqtt.Config{Broker: mos.URL, ClientID: "observer", AllowPlaintext: true, CleanSession: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	if err := obs.Start(ctx); err != nil {
-		t.Fatal(err)
-	}
-	defer obs.Close(0)
-	var once sync.Once
-	got := make(chan protocol.Status, 1)
-	obs.Subscribe(a.dev.Topics().Status(), func(_ string, p []byte) {
+	obs := mqtttest.StartWith(t, mqtt.Config{Broker: mos.URL, ClientID: "observer", AllowPlaintext: true,
+		CleanSession: true, ConnectTimeout: 25 * time.Second}, mqtttest.Options{Watch: []string{a.dev.Topics().Status()}})
+	if !obs.Wait(30*time.Second, func() bool {
 		var st protocol.Status
-		if json.Unmarshal(p, &st) == nil && st.Online && st.ConnectedSlots == 2 {
-			once.Do(func() { got <- st })
-		}
-	})
-	select {
-	case <-got:
-	case <-ctx.Done():
+		return json.Unmarshal(obs.Last(a.dev.Topics().Status()), &st) == nil && st.Online && st.ConnectedSlots == 2
+	}) {
 		t.Fatal("no online status with 2 connected slots after the broker restart")
 	}
 
 	// The operator's own session came back too; a request after the restart is answered,
 	// on the device topic and on the CA topic (resubscribed).
 	deadline := time.Now().Add(30 * time.Second)
-	for !op.c.Connected() && time.Now().Before(deadline) {
+	for !op.MQTT.Connected() && time.Now().Before(deadline) {
 		time.Sleep(50 * time.Millisecond)
 	}
 	ok[protocol.Status](t, op.call(a, protocol.CmdStatus, struct{}{}))

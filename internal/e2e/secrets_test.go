@@ -11,6 +11,7 @@ import (
 	"testing"
 
 	"github.com/iot-hsm/iot-hsm/config"
+	"github.com/iot-hsm/iot-hsm/internal/pkitest"
 	"github.com/iot-hsm/iot-hsm/internal/softhsm"
 	"github.com/iot-hsm/iot-hsm/internal/softhsm/softhsmtest"
 	"github.com/iot-hsm/iot-hsm/internal/syncbuf"
@@ -146,7 +147,7 @@ func persistedPINUnlocksAfterRestart(t *testing.T, name, url string) {
 	ok[protocol.ProvisionResult](t, op.call(a, protocol.CmdSlotProvision,
 		protocol.ProvisionArgs{HSM: a.hsmID, Slot: "02", Mode: "generate", KeyType: "p256"}))
 	cert := ok[protocol.CertificateResult](t, op.call(a, protocol.CmdSlotSelfSign,
-		protocol.ProvisioningCertArgs{SlotID: root.SlotID, ProvisioningCert: provisioningCert(t, "Persisted Root", 0)}))
+		protocol.ProvisioningCertArgs{SlotID: root.SlotID, ProvisioningCert: string(pkitest.ProvisioningCert(t, "Persisted Root", 0))}))
 	if !strings.Contains(cert.Certificate, "BEGIN CERTIFICATE") {
 		t.Fatal("no certificate")
 	}
@@ -200,15 +201,12 @@ func persistedPINUnlocksAfterRestart(t *testing.T, name, url string) {
 		if strings.Contains(logs.String(), secret) {
 			t.Fatalf("a PIN is in the log")
 		}
-		op.mu.Lock()
-		for id, raws := range op.raw {
+		for id, raws := range op.RawReplies() {
 			for _, raw := range raws {
 				if bytes.Contains(raw, []byte(secret)) {
-					op.mu.Unlock()
 					t.Fatalf("a PIN is in the reply to %s: %s", id, raw)
 				}
 			}
 		}
-		op.mu.Unlock()
 	}
 }

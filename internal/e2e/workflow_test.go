@@ -17,22 +17,10 @@ import (
 	"golang.org/x/crypto/ocsp"
 
 	"github.com/iot-hsm/iot-hsm/ca"
+	"github.com/iot-hsm/iot-hsm/internal/pkitest"
 	"github.com/iot-hsm/iot-hsm/internal/softhsm/softhsmtest"
 	"github.com/iot-hsm/iot-hsm/protocol"
 )
-
-func provisioningCert(t *testing.T, cn string, pathLen int) string {
-	t.Helper()
-	p, err := ca.MakeProvisioningCert(ca.ProvisioningOptions{
-		Subject:  pkix.Name{CommonName: cn, Organization: []string{"PKIaaS test"}},
-		Validity: 10 * 365 * 24 * time.Hour, MaxPathLen: pathLen,
-		PermittedDNSDomains: []string{"example.com"},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return string(p)
-}
 
 // leafCSR is what a TLS server sends its PKI.
 func leafCSR(t *testing.T, dns string) string {
@@ -72,12 +60,12 @@ func provisionCAs(t *testing.T, op *operator, a *appliance) (root, interm protoc
 	root = ok[protocol.ProvisionResult](t, op.call(a, protocol.CmdSlotProvision,
 		protocol.ProvisionArgs{HSM: a.hsmID, Slot: "01", Mode: "generate", KeyType: "p256", Label: "root"}))
 	rootPEM = ok[protocol.CertificateResult](t, op.call(a, protocol.CmdSlotSelfSign,
-		protocol.ProvisioningCertArgs{SlotID: root.SlotID, ProvisioningCert: provisioningCert(t, "Test Root CA", 1)})).Certificate
+		protocol.ProvisioningCertArgs{SlotID: root.SlotID, ProvisioningCert: string(pkitest.ProvisioningCert(t, "Test Root CA", 1))})).Certificate
 
 	interm = ok[protocol.ProvisionResult](t, op.call(a, protocol.CmdSlotProvision,
 		protocol.ProvisionArgs{HSM: a.hsmID, Slot: "02", Mode: "generate", KeyType: "p384", Label: "issuing"}))
 	csr := ok[protocol.CSRResult](t, op.call(a, protocol.CmdSlotCSR,
-		protocol.ProvisioningCertArgs{SlotID: interm.SlotID, ProvisioningCert: provisioningCert(t, "Test Issuing CA", 0)})).CSR
+		protocol.ProvisioningCertArgs{SlotID: interm.SlotID, ProvisioningCert: string(pkitest.ProvisioningCert(t, "Test Issuing CA", 0))})).CSR
 
 	// The PKI has the root sign the intermediate, addressing the root by its ca_id.
 	zero := 0

@@ -12,6 +12,8 @@ import (
 	"github.com/iot-hsm/iot-hsm/ca"
 	"github.com/iot-hsm/iot-hsm/config"
 	"github.com/iot-hsm/iot-hsm/device/hotplug"
+	"github.com/iot-hsm/iot-hsm/internal/mqtttest"
+	"github.com/iot-hsm/iot-hsm/internal/pkitest"
 	"github.com/iot-hsm/iot-hsm/internal/vyubikey"
 	"github.com/iot-hsm/iot-hsm/internal/vyubikey/pcscdtest"
 	"github.com/iot-hsm/iot-hsm/protocol"
@@ -49,7 +51,7 @@ func startPIVAppliance(t *testing.T, brokerURL, pin string, card *vyubikey.Card)
 	if err := os.WriteFile(roots, ca.EncodeCertificatePEM(card.AttestationRoot()), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	a := start(t, brokerURL, "yk-"+randomID(), options{yubikey: &config.YubiKey{PIN: pin, AttestationRoots: roots}})
+	a := start(t, brokerURL, "yk-"+mqtttest.RandomID(), options{yubikey: &config.YubiKey{PIN: pin, AttestationRoots: roots}})
 	a.hsmID = ykHSM
 	ctx, cancel := context.WithCancel(context.Background())
 	w := &hotplug.Watcher{OnChange: func(string) { a.dev.CheckPresence() }}
@@ -99,11 +101,11 @@ func TestYubiKeyWorkflowOverMQTT(t *testing.T) {
 		t.Fatalf("a generated YubiKey key comes with its attestation: %+v", root)
 	}
 	rootPEM := ok[protocol.CertificateResult](t, op.call(a, protocol.CmdSlotSelfSign,
-		protocol.ProvisioningCertArgs{SlotID: root.SlotID, ProvisioningCert: provisioningCert(t, "YubiKey Root CA", 1)})).Certificate
+		protocol.ProvisioningCertArgs{SlotID: root.SlotID, ProvisioningCert: string(pkitest.ProvisioningCert(t, "YubiKey Root CA", 1))})).Certificate
 	interm := ok[protocol.ProvisionResult](t, op.call(a, protocol.CmdSlotProvision,
 		protocol.ProvisionArgs{HSM: ykHSM, Slot: "82", Mode: "generate", KeyType: "p256"}))
 	csr := ok[protocol.CSRResult](t, op.call(a, protocol.CmdSlotCSR,
-		protocol.ProvisioningCertArgs{SlotID: interm.SlotID, ProvisioningCert: provisioningCert(t, "YubiKey Issuing CA", 0)})).CSR
+		protocol.ProvisioningCertArgs{SlotID: interm.SlotID, ProvisioningCert: string(pkitest.ProvisioningCert(t, "YubiKey Issuing CA", 0))})).CSR
 	zero := 0
 	intermPEM := ok[protocol.SignResult](t, op.call(a, protocol.CmdSign, protocol.SignArgs{CAID: root.CAID, Kind: protocol.KindCertificate, CSR: csr,
 		Profile: &protocol.Profile{Validity: "8760h", IsCA: true, MaxPathLen: &zero, KeyUsage: []string{"cert_sign", "crl_sign"}}})).Certificate
@@ -146,7 +148,7 @@ func TestYubiKeyUnplugWhileQueuedAndReplug(t *testing.T) {
 	root := ok[protocol.ProvisionResult](t, op.call(a, protocol.CmdSlotProvision,
 		protocol.ProvisionArgs{HSM: ykHSM, Slot: "9a", Mode: "generate", KeyType: "p256"}))
 	ok[protocol.CertificateResult](t, op.call(a, protocol.CmdSlotSelfSign,
-		protocol.ProvisioningCertArgs{SlotID: root.SlotID, ProvisioningCert: provisioningCert(t, "Pull Me Root", 0)}))
+		protocol.ProvisioningCertArgs{SlotID: root.SlotID, ProvisioningCert: string(pkitest.ProvisioningCert(t, "Pull Me Root", 0))}))
 	watch.until(t, "the slot connected", func(st protocol.Status) bool { return st.ConnectedSlots == 1 })
 
 	// Keep the card's worker busy (a slow card generating a key), queue a sign
@@ -230,7 +232,7 @@ func TestYubiKeyWrongPINKeepsTheWorkingOne(t *testing.T) {
 		t.Fatalf("the working PIN was dropped: %+v", st.HSMs[0].PIN)
 	}
 	ok[protocol.CertificateResult](t, op.call(a, protocol.CmdSlotSelfSign, protocol.ProvisioningCertArgs{SlotID: ykHSM + "/9c",
-		ProvisioningCert: provisioningCert(t, "After a wrong PIN", 0)}))
+		ProvisioningCert: string(pkitest.ProvisioningCert(t, "After a wrong PIN", 0))}))
 }
 
 // TestMain stops a pcscd these tests had to start themselves.

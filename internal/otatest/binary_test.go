@@ -6,14 +6,11 @@ package otatest
 
 import (
 	"bytes"
-	"context"
-	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"io"
-	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -28,6 +25,7 @@ import (
 
 	"aead.dev/minisign"
 
+	"github.com/iot-hsm/iot-hsm/internal/mqtttest"
 	"github.com/iot-hsm/iot-hsm/internal/syncbuf"
 	"github.com/iot-hsm/iot-hsm/mqtt"
 	"github.com/iot-hsm/iot-hsm/protocol"
@@ -45,12 +43,6 @@ func build(t *testing.T, dir, ver, extra string) string {
 		t.Fatalf("go build %s: %v\n%s", ver, err, b)
 	}
 	return out
-}
-
-func randomID() string {
-	b := make([]byte, 6)
-	rand.Read(b)
-	return hex.EncodeToString(b)
 }
 
 // supervisor runs the daemon as the unit does: Restart=on-failure plus
@@ -145,46 +137,16 @@ func (s *supervisor) loop() {
 	}
 }
 
-// operator talks to the daemon over MQTT across its restarts.
+// operator talks to the daemon over MQTT across its restarts; it keeps the OTA
+// events the daemon publishes.
 type operator struct {
+	*mqtttest.Client
 	t        *testing.T
-	c        *mqtt.Client
 	deviceID string
-	replyTo  string
-	mu       sync.Mutex
-	replies  map[string]protocol.Reply
-	events   []protocol.OTAEvent
 }
 
 func newOperator(t *testing.T, broker, deviceID string) *operator {
 	t.Helper()
-	id := randomID()
-	c, err := mqtt.New(mqtt.Config{Broker: broker, ClientID: "op-" + id, AllowPlaintext: true, CleanSession: true,
-		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
-	if err != nil {
-		t.Fatal(err)
-	}
-	o := &operator{t: t, c: c, deviceID: deviceID, replyTo: "test/" + id + "/replies", replies: map[string]protocol.Reply{}}
-	if err := c.Subscribe(o.replyTo, func(_ string, payload []byte) {
-		var r protocol.Reply
-		if json.Unmarshal(payload, &r) == nil {
-			o.mu.Lock()
-			o.replies[r.ID] = r
-			o.mu.Unlock()
-		}
-	}); err != nil {
-		t.Fatal(err)
-	}
-	if err := c.Subscribe(protocol.DefaultRoot+"/"+deviceID+"/events", func(_ string, payload []byte) {
-		var e protocol.OTAEvent
-		if json.Unmarshal(payload, &e) == nil && e.Type == "ota" {
-			o.mu.Lock()
-			o.events = append(o.events, e)
-			o.mu.Unlock()
-		}
-	}); err != nil {
-		t.Fatal(err)
-	}
 	// The embedded broker comes up with the daemon.
 	addr := strings.TrimPrefix(broker, "tcp://")
 	for end := time.Now().Add(30 * time.Second); ; time.Sleep(100 * time.Millisecond) {
@@ -197,35 +159,24 @@ func newOperator(t *testing.T, broker, deviceID string) *operator {
 			t.Fatalf("the broker at %s does not come up: %v", addr, err)
 		}
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	if err := c.Start(ctx); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close(100 * time.Millisecond) })
-	return o
+	c := mqtttest.StartWith(t, mqtt.Config{Broker: broker, AllowPlaintext: true, CleanSession: true, ConnectTimeout: 25 * time.Second},
+		mqtttest.Options{Name: "op", Watch: []string{eventsTopic(deviceID)}})
+	return &operator{Client: c, t: t, deviceID: deviceID}
 }
 
-// callID sends cmd with the given request id until a reply comes (the daemon may be
-// restarting) and returns it.
+func eventsTopic(deviceID string) string { return protocol.DefaultRoot + "/" + deviceID + "/events" }
+
+// callID sends cmd with the given request id until a new reply comes (the daemon
+// may be restarting) and returns it.
 func (o *operator) callID(id, cmd string, args any, timeout time.Duration) protocol.Reply {
 	o.t.Helper()
-	raw, _ := json.Marshal(args)
+	next := len(o.Raw(id)) + 1
 	deadline := time.Now().Add(timeout)
 	for time.Now().Before(deadline) {
-		exp := time.Now().Add(time.Minute).UTC()
-		payload, _ := json.Marshal(protocol.Request{ID: id, ReplyTo: o.replyTo, ExpiresAt: &exp, Args: raw})
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		o.c.Publish(ctx, protocol.DefaultRoot+"/"+o.deviceID+"/cmd/"+cmd, payload, false)
-		cancel()
-		for end := time.Now().Add(2 * time.Second); time.Now().Before(end); {
-			o.mu.Lock()
-			r, ok := o.replies[id]
-			o.mu.Unlock()
-			if ok {
-				return r
-			}
-			time.Sleep(20 * time.Millisecond)
+		_, payload := o.Request(id, args)
+		o.Send(protocol.DefaultRoot+"/"+o.deviceID+"/cmd/"+cmd, payload)
+		if r, ok := o.Reply(id, next, 2*time.Second); ok {
+			return r
 		}
 	}
 	o.t.Fatalf("no reply to %s %s within %v", cmd, id, timeout)
@@ -234,14 +185,16 @@ func (o *operator) callID(id, cmd string, args any, timeout time.Duration) proto
 
 func (o *operator) call(cmd string, args any) protocol.Reply {
 	o.t.Helper()
-	return o.callID(randomID(), cmd, args, 60*time.Second)
+	return o.callID(mqtttest.RandomID(), cmd, args, 60*time.Second)
 }
 
 func (o *operator) phases() []string {
-	o.mu.Lock()
-	defer o.mu.Unlock()
 	var out []string
-	for _, e := range o.events {
+	for _, b := range o.Messages(eventsTopic(o.deviceID)) {
+		var e protocol.OTAEvent
+		if json.Unmarshal(b, &e) != nil || e.Type != "ota" {
+			continue
+		}
 		if len(out) == 0 || out[len(out)-1] != e.Phase {
 			out = append(out, e.Phase)
 		}
@@ -251,14 +204,7 @@ func (o *operator) phases() []string {
 
 func decode[T any](t *testing.T, r protocol.Reply) T {
 	t.Helper()
-	var v T
-	if !r.OK {
-		t.Fatalf("%s failed: %+v", r.Cmd, r.Error)
-	}
-	if err := json.Unmarshal(r.Result, &v); err != nil {
-		t.Fatalf("%s result: %v", r.Cmd, err)
-	}
-	return v
+	return mqtttest.Result[T](t, r)
 }
 
 // waitOTA polls ota.status until the daemon runs version ver and the update's phase
@@ -268,7 +214,7 @@ func (o *operator) waitOTA(ver, phase string, timeout time.Duration) protocol.OT
 	deadline := time.Now().Add(timeout)
 	var st protocol.OTAStatus
 	for time.Now().Before(deadline) {
-		r := o.callID(randomID(), protocol.CmdOTAStatus, nil, timeout)
+		r := o.callID(mqtttest.RandomID(), protocol.CmdOTAStatus, nil, timeout)
 		if r.OK {
 			json.Unmarshal(r.Result, &st)
 			if st.Version == ver && st.Phase == phase {

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/iot-hsm/iot-hsm/internal/brokertest"
+	"github.com/iot-hsm/iot-hsm/internal/mqtttest"
 	"github.com/iot-hsm/iot-hsm/protocol"
 )
 
@@ -173,7 +174,7 @@ func TestRAUCUpdate(t *testing.T) {
 	rig := newRAUCRig(t)
 	work := t.TempDir()
 	bin := build(t, work, "v1.0.0", "")
-	deviceID := "ihsm-rauc-" + randomID()
+	deviceID := "ihsm-rauc-" + mqtttest.RandomID()
 	listen := fmt.Sprintf("127.0.0.1:%d", brokertest.FreePort(t))
 	cfg := filepath.Join(work, "config.toml")
 	rebootLog := filepath.Join(work, "reboot.log")
@@ -193,7 +194,7 @@ reboot_command = ["sh", "-c", "echo reboot >> %s"]
 	op := newOperator(t, "tcp://"+listen, deviceID)
 	op.waitOTA("v1.0.0", protocol.OTAIdle, 60*time.Second)
 	hsms := decode[protocol.HSMListResult](t, op.call(protocol.CmdHSMList, nil))
-	provID := "prov-" + randomID()
+	provID := "prov-" + mqtttest.RandomID()
 	provArgs := protocol.ProvisionArgs{HSM: hsms.HSMs[0].ID, Slot: "01", Mode: "generate", KeyType: "p256"}
 	prov := op.callID(provID, protocol.CmdSlotProvision, provArgs, time.Minute)
 	decode[protocol.ProvisionResult](t, prov)

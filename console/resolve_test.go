@@ -15,8 +15,7 @@ import (
 func TestShortNamesAndAmbiguity(t *testing.T) {
 	clearEnv(t)
 	url := startBroker(t)
-	pub := newClient(t, url)
-	startClient(t, pub)
+	pub := newClient(t, url, nil)
 	caA, caB := "abcd01"+strings.Repeat("0", 58), "abcd02"+strings.Repeat("0", 58)
 	publishRetained(t, pub, "dev1", protocol.Status{Online: true, Device: "dev1",
 		HSMs: []protocol.StatusHSM{{ID: "pkcs11-4c8b8f4bc08572fc", Kind: "pkcs11"}, {ID: "pkcs11-4c9a000000000001", Kind: "pkcs11"},
@@ -86,8 +85,7 @@ func TestResolverErrorsAreTyped(t *testing.T) {
 func TestUnknownOrOfflineAnsweredAtOnce(t *testing.T) {
 	clearEnv(t)
 	url := startBroker(t)
-	pub := newClient(t, url)
-	startClient(t, pub)
+	pub := newClient(t, url, nil)
 	caOn, caOff := strings.Repeat("1", 64), strings.Repeat("2", 64)
 	publishRetained(t, pub, "dev1", protocol.Status{Online: true, Device: "dev1",
 		Slots: []protocol.StatusSlot{{SlotID: "h/01", State: "provisioned", Connected: true, CAID: caOn}}})

@@ -1,5 +1,3 @@
-//go:build cgo
-
 package device
 
 import (
@@ -11,7 +9,9 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/iot-hsm/iot-hsm/audit"
@@ -23,7 +23,7 @@ import (
 // request that carried it. A thief with a copy of the data partition and of the
 // token's files would otherwise brute-force a 6-digit PIN in under a second.
 func TestSecretsLeaveNothingInTheStateDirectory(t *testing.T) {
-	r := newRig(t)
+	r := newCore(t)
 	al, err := audit.Open(filepath.Join(r.stateDir, "audit.log"))
 	if err != nil {
 		t.Fatal(err)
@@ -38,11 +38,11 @@ func TestSecretsLeaveNothingInTheStateDirectory(t *testing.T) {
 	keyDir := t.TempDir()
 	keyFile := filepath.Join(keyDir, "ca.pem")
 	const password = "k3y-pa55word"
-	openssl(t, "genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-aes-256-cbc", "-pass", "pass:"+password, "-out", keyFile)
+	runOpenSSL(t, "genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-aes-256-cbc", "-pass", "pass:"+password, "-out", keyFile)
 	keyPEM, _ := os.ReadFile(keyFile)
 
 	requests := []struct{ cmd, id, args string }{
-		{protocol.CmdHSMSetPIN, "pin-ok", setPINArgs(r.hsmID, r.tok.PIN, false, "")},
+		{protocol.CmdHSMSetPIN, "pin-ok", setPINArgs(r.hsmID, r.tok.PIN(), false, "")},
 		{protocol.CmdHSMSetPIN, "pin-wrong", setPINArgs(r.hsmID, "918273", false, "")},
 		{protocol.CmdSlotProvision, "import", fmt.Sprintf(`{"hsm":%q,"slot":"41","mode":"import","key_pem":%q,"key_password":%q}`,
 			r.hsmID, keyPEM, password)},
@@ -55,7 +55,6 @@ func TestSecretsLeaveNothingInTheStateDirectory(t *testing.T) {
 		t.Fatalf("import: %+v", rep.Error)
 	}
 	d.Stop()
-	r.close()
 
 	// What a thief would try: the secrets, their hashes, and the hash of each
 	// request's content as the reply cache used to keep it.
@@ -64,7 +63,7 @@ func TestSecretsLeaveNothingInTheStateDirectory(t *testing.T) {
 		sum := sha256.Sum256(b)
 		needles = append(needles, b, sum[:], []byte(hex.EncodeToString(sum[:])), []byte(base64.StdEncoding.EncodeToString(sum[:])))
 	}
-	for _, s := range []string{r.tok.PIN, "918273", password} {
+	for _, s := range []string{r.tok.PIN(), "918273", password} {
 		add([]byte(s))
 	}
 	for _, q := range requests {
@@ -90,5 +89,13 @@ func TestSecretsLeaveNothingInTheStateDirectory(t *testing.T) {
 	})
 	if err != nil {
 		t.Fatal(err)
+	}
+}
+
+// runOpenSSL runs the real openssl to make key files the way operators do.
+func runOpenSSL(t *testing.T, args ...string) {
+	t.Helper()
+	if out, err := exec.Command("openssl", args...).CombinedOutput(); err != nil {
+		t.Fatalf("openssl %s: %v\n%s", strings.Join(args, " "), err, out)
 	}
 }

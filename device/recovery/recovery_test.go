@@ -16,17 +16,7 @@ import (
 // A request recorded in the audit trail whose reply never reached the cache (the
 // appliance was killed between the two) is not run again when redelivered.
 func TestLostReplyIsNotRunAgain(t *testing.T) {
-	dir := t.TempDir()
-	st, err := store.Open(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
-	al, err := audit.Open(filepath.Join(dir, "audit.log"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer al.Close()
+	_, st, al := openState(t)
 	// Two days old: its reply was pruned, not lost; a repeat runs (it may not be
 	// the same request: ids are only unique within the reply cache's retention).
 	al.Append(audit.Record{RequestID: "sign-old", Command: "sign", Result: "ok", Time: time.Now().Add(-48 * time.Hour)})
@@ -62,17 +52,7 @@ func TestLostReplyIsNotRunAgain(t *testing.T) {
 // "interrupted". A redelivery of one that ran, or of a PIN change, is told so and not
 // run again; one that left its slot as it was runs.
 func TestInterruptedRequestsReachTheAuditTrail(t *testing.T) {
-	dir := t.TempDir()
-	st, err := store.Open(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
-	al, err := audit.Open(filepath.Join(dir, "audit.log"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer al.Close()
+	dir, st, al := openState(t)
 
 	t0 := time.Date(2026, 11, 27, 10, 0, 0, 0, time.UTC)
 	put := func(id, cmd, slot string) {
@@ -182,17 +162,7 @@ func TestInterruptedRequestsReachTheAuditTrail(t *testing.T) {
 // memory is still found recorded: it gets no second, "interrupted" record, and a
 // redelivery is told it ran.
 func TestRecoveryReadsTheWholeTrail(t *testing.T) {
-	dir := t.TempDir()
-	st, err := store.Open(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
-	al, err := audit.Open(filepath.Join(dir, "audit.log"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer al.Close()
+	_, st, al := openState(t)
 	if err := st.PutIntent("clear-far", store.Intent{Command: protocol.CmdSlotClear, SlotID: "tok/0e", Started: time.Now()}); err != nil {
 		t.Fatal(err)
 	}
@@ -218,4 +188,21 @@ func TestRecoveryReadsTheWholeTrail(t *testing.T) {
 	if left, _ := st.Intents(); len(left) != 0 {
 		t.Fatalf("intents left: %v", left)
 	}
+}
+
+// openState opens a state store and an audit trail in a fresh state directory.
+func openState(t *testing.T) (string, *store.Store, *audit.Log) {
+	t.Helper()
+	dir := t.TempDir()
+	st, err := store.Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	al, err := audit.Open(filepath.Join(dir, "audit.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { al.Close() })
+	return dir, st, al
 }

@@ -432,18 +432,7 @@ func TestClearKeepsKeyUnlessAsked(t *testing.T) {
 	}
 }
 
+// provisioningCert is the test PKI's provisioning certificate.
 func provisioningCert(t *testing.T, cn string, pathLen int) []byte {
-	t.Helper()
-	p, err := ca.MakeProvisioningCert(ca.ProvisioningOptions{
-		Subject:               pkix.Name{CommonName: cn, Organization: []string{"iot-hsm test PKI"}, Country: []string{"DE"}},
-		Validity:              5 * 365 * 24 * time.Hour,
-		MaxPathLen:            pathLen,
-		PermittedDNSDomains:   []string{"example.com"},
-		PolicyOIDs:            []asn1.ObjectIdentifier{{2, 999, 7}},
-		CRLDistributionPoints: []string{"http://pki.example.com/ca.crl"},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return p
+	return pkitest.ProvisioningCert(t, cn, pathLen)
 }

@@ -547,7 +547,7 @@ func TestFaultKillDaemon(t *testing.T) {
 				protocol.ProvisioningCertArgs{SlotID: interm.SlotID, ProvisioningCert: string(pkitest.ProvisioningCert(t, "Fault Issuing CA", 0))})).CSR
 			zero := 0
 			cert := decode[protocol.SignResult](t, o.call(protocol.CmdSign, protocol.SignArgs{SlotID: root.SlotID,
-				Kind: protocol.KindCertificate, CSR: csr, Profile: &protocol.Profile{Validity: "43800h", IsCA: true,
+				Kind: protocol.KindCertificate, CSR: csr, Profile: &protocol.Profile{Validity: "26280h", IsCA: true,
 					MaxPathLen: &zero, KeyUsage: []string{"cert_sign", "crl_sign", "digital_signature"}}})).Certificate
 
 			tdir := tokenDir(t, state)

@@ -88,7 +88,7 @@ func kmsCAs(t *testing.T, op *operator, a *appliance, srv *kmstest.Server) (root
 		protocol.ProvisioningCertArgs{SlotID: interm.SlotID, ProvisioningCert: string(pkitest.ProvisioningCert(t, "KMS Issuing CA", 0))})).CSR
 	zero := 0
 	id, payload := op.envelope("", protocol.SignArgs{Kind: protocol.KindCertificate, CSR: csr, Profile: &protocol.Profile{
-		Validity: "43800h", IsCA: true, MaxPathLen: &zero, KeyUsage: []string{"cert_sign", "crl_sign", "digital_signature"},
+		Validity: "26280h", IsCA: true, MaxPathLen: &zero, KeyUsage: []string{"cert_sign", "crl_sign", "digital_signature"},
 	}})
 	op.publish(a.dev.Topics().CASign(root.CAID), payload)
 	intermPEM = ok[protocol.SignResult](t, op.wait(id, 1, time.Minute)).Certificate

@@ -70,7 +70,7 @@ func provisionCAs(t *testing.T, op *operator, a *appliance) (root, interm protoc
 	// The PKI has the root sign the intermediate, addressing the root by its ca_id.
 	zero := 0
 	id, payload := op.envelope("", protocol.SignArgs{Kind: protocol.KindCertificate, CSR: csr, Profile: &protocol.Profile{
-		Validity: "43800h", IsCA: true, MaxPathLen: &zero, KeyUsage: []string{"cert_sign", "crl_sign", "digital_signature"},
+		Validity: "26280h", IsCA: true, MaxPathLen: &zero, KeyUsage: []string{"cert_sign", "crl_sign", "digital_signature"},
 	}})
 	op.publish(a.dev.Topics().CASign(root.CAID), payload)
 	intermPEM = ok[protocol.SignResult](t, op.wait(id, 1, time.Minute)).Certificate

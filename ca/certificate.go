@@ -104,54 +104,17 @@ func (is *Issuer) IssueCertificate(csr *x509.CertificateRequest, p Profile, now 
 // Every time is truncated to the second and made UTC first, so the policy
 // checks judge exactly what will be encoded.
 func (is *Issuer) template(csr *x509.CertificateRequest, p Profile, now time.Time) (*x509.Certificate, error) {
-	notBefore := p.NotBefore
-	if notBefore.IsZero() {
-		notBefore = now
-	}
-	notBefore = notBefore.UTC().Truncate(time.Second)
-	notAfter := p.NotAfter
-	switch {
-	case !notAfter.IsZero() && p.Validity != 0:
-		return nil, fmt.Errorf("%w: both not_after and validity are set", ErrProfile)
-	case !notAfter.IsZero():
-	case p.Validity > 0:
-		notAfter = notBefore.Add(p.Validity)
-	case p.Validity < 0:
-		return nil, fmt.Errorf("%w: validity %s is negative", ErrProfile, p.Validity)
-	default:
-		return nil, fmt.Errorf("%w: neither not_after nor validity is set", ErrProfile)
-	}
-	notAfter = notAfter.UTC().Truncate(time.Second)
-
-	serial := p.Serial
-	if serial == nil {
-		var err error
-		if serial, err = randomSerial(); err != nil {
-			return nil, err
-		}
-	} else if err := checkSerial(serial); err != nil {
+	notBefore, notAfter, err := validityWindow(p, now)
+	if err != nil {
 		return nil, err
 	}
-
-	if p.MaxPathLen != nil && !p.IsCA {
-		return nil, fmt.Errorf("%w: max_path_len is only for CA certificates", ErrProfile)
+	serial, err := profileSerial(p)
+	if err != nil {
+		return nil, err
 	}
-	if p.MaxPathLen != nil && *p.MaxPathLen < 0 {
-		return nil, fmt.Errorf("%w: max_path_len %d is negative", ErrProfile, *p.MaxPathLen)
-	}
-	keyUsage := p.KeyUsage
-	switch {
-	case keyUsage != 0:
-	case p.IsCA:
-		keyUsage = x509.KeyUsageCertSign | x509.KeyUsageCRLSign
-	default:
-		keyUsage = x509.KeyUsageDigitalSignature
-		if _, ok := csr.PublicKey.(*rsa.PublicKey); ok {
-			keyUsage |= x509.KeyUsageKeyEncipherment
-		}
-	}
-	if !p.IsCA && keyUsage&x509.KeyUsageCertSign != 0 {
-		return nil, fmt.Errorf("%w: cert_sign is only for CA certificates", ErrProfile)
+	keyUsage, err := profileKeyUsage(csr, p)
+	if err != nil {
+		return nil, err
 	}
 
 	ski, err := SubjectKeyID(csr.PublicKey)
@@ -188,14 +151,92 @@ func (is *Issuer) template(csr *x509.CertificateRequest, p Profile, now time.Tim
 	}
 	tmpl.Policies, tmpl.PolicyIdentifiers = inheritedPolicies(is.Cert)
 	if p.IsCA {
-		switch limit, constrained := pathLen(is.Cert); {
-		case p.MaxPathLen != nil:
-			tmpl.MaxPathLen, tmpl.MaxPathLenZero = *p.MaxPathLen, *p.MaxPathLen == 0
-		case constrained && limit > 0:
-			tmpl.MaxPathLen, tmpl.MaxPathLenZero = limit-1, limit-1 == 0
+		setPathLen(tmpl, p, is.Cert)
+	}
+	if err := setSANs(tmpl, csr, p); err != nil {
+		return nil, err
+	}
+	return tmpl, nil
+}
+
+// validityWindow resolves the profile's NotBefore/NotAfter/Validity into
+// the UTC, second-truncated times that will be encoded.
+func validityWindow(p Profile, now time.Time) (notBefore, notAfter time.Time, err error) {
+	notBefore = p.NotBefore
+	if notBefore.IsZero() {
+		notBefore = now
+	}
+	notBefore = notBefore.UTC().Truncate(time.Second)
+	notAfter = p.NotAfter
+	switch {
+	case !notAfter.IsZero() && p.Validity != 0:
+		return time.Time{}, time.Time{}, fmt.Errorf("%w: both not_after and validity are set", ErrProfile)
+	case !notAfter.IsZero():
+	case p.Validity > 0:
+		notAfter = notBefore.Add(p.Validity)
+	case p.Validity < 0:
+		return time.Time{}, time.Time{}, fmt.Errorf("%w: validity %s is negative", ErrProfile, p.Validity)
+	default:
+		return time.Time{}, time.Time{}, fmt.Errorf("%w: neither not_after nor validity is set", ErrProfile)
+	}
+	return notBefore, notAfter.UTC().Truncate(time.Second), nil
+}
+
+// profileSerial returns the profile's serial after checking it, or a fresh
+// random one when the profile leaves it to the CA.
+func profileSerial(p Profile) (*big.Int, error) {
+	if p.Serial == nil {
+		return randomSerial()
+	}
+	if err := checkSerial(p.Serial); err != nil {
+		return nil, err
+	}
+	return p.Serial, nil
+}
+
+// profileKeyUsage checks the profile's CA-only fields and returns its key
+// usage, defaulting by certificate kind and, for an end entity, by key type
+// (an RSA key can also encipher keys).
+func profileKeyUsage(csr *x509.CertificateRequest, p Profile) (x509.KeyUsage, error) {
+	if p.MaxPathLen != nil && !p.IsCA {
+		return 0, fmt.Errorf("%w: max_path_len is only for CA certificates", ErrProfile)
+	}
+	if p.MaxPathLen != nil && *p.MaxPathLen < 0 {
+		return 0, fmt.Errorf("%w: max_path_len %d is negative", ErrProfile, *p.MaxPathLen)
+	}
+	keyUsage := p.KeyUsage
+	switch {
+	case keyUsage != 0:
+	case p.IsCA:
+		keyUsage = x509.KeyUsageCertSign | x509.KeyUsageCRLSign
+	default:
+		keyUsage = x509.KeyUsageDigitalSignature
+		if _, ok := csr.PublicKey.(*rsa.PublicKey); ok {
+			keyUsage |= x509.KeyUsageKeyEncipherment
 		}
 	}
+	if !p.IsCA && keyUsage&x509.KeyUsageCertSign != 0 {
+		return 0, fmt.Errorf("%w: cert_sign is only for CA certificates", ErrProfile)
+	}
+	return keyUsage, nil
+}
 
+// setPathLen sets a CA certificate's path length: the profile's if given,
+// else one below the issuer's so the new CA cannot exceed its parent.
+func setPathLen(tmpl *x509.Certificate, p Profile, issuer *x509.Certificate) {
+	switch limit, constrained := pathLen(issuer); {
+	case p.MaxPathLen != nil:
+		tmpl.MaxPathLen, tmpl.MaxPathLenZero = *p.MaxPathLen, *p.MaxPathLen == 0
+	case constrained && limit > 0:
+		tmpl.MaxPathLen, tmpl.MaxPathLenZero = limit-1, limit-1 == 0
+	}
+}
+
+// setSANs takes the subject alternative names from the profile if it sets
+// any, else from the CSR, and checks them. A bad name is blamed on whoever
+// supplied it (ErrProfile or ErrPolicy), and a certificate that would name
+// nobody is refused.
+func setSANs(tmpl *x509.Certificate, csr *x509.CertificateRequest, p Profile) error {
 	override := p.DNSNames != nil || p.IPAddresses != nil || p.EmailAddresses != nil || p.URIs != nil
 	if override {
 		tmpl.DNSNames = slices.Clone(p.DNSNames)
@@ -210,15 +251,15 @@ func (is *Issuer) template(csr *x509.CertificateRequest, p Profile, now time.Tim
 	}
 	if err := checkSANSyntax(tmpl); err != nil {
 		if override {
-			return nil, fmt.Errorf("%w: %w", ErrProfile, err)
+			return fmt.Errorf("%w: %w", ErrProfile, err)
 		}
-		return nil, fmt.Errorf("%w: CSR: %w", ErrPolicy, err)
+		return fmt.Errorf("%w: CSR: %w", ErrPolicy, err)
 	}
 	noSANs := len(tmpl.DNSNames)+len(tmpl.IPAddresses)+len(tmpl.EmailAddresses)+len(tmpl.URIs) == 0
 	if noSANs && (len(csr.RawSubject) == 0 || bytes.Equal(csr.RawSubject, emptyRDNSequence)) {
-		return nil, fmt.Errorf("%w: the certificate would name nobody: empty subject and no subject alternative names", ErrProfile)
+		return fmt.Errorf("%w: the certificate would name nobody: empty subject and no subject alternative names", ErrProfile)
 	}
-	return tmpl, nil
+	return nil
 }
 
 // inheritedPolicies returns the CA's certificate policies for a certificate

@@ -75,62 +75,96 @@ func (is *Issuer) SignOCSP(entries []OCSPEntry, thisUpdate, nextUpdate time.Time
 		return nil, err
 	}
 	nameHash := sha1.Sum(is.Cert.RawSubject)
-	certID := func(b *cryptobyte.Builder, serial *big.Int) {
-		b.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
-			b.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
-				b.AddASN1ObjectIdentifier(oidSHA1)
-				// With the NULL, as OpenSSL and x/crypto/ocsp write it
-				// in requests: the CertID is then byte for byte the one
-				// the client sent, for clients that compare raw DER.
-				b.AddASN1NULL()
-			})
-			b.AddASN1OctetString(nameHash[:])
-			b.AddASN1OctetString(keyHash)
-			b.AddASN1BigInt(serial)
-		})
-	}
-
-	var rd cryptobyte.Builder
-	rd.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
-		// version is DEFAULT v1 and so left out (DER).
-		b.AddASN1(cbasn1.Tag(2).Constructed().ContextSpecific(), func(b *cryptobyte.Builder) {
-			b.AddASN1OctetString(keyHash)
-		})
-		b.AddASN1GeneralizedTime(now.UTC().Truncate(time.Second))
-		b.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
-			for _, e := range entries {
-				b.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
-					certID(b, e.Serial)
-					addCertStatus(b, e)
-					b.AddASN1GeneralizedTime(thisUpdate)
-					b.AddASN1(cbasn1.Tag(0).Constructed().ContextSpecific(), func(b *cryptobyte.Builder) {
-						b.AddASN1GeneralizedTime(nextUpdate)
-					})
-				})
-			}
-		})
-		if len(nonce) > 0 {
-			b.AddASN1(cbasn1.Tag(1).Constructed().ContextSpecific(), func(b *cryptobyte.Builder) {
-				b.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
-					b.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
-						b.AddASN1ObjectIdentifier(oidOCSPNonce)
-						b.AddASN1(cbasn1.OCTET_STRING, func(b *cryptobyte.Builder) {
-							b.AddASN1OctetString(nonce)
-						})
-					})
-				})
-			})
-		}
-	})
-	responseData, err := rd.Bytes()
+	id := ocspIssuerID{nameHash: nameHash[:], keyHash: keyHash}
+	responseData, err := id.responseData(entries, thisUpdate, nextUpdate, nonce, now)
 	if err != nil {
-		return nil, fmt.Errorf("ca: encode OCSP response data: %w", err)
+		return nil, err
 	}
 
 	ai, sig, err := is.signMessage(responseData)
 	if err != nil {
 		return nil, err
 	}
+	return encodeOCSPResponse(responseData, ai, sig)
+}
+
+// ocspIssuerID holds the issuer's SHA-1 name and key hashes, shared by
+// every CertID and the byKey ResponderID of one response.
+type ocspIssuerID struct {
+	nameHash, keyHash []byte
+}
+
+// responseData encodes the ResponseData to be signed, with producedAt now.
+func (id ocspIssuerID) responseData(entries []OCSPEntry, thisUpdate, nextUpdate time.Time, nonce []byte, now time.Time) ([]byte, error) {
+	var rd cryptobyte.Builder
+	rd.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
+		// version is DEFAULT v1 and so left out (DER).
+		b.AddASN1(cbasn1.Tag(2).Constructed().ContextSpecific(), func(b *cryptobyte.Builder) {
+			b.AddASN1OctetString(id.keyHash)
+		})
+		b.AddASN1GeneralizedTime(now.UTC().Truncate(time.Second))
+		b.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
+			for _, e := range entries {
+				id.addSingleResponse(b, e, thisUpdate, nextUpdate)
+			}
+		})
+		if len(nonce) > 0 {
+			addOCSPNonce(b, nonce)
+		}
+	})
+	responseData, err := rd.Bytes()
+	if err != nil {
+		return nil, fmt.Errorf("ca: encode OCSP response data: %w", err)
+	}
+	return responseData, nil
+}
+
+// addSingleResponse adds one SingleResponse: CertID, status, thisUpdate and
+// nextUpdate.
+func (id ocspIssuerID) addSingleResponse(b *cryptobyte.Builder, e OCSPEntry, thisUpdate, nextUpdate time.Time) {
+	b.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
+		id.addCertID(b, e.Serial)
+		addCertStatus(b, e)
+		b.AddASN1GeneralizedTime(thisUpdate)
+		b.AddASN1(cbasn1.Tag(0).Constructed().ContextSpecific(), func(b *cryptobyte.Builder) {
+			b.AddASN1GeneralizedTime(nextUpdate)
+		})
+	})
+}
+
+func (id ocspIssuerID) addCertID(b *cryptobyte.Builder, serial *big.Int) {
+	b.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
+		b.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
+			b.AddASN1ObjectIdentifier(oidSHA1)
+			// With the NULL, as OpenSSL and x/crypto/ocsp write it
+			// in requests: the CertID is then byte for byte the one
+			// the client sent, for clients that compare raw DER.
+			b.AddASN1NULL()
+		})
+		b.AddASN1OctetString(id.nameHash)
+		b.AddASN1OctetString(id.keyHash)
+		b.AddASN1BigInt(serial)
+	})
+}
+
+// addOCSPNonce adds the responseExtensions with the nonce extension, whose
+// value is the nonce wrapped in an OCTET STRING (RFC 8954).
+func addOCSPNonce(b *cryptobyte.Builder, nonce []byte) {
+	b.AddASN1(cbasn1.Tag(1).Constructed().ContextSpecific(), func(b *cryptobyte.Builder) {
+		b.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
+			b.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
+				b.AddASN1ObjectIdentifier(oidOCSPNonce)
+				b.AddASN1(cbasn1.OCTET_STRING, func(b *cryptobyte.Builder) {
+					b.AddASN1OctetString(nonce)
+				})
+			})
+		})
+	})
+}
+
+// encodeOCSPResponse wraps the signed ResponseData into a BasicOCSPResponse
+// and that into a successful OCSPResponse.
+func encodeOCSPResponse(responseData, ai, sig []byte) ([]byte, error) {
 	var basic cryptobyte.Builder
 	basic.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
 		b.AddBytes(responseData)

@@ -64,16 +64,7 @@ func (w *Watcher) Run(ctx context.Context) error {
 	if interval <= 0 {
 		interval = defaultInterval
 	}
-	listen := w.uevents
-	if listen == nil {
-		listen = ListenUEvents
-	}
-	watch := w.pcsc
-	if watch == nil {
-		watch = func(ctx context.Context, log *slog.Logger) (<-chan ReaderEvent, error) {
-			return watchPCSC(ctx, log, scardOpen, pcscRetry, pcscPoll)
-		}
-	}
+	listen, watch := w.sources()
 
 	// The sources get their own context so that Run can stop them and wait
 	// for their channels to close whichever way it returns.
@@ -89,97 +80,167 @@ func (w *Watcher) Run(ctx context.Context) error {
 	defer func() {
 		stopSources()
 		// Drain until the sources close their channels, so no goroutine
-		// of theirs outlives Run. (Ranging over a nil channel would block
-		// forever: a source that failed to start has none.)
-		if ue != nil {
-			for range ue {
-			}
-		}
-		if pc != nil {
-			for range pc {
-			}
-		}
+		// of theirs outlives Run.
+		drain(ue)
+		drain(pc)
 	}()
 
-	var (
-		reasons  []string
-		dropped  int
-		first    time.Time
-		settle   = time.NewTimer(time.Hour)
-		periodic = time.NewTimer(interval)
-	)
-	settle.Stop()
-	defer settle.Stop()
-	defer periodic.Stop()
+	d := newDebouncer(w.OnChange, log, debounce, interval)
+	defer d.stop()
+	d.watch(ctx, ue, pc)
+	return nil
+}
 
-	note := func(reason string) {
-		now := time.Now()
-		if len(reasons) == 0 && dropped == 0 {
-			first = now
-		}
-		if len(reasons) < maxReasons {
-			reasons = append(reasons, reason)
-		} else {
-			dropped++
-		}
-		deadline := now.Add(debounce)
-		if latest := first.Add(maxWaitFactor * debounce); deadline.After(latest) {
-			deadline = latest
-		}
-		settle.Reset(time.Until(deadline))
+// sources returns the event sources, the real ones unless a test set them.
+func (w *Watcher) sources() (
+	listen func(context.Context) (<-chan UEvent, error),
+	watch func(context.Context, *slog.Logger) (<-chan ReaderEvent, error),
+) {
+	listen = w.uevents
+	if listen == nil {
+		listen = ListenUEvents
 	}
-	fire := func(extra string) {
-		if extra != "" {
-			reasons = append(reasons, extra)
+	watch = w.pcsc
+	if watch == nil {
+		watch = func(ctx context.Context, log *slog.Logger) (<-chan ReaderEvent, error) {
+			return watchPCSC(ctx, log, scardOpen, pcscRetry, pcscPoll)
 		}
-		reason := strings.Join(reasons, "; ")
-		if dropped > 0 {
-			reason += fmt.Sprintf("; and %d more", dropped)
-		}
-		reasons, dropped = reasons[:0], 0
-		settle.Stop()
-		log.Debug("hotplug: rescan", "reason", reason)
-		w.OnChange(reason)
-		// Counted from the last rescan: a device that just rescanned
-		// because of an event does not need the periodic one right away.
-		periodic.Reset(interval)
 	}
+	return listen, watch
+}
 
+// drain reads ch until it is closed. A source that failed to start has a
+// nil channel, and ranging over that would block forever.
+func drain[T any](ch <-chan T) {
+	if ch == nil {
+		return
+	}
+	for range ch {
+	}
+}
+
+// debouncer collects the reasons of an event burst and calls onChange once
+// the burst has settled, or when the periodic rescan is due.
+type debouncer struct {
+	onChange           func(reason string)
+	log                *slog.Logger
+	debounce, interval time.Duration
+
+	reasons  []string
+	dropped  int
+	first    time.Time // first event of the current burst
+	settle   *time.Timer
+	periodic *time.Timer
+}
+
+func newDebouncer(onChange func(string), log *slog.Logger, debounce, interval time.Duration) *debouncer {
+	d := &debouncer{
+		onChange: onChange,
+		log:      log,
+		debounce: debounce,
+		interval: interval,
+		settle:   time.NewTimer(time.Hour),
+		periodic: time.NewTimer(interval),
+	}
+	d.settle.Stop()
+	return d
+}
+
+func (d *debouncer) stop() {
+	d.periodic.Stop()
+	d.settle.Stop()
+}
+
+// watch feeds the sources' events to the debouncer until ctx ends. A source
+// whose channel closes is set to nil so that its case never fires again.
+func (d *debouncer) watch(ctx context.Context, ue <-chan UEvent, pc <-chan ReaderEvent) {
 	for {
 		select {
 		case <-ctx.Done():
-			return nil
+			return
 		case ev, ok := <-ue:
 			if !ok {
 				if ctx.Err() == nil {
-					log.Warn("hotplug: kernel uevent listener stopped")
+					d.log.Warn("hotplug: kernel uevent listener stopped")
 				}
 				ue = nil
 				continue
 			}
-			switch {
-			case ev.Action == ActionOverflow:
-				note("uevent: kernel dropped events")
-			case ev.SmartCard():
-				note("uevent: " + ev.Action + " " + ev.DevPath)
+			if reason, ok := ueventReason(ev); ok {
+				d.note(reason)
 			}
 		case ev, ok := <-pc:
 			if !ok {
 				pc = nil
 				continue
 			}
-			switch {
-			case ev.Removed:
-				note("pcsc: " + ev.Reader + " removed")
-			case ev.Present:
-				note("pcsc: card in " + ev.Reader)
-			default:
-				note("pcsc: no card in " + ev.Reader)
-			}
-		case <-settle.C:
-			fire("")
-		case <-periodic.C:
-			fire("periodic rescan")
+			d.note(readerReason(ev))
+		case <-d.settle.C:
+			d.fire("")
+		case <-d.periodic.C:
+			d.fire("periodic rescan")
 		}
 	}
+}
+
+// ueventReason says why ev calls for a rescan; ok is false for uevents of
+// devices that cannot be a token.
+func ueventReason(ev UEvent) (reason string, ok bool) {
+	switch {
+	case ev.Action == ActionOverflow:
+		return "uevent: kernel dropped events", true
+	case ev.SmartCard():
+		return "uevent: " + ev.Action + " " + ev.DevPath, true
+	}
+	return "", false
+}
+
+func readerReason(ev ReaderEvent) string {
+	switch {
+	case ev.Removed:
+		return "pcsc: " + ev.Reader + " removed"
+	case ev.Present:
+		return "pcsc: card in " + ev.Reader
+	default:
+		return "pcsc: no card in " + ev.Reader
+	}
+}
+
+// note records an event and (re)arms the settle timer: Debounce after this
+// event, but no later than maxWaitFactor Debounce periods after the first
+// event of the burst.
+func (d *debouncer) note(reason string) {
+	now := time.Now()
+	if len(d.reasons) == 0 && d.dropped == 0 {
+		d.first = now
+	}
+	if len(d.reasons) < maxReasons {
+		d.reasons = append(d.reasons, reason)
+	} else {
+		d.dropped++
+	}
+	deadline := now.Add(d.debounce)
+	if latest := d.first.Add(maxWaitFactor * d.debounce); deadline.After(latest) {
+		deadline = latest
+	}
+	d.settle.Reset(time.Until(deadline))
+}
+
+// fire calls onChange with the collected reasons (plus extra, if any) and
+// starts a new burst.
+func (d *debouncer) fire(extra string) {
+	if extra != "" {
+		d.reasons = append(d.reasons, extra)
+	}
+	reason := strings.Join(d.reasons, "; ")
+	if d.dropped > 0 {
+		reason += fmt.Sprintf("; and %d more", d.dropped)
+	}
+	d.reasons, d.dropped = d.reasons[:0], 0
+	d.settle.Stop()
+	d.log.Debug("hotplug: rescan", "reason", reason)
+	d.onChange(reason)
+	// Counted from the last rescan: a device that just rescanned
+	// because of an event does not need the periodic one right away.
+	d.periodic.Reset(d.interval)
 }

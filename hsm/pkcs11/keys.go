@@ -136,66 +136,11 @@ func (t *Token) Import(ctx context.Context, slot string, key crypto.Signer, opts
 		return nil, err
 	}
 	pubT, privT := keyTemplates(id, labelOr(opts.Label, name))
-	var secrets [][]byte
-	switch k := key.(type) {
-	case *rsa.PrivateKey:
-		k.Precompute()
-		if len(k.Primes) != 2 {
-			return nil, fmt.Errorf("%w: multi-prime RSA keys", hsm.ErrUnsupported)
-		}
-		e := big.NewInt(int64(k.E)).Bytes()
-		secrets = [][]byte{k.D.Bytes(), k.Primes[0].Bytes(), k.Primes[1].Bytes(),
-			k.Precomputed.Dp.Bytes(), k.Precomputed.Dq.Bytes(), k.Precomputed.Qinv.Bytes()}
-		pubT = append(pubT,
-			pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_RSA),
-			pkcs11.NewAttribute(pkcs11.CKA_MODULUS, k.N.Bytes()),
-			pkcs11.NewAttribute(pkcs11.CKA_PUBLIC_EXPONENT, e))
-		privT = append(privT,
-			pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_RSA),
-			pkcs11.NewAttribute(pkcs11.CKA_MODULUS, k.N.Bytes()),
-			pkcs11.NewAttribute(pkcs11.CKA_PUBLIC_EXPONENT, e),
-			pkcs11.NewAttribute(pkcs11.CKA_PRIVATE_EXPONENT, secrets[0]),
-			pkcs11.NewAttribute(pkcs11.CKA_PRIME_1, secrets[1]),
-			pkcs11.NewAttribute(pkcs11.CKA_PRIME_2, secrets[2]),
-			pkcs11.NewAttribute(pkcs11.CKA_EXPONENT_1, secrets[3]),
-			pkcs11.NewAttribute(pkcs11.CKA_EXPONENT_2, secrets[4]),
-			pkcs11.NewAttribute(pkcs11.CKA_COEFFICIENT, secrets[5]))
-	case *ecdsa.PrivateKey:
-		kt, _ := hsm.KeyTypeOf(k.Public())
-		params, _ := curveParams(kt)
-		raw, err := k.PublicKey.Bytes()
-		if err != nil {
-			return nil, err
-		}
-		point, err := asn1.Marshal(raw)
-		if err != nil {
-			return nil, err
-		}
-		d, err := k.Bytes()
-		if err != nil {
-			return nil, err
-		}
-		secrets = [][]byte{d}
-		pubT = append(pubT,
-			pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_EC),
-			pkcs11.NewAttribute(pkcs11.CKA_EC_PARAMS, params),
-			pkcs11.NewAttribute(pkcs11.CKA_EC_POINT, point))
-		privT = append(privT,
-			pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_EC),
-			pkcs11.NewAttribute(pkcs11.CKA_EC_PARAMS, params),
-			pkcs11.NewAttribute(pkcs11.CKA_VALUE, d))
-	default:
-		return nil, fmt.Errorf("%w: private key type %T", hsm.ErrUnsupported, key)
+	pubT, privT, secrets, err := importAttributes(key, pubT, privT)
+	if err != nil {
+		return nil, err
 	}
-	defer func() {
-		for _, s := range secrets {
-			clear(s)
-		}
-		// NewAttribute copied the values into C-friendly buffers; clear those too.
-		for _, a := range privT {
-			clear(a.Value)
-		}
-	}()
+	defer zeroSecrets(secrets, privT)
 	err = t.do(ctx, func(s pkcs11.SessionHandle) error {
 		if err := t.clearSlot(s, id, name, opts.Overwrite); err != nil {
 			return err
@@ -214,6 +159,86 @@ func (t *Token) Import(ctx context.Context, slot string, key crypto.Signer, opts
 		return nil, err
 	}
 	return key.Public(), nil
+}
+
+// importAttributes appends the key's type and values to the public and
+// private object templates. secrets are the private values, for the caller
+// to zero with zeroSecrets.
+func importAttributes(key crypto.Signer, pubT, privT []*pkcs11.Attribute) (pub, priv []*pkcs11.Attribute, secrets [][]byte, err error) {
+	switch k := key.(type) {
+	case *rsa.PrivateKey:
+		return rsaImportAttributes(k, pubT, privT)
+	case *ecdsa.PrivateKey:
+		return ecdsaImportAttributes(k, pubT, privT)
+	default:
+		return nil, nil, nil, fmt.Errorf("%w: private key type %T", hsm.ErrUnsupported, key)
+	}
+}
+
+// rsaImportAttributes passes the CRT values along with D. A multi-prime
+// key is refused: a PKCS#11 RSA key object has room for two primes only.
+func rsaImportAttributes(k *rsa.PrivateKey, pubT, privT []*pkcs11.Attribute) (pub, priv []*pkcs11.Attribute, secrets [][]byte, err error) {
+	k.Precompute()
+	if len(k.Primes) != 2 {
+		return nil, nil, nil, fmt.Errorf("%w: multi-prime RSA keys", hsm.ErrUnsupported)
+	}
+	e := big.NewInt(int64(k.E)).Bytes()
+	secrets = [][]byte{k.D.Bytes(), k.Primes[0].Bytes(), k.Primes[1].Bytes(),
+		k.Precomputed.Dp.Bytes(), k.Precomputed.Dq.Bytes(), k.Precomputed.Qinv.Bytes()}
+	pubT = append(pubT,
+		pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_RSA),
+		pkcs11.NewAttribute(pkcs11.CKA_MODULUS, k.N.Bytes()),
+		pkcs11.NewAttribute(pkcs11.CKA_PUBLIC_EXPONENT, e))
+	privT = append(privT,
+		pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_RSA),
+		pkcs11.NewAttribute(pkcs11.CKA_MODULUS, k.N.Bytes()),
+		pkcs11.NewAttribute(pkcs11.CKA_PUBLIC_EXPONENT, e),
+		pkcs11.NewAttribute(pkcs11.CKA_PRIVATE_EXPONENT, secrets[0]),
+		pkcs11.NewAttribute(pkcs11.CKA_PRIME_1, secrets[1]),
+		pkcs11.NewAttribute(pkcs11.CKA_PRIME_2, secrets[2]),
+		pkcs11.NewAttribute(pkcs11.CKA_EXPONENT_1, secrets[3]),
+		pkcs11.NewAttribute(pkcs11.CKA_EXPONENT_2, secrets[4]),
+		pkcs11.NewAttribute(pkcs11.CKA_COEFFICIENT, secrets[5]))
+	return pubT, privT, secrets, nil
+}
+
+// ecdsaImportAttributes wraps the public point in a DER OCTET STRING: that
+// is the encoding PKCS#11 specifies for CKA_EC_POINT.
+func ecdsaImportAttributes(k *ecdsa.PrivateKey, pubT, privT []*pkcs11.Attribute) (pub, priv []*pkcs11.Attribute, secrets [][]byte, err error) {
+	kt, _ := hsm.KeyTypeOf(k.Public())
+	params, _ := curveParams(kt)
+	raw, err := k.PublicKey.Bytes()
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	point, err := asn1.Marshal(raw)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	d, err := k.Bytes()
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	pubT = append(pubT,
+		pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_EC),
+		pkcs11.NewAttribute(pkcs11.CKA_EC_PARAMS, params),
+		pkcs11.NewAttribute(pkcs11.CKA_EC_POINT, point))
+	privT = append(privT,
+		pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_EC),
+		pkcs11.NewAttribute(pkcs11.CKA_EC_PARAMS, params),
+		pkcs11.NewAttribute(pkcs11.CKA_VALUE, d))
+	return pubT, privT, [][]byte{d}, nil
+}
+
+// zeroSecrets clears the private values and the template's copies of them:
+// NewAttribute copied the values into C-friendly buffers.
+func zeroSecrets(secrets [][]byte, privT []*pkcs11.Attribute) {
+	for _, s := range secrets {
+		clear(s)
+	}
+	for _, a := range privT {
+		clear(a.Value)
+	}
 }
 
 func labelOr(label, slot string) string {

@@ -150,27 +150,8 @@ func New(cfg Config) (*Client, error) {
 	if !useTLS && !cfg.AllowPlaintext {
 		return nil, fmt.Errorf("%w: %s", ErrPlaintext, u.Redacted())
 	}
-	if cfg.ClientID == "" || strings.ContainsRune(cfg.ClientID, 0) {
-		return nil, fmt.Errorf("%w: a client id is required (the broker keeps the session under it)", ErrConfig)
-	}
-	if (cfg.CertFile == "") != (cfg.KeyFile == "") {
-		return nil, fmt.Errorf("%w: client certificate and key go together (CertFile %q, KeyFile %q)", ErrConfig, cfg.CertFile, cfg.KeyFile)
-	}
-	if cfg.KeepAlive == 0 {
-		cfg.KeepAlive = defaultKeepAlive
-	}
-	if cfg.KeepAlive < time.Second {
-		// paho counts keep-alive in whole seconds; less would silently disable it.
-		return nil, fmt.Errorf("%w: keep-alive %s is below one second", ErrConfig, cfg.KeepAlive)
-	}
-	if cfg.ConnectTimeout == 0 {
-		cfg.ConnectTimeout = defaultConnectTimeout
-	}
-	if cfg.ConnectTimeout < 0 {
-		return nil, fmt.Errorf("%w: negative connect timeout", ErrConfig)
-	}
-	if cfg.Will != nil && !validTopicName(cfg.Will.Topic) {
-		return nil, fmt.Errorf("%w: will topic %q", ErrConfig, cfg.Will.Topic)
+	if err := checkConfig(&cfg); err != nil {
+		return nil, err
 	}
 
 	log := cfg.Logger
@@ -187,6 +168,46 @@ func New(cfg Config) (*Client, error) {
 	}
 	c.log = log.With("component", "mqtt", "broker", c.broker, "client_id", cfg.ClientID)
 
+	opts, err := c.pahoOptions(useTLS)
+	if err != nil {
+		return nil, err
+	}
+	c.paho = paho.NewClient(opts)
+	return c, nil
+}
+
+// checkConfig checks the fields of cfg other than the broker URL and fills
+// in the default keep-alive and connect timeout.
+func checkConfig(cfg *Config) error {
+	if cfg.ClientID == "" || strings.ContainsRune(cfg.ClientID, 0) {
+		return fmt.Errorf("%w: a client id is required (the broker keeps the session under it)", ErrConfig)
+	}
+	if (cfg.CertFile == "") != (cfg.KeyFile == "") {
+		return fmt.Errorf("%w: client certificate and key go together (CertFile %q, KeyFile %q)", ErrConfig, cfg.CertFile, cfg.KeyFile)
+	}
+	if cfg.KeepAlive == 0 {
+		cfg.KeepAlive = defaultKeepAlive
+	}
+	if cfg.KeepAlive < time.Second {
+		// paho counts keep-alive in whole seconds; less would silently disable it.
+		return fmt.Errorf("%w: keep-alive %s is below one second", ErrConfig, cfg.KeepAlive)
+	}
+	if cfg.ConnectTimeout == 0 {
+		cfg.ConnectTimeout = defaultConnectTimeout
+	}
+	if cfg.ConnectTimeout < 0 {
+		return fmt.Errorf("%w: negative connect timeout", ErrConfig)
+	}
+	if cfg.Will != nil && !validTopicName(cfg.Will.Topic) {
+		return fmt.Errorf("%w: will topic %q", ErrConfig, cfg.Will.Topic)
+	}
+	return nil
+}
+
+// pahoOptions builds the paho options for c's checked config, loading the
+// TLS files if the broker URL asks for TLS.
+func (c *Client) pahoOptions(useTLS bool) (*paho.ClientOptions, error) {
+	cfg := &c.cfg
 	opts := paho.NewClientOptions().
 		AddBroker(c.broker).
 		SetClientID(cfg.ClientID).
@@ -218,7 +239,7 @@ func New(cfg Config) (*Client, error) {
 		opts.SetPassword(cfg.Password)
 	}
 	if useTLS {
-		tc, err := tlsConfig(&cfg)
+		tc, err := tlsConfig(cfg)
 		if err != nil {
 			return nil, err
 		}
@@ -229,8 +250,7 @@ func New(cfg Config) (*Client, error) {
 	if cfg.Will != nil {
 		opts.SetBinaryWill(cfg.Will.Topic, cfg.Will.Payload, qos, cfg.Will.Retained)
 	}
-	c.paho = paho.NewClient(opts)
-	return c, nil
+	return opts, nil
 }
 
 // parseBroker checks the broker URL, fills in the default port and returns it in the

@@ -13,10 +13,11 @@ STATICCHECK_VERSION := v0.7.0
 # vsmartcard's virtual readers and the pcsc-lite headers (the YubiKey path; the tests
 # plug a virtual YubiKey into vpcd), yubico-piv-tool (a second client of that card),
 # systemd (systemd-analyze verifies the unit file), rauc with squashfs-tools (builds its
-# bundles) and dbus-daemon (the OTA test runs rauc on a private bus). testtools_test.go
+# bundles) and dbus-daemon (the OTA test runs rauc on a private bus), pkgconf (cgo
+# finds libpcsclite through pkg-config). testtools_test.go
 # fails when a test runs a program from a package not listed here.
 DEB_PACKAGES := softhsm2 opensc openssl mosquitto pcscd vsmartcard-vpcd libpcsclite-dev yubico-piv-tool systemd \
-	rauc squashfs-tools dbus-daemon
+	rauc squashfs-tools dbus-daemon pkgconf
 
 .PHONY: build test lint deps demo clean pcscd
 

@@ -31,6 +31,7 @@ var toolPackages = map[string]string{
 	"rauc":            "rauc",
 	"mksquashfs":      "squashfs-tools",
 	"dbus-daemon":     "dbus-daemon",
+	"pkg-config":      "pkgconf",
 }
 
 // baseTools are in every Debian base system (their packages are Priority: required,
@@ -52,8 +53,10 @@ var goTools = map[string]bool{"go": true}
 
 // dynamicTools are run by tests under names the source scan cannot see: the RAUC
 // test's reboot_command (run by the daemon) and its bootloader backend script (run
-// by rauc) use sh, cat and echo; `rauc bundle` runs mksquashfs.
-var dynamicTools = []string{"sh", "cat", "echo", "mksquashfs"}
+// by rauc) use sh, cat and echo; `rauc bundle` runs mksquashfs; and the go tool runs
+// pkg-config to build the cgo packages whose `#cgo pkg-config:` lines name
+// libpcsclite (piv-go, device/hotplug).
+var dynamicTools = []string{"sh", "cat", "echo", "mksquashfs", "pkg-config"}
 
 // Every program a test runs must come from a package `make deps` installs, so that
 // `make test` works on a fresh machine.
@@ -140,6 +143,7 @@ func dpkgOwners(t *testing.T, tools []string) map[string]string {
 		return owners
 	}
 	byPath := map[string]string{}
+	linked := map[string]bool{} // paths reached through a symlink
 	for _, tool := range tools {
 		where, err := exec.LookPath(tool)
 		if err != nil {
@@ -149,8 +153,9 @@ func dpkgOwners(t *testing.T, tools []string) map[string]string {
 			where = "/usr/sbin/" + tool
 		}
 		byPath[where] = tool
-		if real, err := filepath.EvalSymlinks(where); err == nil {
+		if real, err := filepath.EvalSymlinks(where); err == nil && real != where {
 			byPath[real] = tool
+			linked[real] = true
 		}
 	}
 	// With merged /usr, dpkg knows some programs by their /bin or /sbin path.
@@ -166,9 +171,23 @@ func dpkgOwners(t *testing.T, tools []string) map[string]string {
 	// dpkg -S is slow, so one call; it prints what it finds even when it fails for
 	// some of the paths. A diverted file (/bin/sh) also gets "diversion by" lines.
 	out, _ := exec.Command("dpkg", args...).Output()
+	pathOwner := map[string]string{}
 	for _, line := range strings.Split(string(out), "\n") {
 		pkg, p, ok := strings.Cut(line, ": ")
 		if ok && !strings.HasPrefix(pkg, "diversion by") && byPath[p] != "" {
+			pkg, _, _ = strings.Cut(pkg, ":") // pkgconf:amd64
+			pathOwner[p] = pkg
+		}
+	}
+	// The package that ships the name the tests run wins over the one that ships
+	// what a symlink points to (pkg-config is pkgconf's link to pkgconf-bin's pkgconf).
+	for p, pkg := range pathOwner {
+		if !linked[p] {
+			owners[byPath[p]] = pkg
+		}
+	}
+	for p, pkg := range pathOwner {
+		if _, named := owners[byPath[p]]; !named {
 			owners[byPath[p]] = pkg
 		}
 	}

@@ -188,7 +188,10 @@ func finishPeek(req Request) Request {
 func jsonProblem(err error) string {
 	var se *json.SyntaxError
 	var te *json.UnmarshalTypeError
+	var ae argError
 	switch {
+	case errors.As(err, &ae):
+		return ae.Error()
 	case errors.As(err, &se):
 		return fmt.Sprintf("invalid JSON at byte %d", se.Offset)
 	case errors.As(err, &te):

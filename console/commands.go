@@ -161,6 +161,9 @@ func (s *session) cmdProvision(args []string) error {
 	if victim != "" {
 		summary = "destroyed: " + victim + "\n" + summary
 	}
+	if res.State != "" {
+		summary += "\nstate: " + res.State
+	}
 	if res.Attestation != "" {
 		summary += "\nattestation: present (see --json)"
 	}

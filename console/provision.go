@@ -47,6 +47,9 @@ type wizard struct {
 	hsms   []protocol.HSM
 	slot   string // within the HSM
 	slotID string
+	// tookOver: mode existing found the slot's certificate on the token, so
+	// the slot is provisioned and needs no certificate step.
+	tookOver bool
 }
 
 func (s *session) cmdWizard(args []string) error {
@@ -82,7 +85,7 @@ func (w *wizard) from(rec *protocol.SlotShow) error {
 	}
 	switch state {
 	case "":
-		if err := w.makeKey(); err != nil {
+		if err := w.makeKey(); err != nil || w.tookOver {
 			return err
 		}
 		return w.certify()

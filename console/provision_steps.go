@@ -58,6 +58,11 @@ func (w *wizard) makeKey() error {
 		return err
 	}
 	w.slotID = res.SlotID
+	if res.State == "provisioned" {
+		w.tookOver = true
+		w.say("Slot %s is provisioned: %s (%s, ca_id %s)", res.SlotID, res.Note, res.KeyType, res.CAID)
+		return nil
+	}
 	w.say("Key ready in %s: %s, ca_id %s", res.SlotID, res.KeyType, res.CAID)
 	return nil
 }

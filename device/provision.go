@@ -123,7 +123,7 @@ func (d *Device) provision(ctx context.Context, a protocol.ProvisionArgs) (any, 
 	}
 	d.slotChanged(rec.ID, rec.State)
 	return protocol.ProvisionResult{SlotID: rec.ID, PublicKey: rec.PublicKey, KeyType: rec.KeyType, CAID: rec.CAID,
-		Attestation: rec.Attestation, Note: rec.Note}, nil
+		Attestation: rec.Attestation, Note: rec.Note, State: string(rec.State)}, nil
 }
 
 func (d *Device) selfSign(ctx context.Context, j *job, a protocol.ProvisioningCertArgs) (any, error) {

@@ -36,6 +36,9 @@ type ProvisionResult struct {
 	CAID        string `json:"ca_id"`
 	Attestation string `json:"attestation,omitempty"`
 	Note        string `json:"note,omitempty"`
+	// State is key_ready, or provisioned when mode existing found the key's CA
+	// certificate on the token.
+	State string `json:"state,omitempty"`
 }
 
 // ProvisioningCertArgs are the arguments of slot.selfsign and slot.csr.

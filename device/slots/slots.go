@@ -71,7 +71,8 @@ func SplitSlotID(id string) (hsmID, slot string, err error) {
 }
 
 // Provision puts a key in a slot (generated on the token, imported from PEM, or one
-// already there) and records the slot as key_ready.
+// already there) and records the slot as key_ready, or as provisioned when an
+// existing key comes with its CA certificate on the token.
 func (s *Slots) Provision(ctx context.Context, a ProvisionArgs) (store.Slot, error) {
 	tok, err := s.Registry.Token(a.HSM)
 	if err != nil {
@@ -124,6 +125,12 @@ func (s *Slots) Provision(ctx context.Context, a ProvisionArgs) (store.Slot, err
 		return store.Slot{}, err
 	}
 	attestation, note := attest(ctx, tok, a)
+	var taken takeover
+	if a.Mode == ModeExisting {
+		if taken, err = s.takeOver(ctx, tok, slotID, a.Slot, pub); err != nil {
+			return store.Slot{}, err
+		}
+	}
 	now := s.now().UTC()
 	return s.Store.UpdateSlot(slotID, func(rec *store.Slot, _ bool) error {
 		*rec = store.Slot{
@@ -131,6 +138,7 @@ func (s *Slots) Provision(ctx context.Context, a ProvisionArgs) (store.Slot, err
 			Label: a.Label, Mode: a.Mode, PublicKey: string(pubPEM), CAID: caID,
 			Attestation: attestation, Note: note, CreatedAt: now, UpdatedAt: now, Request: requestID(ctx),
 		}
+		taken.apply(rec)
 		return nil
 	})
 }

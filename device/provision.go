@@ -165,6 +165,9 @@ func (d *Device) show(slotID string) (any, error) {
 		KeyType: rec.KeyType, Label: rec.Label, CAID: rec.CAID, PublicKey: rec.PublicKey,
 		Certificate: rec.Certificate, Chain: rec.Chain, CSR: rec.CSR, Attestation: rec.Attestation,
 	}
+	if rec.State == store.Provisioned {
+		out.LastCRLNumber = d.lastCRLNumber(rec.CAID)
+	}
 	if c, err := ca.ParseCertificatePEM([]byte(rec.Certificate)); err == nil {
 		out.Subject = c.Subject.String()
 		na := c.NotAfter.UTC()

@@ -163,8 +163,11 @@ func (d *Device) sign(ctx context.Context, j *job, a protocol.SignArgs) (any, er
 		res.Certificate, res.Serial = string(ca.EncodeCertificatePEM(cert)), hex.EncodeToString(cert.SerialNumber.Bytes())
 		j.rec.Subject, j.rec.Serial, j.rec.Digest = cert.Subject.String(), res.Serial, digestHex(cert.Raw)
 	case protocol.KindCRL:
-		der, err := d.crl(is, a, now)
+		num, der, err := d.crl(is, a, now)
 		if err != nil {
+			return nil, err
+		}
+		if err := d.recordCRLNumber(is, num); err != nil {
 			return nil, err
 		}
 		res.CRL = string(pem.EncodeToMemory(&pem.Block{Type: "X509 CRL", Bytes: der}))
@@ -196,34 +199,38 @@ func (d *Device) sign(ctx context.Context, j *job, a protocol.SignArgs) (any, er
 	return res, nil
 }
 
-func (d *Device) crl(is *ca.Issuer, a protocol.SignArgs, now time.Time) ([]byte, error) {
+func (d *Device) crl(is *ca.Issuer, a protocol.SignArgs, now time.Time) (*big.Int, []byte, error) {
 	if a.Number == "" {
-		return nil, fmt.Errorf("%w: number is required", ErrBadRequest)
+		return nil, nil, fmt.Errorf("%w: number is required", ErrBadRequest)
 	}
 	num, ok := new(big.Int).SetString(a.Number.String(), 10)
 	if !ok || num.Sign() <= 0 {
-		return nil, fmt.Errorf("%w: number must be a positive integer", ErrBadRequest)
+		return nil, nil, fmt.Errorf("%w: number must be a positive integer", ErrBadRequest)
+	}
+	if err := d.checkCRLNumber(is, num); err != nil {
+		return nil, nil, err
 	}
 	this, next, err := updateTimes(a, now)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	var revoked []ca.Revoked
 	for i, r := range a.Revoked {
 		serial, err := parseSerial(r.Serial)
 		if err != nil {
-			return nil, fmt.Errorf("%w: revoked[%d]: %w", ErrBadRequest, i, err)
+			return nil, nil, fmt.Errorf("%w: revoked[%d]: %w", ErrBadRequest, i, err)
 		}
 		reason, err := ca.ParseReason(r.Reason)
 		if err != nil {
-			return nil, fmt.Errorf("%w: revoked[%d]: %w", ErrBadRequest, i, err)
+			return nil, nil, fmt.Errorf("%w: revoked[%d]: %w", ErrBadRequest, i, err)
 		}
 		if r.RevokedAt.IsZero() {
-			return nil, fmt.Errorf("%w: revoked[%d]: revoked_at is required", ErrBadRequest, i)
+			return nil, nil, fmt.Errorf("%w: revoked[%d]: revoked_at is required", ErrBadRequest, i)
 		}
 		revoked = append(revoked, ca.Revoked{Serial: serial, RevokedAt: r.RevokedAt, Reason: reason})
 	}
-	return is.CreateCRL(num, this, next, revoked, now)
+	der, err := is.CreateCRL(num, this, next, revoked, now)
+	return num, der, err
 }
 
 func (d *Device) ocsp(is *ca.Issuer, a protocol.SignArgs, now time.Time) ([]byte, error) {

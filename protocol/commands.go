@@ -86,6 +86,9 @@ type SlotShow struct {
 	Attestation string     `json:"attestation,omitempty"`
 	Subject     string     `json:"subject,omitempty"`
 	NotAfter    *time.Time `json:"not_after,omitempty"`
+	// LastCRLNumber is the last CRL number this appliance signed for the slot's
+	// CA, so that the next CRL can take the one after it.
+	LastCRLNumber json.Number `json:"last_crl_number,omitempty"`
 }
 
 type ClearResult struct {

@@ -110,6 +110,8 @@ type Device struct {
 
 	refused refusals // refusals sampled into the audit trail
 
+	takeover takeoverNote
+
 	requests, signatures, errors, dropped, refusedCount atomic.Uint64
 }
 
@@ -212,6 +214,7 @@ func (d *Device) Stop() {
 func (d *Device) Connected() {
 	d.syncSubscriptions()
 	d.PublishStatus()
+	d.publishTakeover()
 }
 
 func (d *Device) runOutbox() {

@@ -119,10 +119,12 @@ type Client struct {
 	unsubs    map[string]bool // unsubscribed while offline; told to the broker on connect
 	onConnect func()
 	onLost    func(error)
-	started   bool
-	closed    bool
-	closing   chan struct{} // closed by Close
-	wg        sync.WaitGroup
+	// onTakeover and takeover: see takeover.go.
+	onTakeover func(Takeover)
+	started    bool
+	closed     bool
+	closing    chan struct{} // closed by Close
+	wg         sync.WaitGroup
 
 	// routeMu guards routes, the snapshot of subs that dispatch reads on every
 	// message without contending with Subscribe's network wait.
@@ -132,6 +134,8 @@ type Client struct {
 	// restoreMu serialises the work after each connect, so that after a quick
 	// reconnect two restorations (and two OnConnect callbacks) never interleave.
 	restoreMu sync.Mutex
+
+	takeover takeoverWatch
 
 	everConnected atomic.Bool
 	unrouted      atomic.Int64 // messages no subscription of ours matched
@@ -229,9 +233,7 @@ func (c *Client) pahoOptions(useTLS bool) (*paho.ClientOptions, error) {
 		SetDefaultPublishHandler(c.dispatch).
 		SetOnConnectHandler(c.connected).
 		SetConnectionLostHandler(c.lost).
-		SetReconnectingHandler(func(paho.Client, *paho.ClientOptions) {
-			c.log.Debug("reconnecting to the broker")
-		})
+		SetReconnectingHandler(func(paho.Client, *paho.ClientOptions) { c.reconnectPause() })
 	if cfg.Username != "" {
 		opts.SetUsername(cfg.Username)
 	}
@@ -399,6 +401,7 @@ func (c *Client) connectLoop(first chan<- error) {
 // goroutine a paho version calls this on.
 func (c *Client) connected(paho.Client) {
 	c.everConnected.Store(true)
+	c.takeover.up(time.Now())
 	c.mu.Lock()
 	if c.closed {
 		c.mu.Unlock()
@@ -485,6 +488,7 @@ func (c *Client) lost(_ paho.Client, err error) {
 	c.mu.Unlock()
 	defer c.wg.Done()
 	c.log.Warn("broker connection lost", "err", err)
+	c.checkTakeover()
 	if f != nil {
 		f(err)
 	}

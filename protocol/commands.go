@@ -255,7 +255,7 @@ type Counters struct {
 // Event is one message on the events topic.
 type Event struct {
 	Time    time.Time `json:"time"`
-	Type    string    `json:"type"` // slot.state, hsm.present, hsm.absent
+	Type    string    `json:"type"` // slot.state, hsm.present, hsm.absent, broker.takeover
 	HSM     string    `json:"hsm,omitempty"`
 	SlotID  string    `json:"slot_id,omitempty"`
 	State   string    `json:"state,omitempty"`

@@ -59,6 +59,7 @@ func (a *Appliance) Start(ctx context.Context, h Hooks) error {
 		return err
 	}
 	client.OnConnect(dev.Connected)
+	client.OnTakeover(func(t mqtt.Takeover) { dev.BrokerTakeover(t.Losses, t.Window, t.Backoff) })
 	if h.OnConnectionLost != nil {
 		client.OnConnectionLost(func(error) { h.OnConnectionLost() })
 	}

@@ -76,6 +76,9 @@ other commands:
                                          resumes a slot left half-way
   devices [--wait D]                     devices seen through their retained status
   watch [--all] [--count N] [--for D]    status and events as they arrive
+  revoke --slot-id ID --list FILE [--serial HEX [--reason R] [--revoked-at T]] --next-update-in D
+                                         add a serial to a local revocation list and sign a CRL of
+                                         it with the number after the CA's last one
   make-provisioning-cert --cn NAME [--org O] [--country C] [--validity D] [--path-len N]
                  [--permitted-dns a,b] [--policy OID,...] [--crl-dp URL,...] [--out FILE]
 
@@ -214,6 +217,7 @@ var commands = map[string]func(s *session, args []string) error{
 	"watch":                   (*session).cmdWatch,
 	"make-provisioning-cert":  (*session).cmdMakeProvisioningCert,
 	"provision":               (*session).cmdWizard,
+	"revoke":                  (*session).cmdRevoke,
 }
 
 // Run runs the console with args (what follows "console" on the command line) and

@@ -10,6 +10,8 @@ import (
 	"strings"
 
 	"github.com/BurntSushi/toml"
+
+	"github.com/iot-hsm/iot-hsm/mqtt"
 )
 
 // Config is the whole configuration file. docs/configuration.md documents every field
@@ -124,10 +126,13 @@ func Load(path string) (*Config, error) {
 
 // Parse reads a configuration from TOML text.
 func Parse(data []byte) (*Config, error) {
+	if err := checkShapes(data); err != nil {
+		return nil, err
+	}
 	var c Config
 	md, err := toml.NewDecoder(bytes.NewReader(data)).Decode(&c)
 	if err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrInvalid, err)
+		return nil, decodeError(err)
 	}
 	if und := md.Undecoded(); len(und) > 0 {
 		keys := make([]string, len(und))
@@ -186,6 +191,11 @@ func (c *Config) check() error {
 	}
 	if (c.MQTT.CertFile == "") != (c.MQTT.KeyFile == "") {
 		return fmt.Errorf("%w: mqtt: cert_file and key_file go together", ErrInvalid)
+	}
+	if c.MQTT.Broker != "" {
+		if err := mqtt.CheckBroker(c.MQTT.Broker); err != nil {
+			return fmt.Errorf("%w: mqtt.broker: %w", ErrInvalid, err)
+		}
 	}
 	if c.MQTT.DevBroker && c.MQTT.Broker != "" {
 		return fmt.Errorf("%w: mqtt: set broker or dev_broker, not both", ErrInvalid)

@@ -94,6 +94,9 @@ func (cn *conn) close() { cn.client.Close(250 * time.Millisecond) }
 // brokerKind tells whether the broker URL is plaintext and whether it names this
 // machine. Other problems with the URL are left to the transport.
 func brokerKind(broker string) (plaintext, loopback bool, err error) {
+	if err := mqtt.CheckBroker(broker); err != nil {
+		return false, false, err
+	}
 	u, err := url.Parse(broker)
 	if err != nil {
 		return false, false, err

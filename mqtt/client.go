@@ -32,7 +32,8 @@ import (
 
 var (
 	// ErrPlaintext: the broker URL is not TLS and Config.AllowPlaintext is false.
-	ErrPlaintext = errors.New("mqtt: plaintext broker connection refused (set AllowPlaintext for development)")
+	ErrPlaintext = errors.New("mqtt: plaintext broker connection refused: " +
+		"set allow_plaintext = true in [mqtt] (the console: --allow-plaintext), or use an mqtts:// broker")
 	// ErrNotConnected: there is no broker connection at the moment.
 	ErrNotConnected = errors.New("mqtt: not connected to the broker")
 	// ErrConfig: the Config is unusable.
@@ -255,12 +256,40 @@ func (c *Client) pahoOptions(useTLS bool) (*paho.ClientOptions, error) {
 	return opts, nil
 }
 
+// CheckBroker tells whether s is a broker URL this package accepts; the error says
+// what to write instead, without this package's prefix, for the caller to name its
+// own flag or key.
+func CheckBroker(s string) error {
+	_, _, err := parseBroker(s)
+	var be brokerError
+	if errors.As(err, &be) {
+		return errors.New(string(be))
+	}
+	return err
+}
+
+// brokerError is an unusable broker URL; it is an ErrConfig.
+type brokerError string
+
+func (e brokerError) Error() string { return ErrConfig.Error() + ": " + string(e) }
+
+func (e brokerError) Is(target error) bool { return target == ErrConfig }
+
+// brokerForms is what a broker URL may look like, for error messages.
+const brokerForms = "want scheme://host[:port] with scheme mqtts, ssl or tls (TLS, port 8883) or tcp or mqtt (plaintext, port 1883)"
+
 // parseBroker checks the broker URL, fills in the default port and returns it in the
 // scheme paho expects.
 func parseBroker(s string) (*url.URL, bool, error) {
+	if !strings.Contains(s, "://") {
+		if strings.Contains(s, "@") { // credentials, perhaps: not repeated
+			return nil, false, brokerError("broker has no scheme: " + brokerForms)
+		}
+		return nil, false, brokerError(fmt.Sprintf("broker %q has no scheme: %s, such as \"mqtts://%s\"", s, brokerForms, s))
+	}
 	u, err := url.Parse(s)
 	if err != nil {
-		return nil, false, fmt.Errorf("%w: broker URL: %v", ErrConfig, err)
+		return nil, false, brokerError("broker: " + brokerForms)
 	}
 	var useTLS bool
 	port := "1883"
@@ -269,14 +298,14 @@ func parseBroker(s string) (*url.URL, bool, error) {
 	case "ssl", "tls", "mqtts":
 		useTLS, port = true, "8883"
 	default:
-		return nil, false, fmt.Errorf("%w: broker URL %q: scheme must be tcp, ssl, tls or mqtts", ErrConfig, u.Redacted())
+		return nil, false, brokerError(fmt.Sprintf("broker %q: %s", u.Redacted(), brokerForms))
 	}
 	if u.User != nil {
 		// Credentials in a URL end up in logs and process listings.
-		return nil, false, fmt.Errorf("%w: broker URL %q carries credentials; use Username and Password", ErrConfig, u.Redacted())
+		return nil, false, brokerError(fmt.Sprintf("broker URL %q carries credentials; give the user name and password apart (username, password_file)", u.Redacted()))
 	}
 	if u.Hostname() == "" || (u.Path != "" && u.Path != "/") || u.RawQuery != "" {
-		return nil, false, fmt.Errorf("%w: broker URL %q: want scheme://host[:port]", ErrConfig, s)
+		return nil, false, brokerError(fmt.Sprintf("broker %q: %s", s, brokerForms))
 	}
 	if u.Port() != "" {
 		port = u.Port()

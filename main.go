@@ -9,6 +9,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"os"
 )
@@ -34,13 +35,20 @@ func main() {
 	case "console":
 		err = consoleCmd(args)
 	case "audit":
-		err = auditCmd(args)
+		err = auditCmd(args, os.Stdout, os.Stderr)
 	case "version", "--version", "-version":
 		fmt.Println("iot-hsm", version)
 	case "help", "-h", "--help":
 		fmt.Print(usage)
 	default:
 		fmt.Fprintf(os.Stderr, "iot-hsm: unknown command %q\n\n%s", cmd, usage)
+		os.Exit(2)
+	}
+	var ue usageError
+	if errors.As(err, &ue) {
+		if ue != "" {
+			fmt.Fprintln(os.Stderr, ue)
+		}
 		os.Exit(2)
 	}
 	if err != nil {

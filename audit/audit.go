@@ -177,6 +177,13 @@ func Verify(r io.Reader) (int, error) {
 	return n, err
 }
 
+// VerifyHead is Verify that also returns the last record, whose hash is the one to
+// compare with a head hash kept elsewhere (audit.tail's): a cut-off end shows only so.
+func VerifyHead(r io.Reader) (head Record, n int, err error) {
+	err = scan(r, func(rec Record) { head, n = rec, n+1 })
+	return head, n, err
+}
+
 // scan reads and checks every record, in order.
 func scan(r io.Reader, each func(Record)) error {
 	sc := bufio.NewScanner(r)

@@ -32,6 +32,12 @@ type lab struct {
 
 func startLab(t *testing.T) *lab {
 	t.Helper()
+	return startLabWith(t, nil)
+}
+
+// startLabWith is startLab with the configuration changed by edit before start.
+func startLabWith(t *testing.T, edit func(*config.Config)) *lab {
+	t.Helper()
 	clearEnv(t)
 	url := startBroker(t)
 	tok := softhsmtest.New(t, "console")
@@ -43,12 +49,17 @@ func startLab(t *testing.T) *lab {
 	cfg.Secrets.KeyFile = filepath.Join(t.TempDir(), "secrets.key")
 	cfg.YubiKey.Disabled = true
 	cfg.PKCS11 = []config.PKCS11{{Module: tok.Module, Token: "pkcs11:serial=" + tok.Serial, PIN: tok.PIN}}
+	if edit != nil {
+		edit(cfg)
+	}
 	ctx := context.Background()
 	app, err := wiring.Open(ctx, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := app.Start(ctx, wiring.Hooks{Version: "test"}); err != nil {
+	// A reload re-reads the same configuration, as the daemon's would an unchanged file.
+	reload := func(ctx context.Context) (any, error) { return app.Reload(ctx, cfg, nil), nil }
+	if err := app.Start(ctx, wiring.Hooks{Version: "test", Reload: reload}); err != nil {
 		app.Close()
 		t.Fatal(err)
 	}

@@ -6,12 +6,14 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
+	"encoding/pem"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"net/url"
 	"os"
+	"slices"
 	"strings"
 	"time"
 
@@ -294,7 +296,40 @@ func (s *session) readPEM(flagName, path string) (string, error) {
 	if !bytes.Contains(data, []byte("-----BEGIN ")) {
 		return "", usagef("--%s: %s holds no PEM block", flagName, displayName(path))
 	}
+	if want := pemTypes[flagName]; want != nil {
+		if err := checkBlocks(displayName(path), data, want); err != nil {
+			return "", usagef("--%s: %v", flagName, err)
+		}
+	}
 	return string(data), nil
+}
+
+// pemTypes are the PEM blocks each flag that reads one takes.
+var pemTypes = map[string][]string{
+	"provisioning-cert": {"CERTIFICATE"},
+	"certificate":       {"CERTIFICATE"},
+	"chain":             {"CERTIFICATE"},
+	"csr":               {"CERTIFICATE REQUEST", "NEW CERTIFICATE REQUEST"},
+}
+
+// checkBlocks refuses, before anything is sent, a file whose blocks are not what the
+// flag takes: above all a private key given by mistake, which must not cross the
+// broker only to be refused by the device.
+func checkBlocks(name string, data []byte, want []string) error {
+	for rest := data; ; {
+		var b *pem.Block
+		if b, rest = pem.Decode(rest); b == nil {
+			return nil
+		}
+		if slices.Contains(want, b.Type) {
+			continue
+		}
+		if strings.Contains(b.Type, "PRIVATE KEY") {
+			return fmt.Errorf("%s holds a private key (%s), not a %s: nothing was sent; "+
+				"the key stays on this machine", name, b.Type, want[0])
+		}
+		return fmt.Errorf("%s holds a %s block; want %s", name, b.Type, want[0])
+	}
 }
 
 func displayName(path string) string {

@@ -44,12 +44,11 @@ func (s *session) cmdHSMList(args []string) error {
 // cmdSetPIN takes secrets only from files or stdin: a PIN on the command line
 // would be visible to every user through the process list and kept in shell history.
 func (s *session) cmdSetPIN(args []string) error {
-	fs, rf := s.requestFlags(protocol.CmdHSMSetPIN, "--hsm ID (--pin-file F | --pin-stdin) [--management-key-file F] [--so-pin-file F] [--persist] [--force]")
+	fs, rf := s.requestFlags(protocol.CmdHSMSetPIN, "--hsm ID (--pin-file F | --pin-stdin) [--management-key-file F] [--persist] [--force]")
 	hsmID := fs.String("hsm", "", "the HSM id")
 	pinFile := fs.String("pin-file", "", "read the PIN from `FILE` (- for stdin)")
 	pinStdin := fs.Bool("pin-stdin", false, "read the PIN from stdin")
 	mgmtFile := fs.String("management-key-file", "", "read the YubiKey management key from `FILE`")
-	soFile := fs.String("so-pin-file", "", "read the security officer PIN from `FILE`")
 	persist := fs.Bool("persist", false, "keep the PIN on the appliance across restarts")
 	force := fs.Bool("force", false, "present the PIN even when the token has one try left (a wrong PIN then blocks it)")
 	if err := s.parse(fs, args); err != nil {
@@ -76,11 +75,6 @@ func (s *session) cmdSetPIN(args []string) error {
 			return err
 		}
 	}
-	if *soFile != "" {
-		if a.SOPIN, err = s.readSecret("so-pin-file", *soFile); err != nil {
-			return err
-		}
-	}
 	reply, err := s.call(protocol.CmdHSMSetPIN, "", rf, a)
 	if err != nil || s.opts.json {
 		return err
@@ -95,7 +89,7 @@ func (s *session) cmdSetPIN(args []string) error {
 }
 
 func (s *session) cmdProvision(args []string) error {
-	fs, rf := s.requestFlags(protocol.CmdSlotProvision, "--hsm ID --slot S --mode generate|import|existing [--key-type T] [--key-pem FILE] [--key-password-file F] [--label L] [--overwrite]")
+	fs, rf := s.artefactFlags(protocol.CmdSlotProvision, "--hsm ID --slot S --mode generate|import|existing [--key-type T] [--key-pem FILE] [--key-password-file F] [--label L] [--overwrite]")
 	var a protocol.ProvisionArgs
 	fs.StringVar(&a.HSM, "hsm", "", "the HSM id")
 	fs.StringVar(&a.Slot, "slot", "", "the slot: PIV slot, CKA_ID in hex, or Cloud KMS key name")
@@ -114,6 +108,9 @@ func (s *session) cmdProvision(args []string) error {
 	}
 	switch a.Mode {
 	case "generate", "existing":
+		if a.Mode == "generate" && a.KeyType == "" {
+			return usagef("--mode generate needs --key-type: rsa2048, rsa3072, rsa4096, p256 or p384")
+		}
 		if *keyFile != "" || *pwFile != "" {
 			return usagef("--key-pem and --key-password-file go with --mode import")
 		}
@@ -174,7 +171,7 @@ func (s *session) cmdProvision(args []string) error {
 }
 
 func (s *session) provisioningCert(cmd string, args []string) (*protocol.Reply, *requestFlags, error) {
-	fs, rf := s.requestFlags(cmd, "--slot-id ID --provisioning-cert FILE")
+	fs, rf := s.artefactFlags(cmd, "--slot-id ID --provisioning-cert FILE")
 	var a protocol.ProvisioningCertArgs
 	fs.StringVar(&a.SlotID, "slot-id", "", "the slot, <hsm-id>/<slot>")
 	certFile := fs.String("provisioning-cert", "", "the provisioning certificate, PEM `FILE` (- for stdin)")
@@ -217,7 +214,7 @@ func (s *session) cmdCSR(args []string) error {
 }
 
 func (s *session) cmdImportCert(args []string) error {
-	fs, rf := s.requestFlags(protocol.CmdSlotImport, "--slot-id ID --certificate FILE [--chain FILE]")
+	fs, rf := s.artefactFlags(protocol.CmdSlotImport, "--slot-id ID --certificate FILE [--chain FILE]")
 	var a protocol.ImportCertArgs
 	fs.StringVar(&a.SlotID, "slot-id", "", "the slot, <hsm-id>/<slot>")
 	certFile := fs.String("certificate", "", "the CA certificate, PEM `FILE` (- for stdin)")
@@ -250,7 +247,7 @@ func (s *session) cmdImportCert(args []string) error {
 }
 
 func (s *session) cmdShow(args []string) error {
-	fs, rf := s.requestFlags(protocol.CmdSlotShow, "--slot-id ID")
+	fs, rf := s.artefactFlags(protocol.CmdSlotShow, "--slot-id ID")
 	var a protocol.SlotIDArgs
 	fs.StringVar(&a.SlotID, "slot-id", "", "the slot, <hsm-id>/<slot>")
 	if err := s.parse(fs, args); err != nil {
@@ -270,15 +267,24 @@ func (s *session) cmdShow(args []string) error {
 	if !s.opts.json {
 		printSlot(s.stdout, res)
 	}
-	// The certificate is what the slot is for; before it exists, the pending CSR.
-	main := res.Certificate
+	// The certificate and its chain are what the PKI takes from the slot; before
+	// they exist, the pending CSR.
+	main, summary := res.Certificate, ""
+	if main != "" && strings.TrimSpace(res.Chain) != "" {
+		main = ensureNewline(main) + res.Chain
+		summary = fmt.Sprintf("certificate and its chain (%d certificates in all)",
+			strings.Count(main, "-----BEGIN CERTIFICATE-----"))
+	}
 	if main == "" {
 		main = res.CSR
 	}
 	if main == "" {
 		return nil
 	}
-	return s.emit(rf, artefact{text: main})
+	if rf.out == "" || rf.out == "-" {
+		summary = "" // the table above says it
+	}
+	return s.emit(rf, artefact{text: main, summary: summary})
 }
 
 func (s *session) cmdClear(args []string) error {
@@ -338,13 +344,32 @@ func (s *session) cmdAuditTail(args []string) error {
 	if err != nil || s.opts.json {
 		return err
 	}
-	// The protocol does not fix the record layout yet, so it is shown as sent.
-	printIndented(s.stdout, reply.Result)
+	var res protocol.AuditTailResult
+	if err := result(reply, &res); err != nil {
+		return err
+	}
+	printAudit(s.stdout, res)
 	return nil
 }
 
 func (s *session) cmdReload(args []string) error {
-	return s.simple(protocol.CmdReload, args, "configuration re-read, HSMs rescanned")
+	fs, rf := s.requestFlags(protocol.CmdReload, "")
+	if err := s.parse(fs, args); err != nil {
+		return err
+	}
+	reply, err := s.call(protocol.CmdReload, "", rf, nil)
+	if err != nil || s.opts.json {
+		return err
+	}
+	var res protocol.ReloadResult
+	if err := result(reply, &res); err != nil {
+		return err
+	}
+	printReload(s.stdout, res)
+	if len(res.Problems) > 0 {
+		return &exitError{code: exitFailed, msg: fmt.Sprintf("%d problem(s): the rest of the reload stands", len(res.Problems))}
+	}
+	return nil
 }
 
 func (s *session) cmdRestart(args []string) error {

@@ -49,18 +49,19 @@ global flags (also accepted after COMMAND):
                         sign requests (JWS) with this PEM private key and its PEM
                         certificate (and chain), for appliances with [trust] controllers
 
-protocol commands (each also takes --id ID and --out FILE; FILE may be - for stdin):
+protocol commands (each also takes --id ID; --out F, where shown, writes the result's
+certificate, CSR, CRL, key or DER to F; a PEM input FILE may be - for stdin):
   status
   hsm.list
-  hsm.set_pin --hsm ID (--pin-file F | --pin-stdin) [--management-key-file F] [--so-pin-file F] [--persist] [--force]
+  hsm.set_pin --hsm ID (--pin-file F | --pin-stdin) [--management-key-file F] [--persist] [--force]
   slot.provision --hsm ID --slot S --mode generate|import|existing [--key-type T]
-                 [--key-pem FILE] [--key-password-file F] [--label L] [--overwrite]
-  slot.selfsign --slot-id ID --provisioning-cert FILE
-  slot.csr --slot-id ID --provisioning-cert FILE
-  slot.import_cert --slot-id ID --certificate FILE [--chain FILE]
-  slot.show --slot-id ID
+                 [--key-pem FILE] [--key-password-file F] [--label L] [--overwrite] [--out F]
+  slot.selfsign --slot-id ID --provisioning-cert FILE [--out F]
+  slot.csr --slot-id ID --provisioning-cert FILE [--out F]
+  slot.import_cert --slot-id ID --certificate FILE [--chain FILE] [--out F]
+  slot.show --slot-id ID [--out F]       (the certificate and its chain)
   slot.clear --slot-id ID [--destroy-key]
-  sign (--slot-id ID | --ca-id ID) --kind certificate|crl|cms|ocsp|tbs_certificate|digest ...
+  sign (--slot-id ID | --ca-id ID) --kind certificate|crl|cms|ocsp|tbs_certificate|digest ... [--out F]
                  (sign -h lists the flags of every kind)
   audit.tail [--n N]
   reload
@@ -313,6 +314,13 @@ func (s *session) requestFlags(name, synopsis string) (*flag.FlagSet, *requestFl
 	fs := s.flags(name, synopsis)
 	rf := &requestFlags{}
 	fs.StringVar(&rf.id, "id", "", "request id (default: random)")
+	return fs, rf
+}
+
+// artefactFlags are requestFlags and --out, for the commands whose result is a
+// certificate, CSR, CRL, key or DER: only there does --out mean anything.
+func (s *session) artefactFlags(name, synopsis string) (*flag.FlagSet, *requestFlags) {
+	fs, rf := s.requestFlags(name, synopsis)
 	fs.StringVar(&rf.out, "out", "", "write the result's certificate, CSR, CRL or DER to `FILE` instead of stdout")
 	return fs, rf
 }

@@ -438,7 +438,7 @@ func TestStatusJSONAndTables(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("exit %d, stderr %q", code, stderr)
 	}
-	for _, want := range []string{"device dev1: online, 1/1 slots connected", "SLOT_ID", "NOT_AFTER",
+	for _, want := range []string{"device dev1: online, 1/1 CAs connected", "SLOT_ID", "NOT_AFTER",
 		"pkcs11-abc/01  provisioned  yes        p384  CN=Root  2036-01-02T03:04:05Z", "pkcs11-abc  pkcs11  yes      set  3"} {
 		if !strings.Contains(stdout, want) {
 			t.Errorf("status output lacks %q:\n%s", want, stdout)
@@ -554,7 +554,7 @@ func TestWatch(t *testing.T) {
 		t.Fatalf("exit %d, stderr %q", code, stderr)
 	}
 	lines := strings.Split(strings.TrimSpace(stdout), "\n")
-	if len(lines) != 2 || !strings.Contains(lines[0], " dev1 status online, 1/2 slots connected, broker connected") ||
+	if len(lines) != 2 || !strings.Contains(lines[0], " dev1 status online, 1/2 CAs connected, broker connected") ||
 		!strings.Contains(lines[1], " dev1 event slot.state slot=h/01 state=provisioned") {
 		t.Errorf("watch:\n%s", stdout)
 	}

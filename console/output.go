@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -52,12 +53,32 @@ func pinText(p protocol.PINStatus) (set, retries string) {
 	return set, retries
 }
 
-// statusLine is the one-line summary of a status document (status, watch).
+// statusLine is the one-line summary of a status document (status, watch). A slot
+// still being provisioned is counted apart: it is not a CA that is missing.
 func statusLine(st protocol.Status) string {
 	if !st.Online {
 		return "offline"
 	}
-	line := fmt.Sprintf("online, %d/%d slots connected, broker %s", st.ConnectedSlots, st.SlotsTotal, dash(st.Broker))
+	provisioned, pending := 0, 0
+	for _, sl := range st.Slots {
+		switch sl.State {
+		case "provisioned":
+			provisioned++
+		case "key_ready", "csr_pending":
+			pending++
+		}
+	}
+	if len(st.Slots) < st.SlotsTotal { // a document without its slot list
+		provisioned = st.SlotsTotal
+	}
+	line := fmt.Sprintf("online, %d/%d CAs connected", st.ConnectedSlots, provisioned)
+	if pending > 0 {
+		line += fmt.Sprintf(", %d slot(s) being provisioned", pending)
+	}
+	line += ", broker " + dash(st.Broker)
+	if len(st.Problems) > 0 {
+		line += fmt.Sprintf(", %d problem(s)", len(st.Problems))
+	}
 	if st.Version != "" {
 		line += ", version " + st.Version
 	}
@@ -86,6 +107,9 @@ func printStatus(w io.Writer, st protocol.Status) {
 	if st.StartedAt != nil {
 		fmt.Fprintf(w, "started %s, time %s\n", timeOrDash(st.StartedAt), timeOrDash(&st.Time))
 	}
+	for _, p := range st.Problems {
+		fmt.Fprintf(w, "problem: %s\n", p)
+	}
 	c := st.Counters
 	fmt.Fprintf(w, "requests %d, signatures %d, errors %d, dropped %d\n", c.Requests, c.Signatures, c.Errors, c.Dropped)
 
@@ -109,6 +133,11 @@ func printStatus(w io.Writer, st protocol.Status) {
 }
 
 func printHSMList(w io.Writer, res protocol.HSMListResult) {
+	// In the order of status, whose numbers the short names use.
+	slices.SortFunc(res.HSMs, func(a, b protocol.HSM) int { return strings.Compare(a.ID, b.ID) })
+	for _, h := range res.HSMs {
+		slices.SortFunc(h.Slots, func(a, b protocol.HSMSlot) int { return strings.Compare(a.Slot, b.Slot) })
+	}
 	tw := table(w)
 	fmt.Fprintln(tw, "HSM\tKIND\tMODEL\tSERIAL\tPRESENT\tPIN\tRETRIES")
 	for _, h := range res.HSMs {
@@ -157,6 +186,39 @@ func printSlot(w io.Writer, sl protocol.SlotShow) {
 		line("attestation", "present (see --json)")
 	}
 	tw.Flush()
+}
+
+func printReload(w io.Writer, res protocol.ReloadResult) {
+	list := func(v []string) string {
+		if len(v) == 0 {
+			return "-"
+		}
+		return strings.Join(v, ", ")
+	}
+	fmt.Fprintf(w, "reload: applied: %s\n", list(res.Applied))
+	fmt.Fprintf(w, "restart required for: %s\n", list(res.RestartRequired))
+	fmt.Fprintf(w, "HSMs: %d, %d present\n", res.HSMs, res.HSMsPresent)
+	for _, p := range res.Problems {
+		fmt.Fprintf(w, "problem: %s\n", p)
+	}
+}
+
+func printAudit(w io.Writer, res protocol.AuditTailResult) {
+	tw := table(w)
+	fmt.Fprintln(tw, "SEQ\tTIME\tCMD\tRESULT\tSLOT_ID\tREQUEST\tDETAIL")
+	for _, r := range res.Records {
+		var detail []string
+		for _, kv := range [][2]string{{"kind", r.Kind}, {"subject", r.Subject}, {"serial", r.Serial},
+			{"by", r.Requester}, {"note", r.Note}} {
+			if kv[1] != "" {
+				detail = append(detail, kv[0]+"="+kv[1])
+			}
+		}
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\n", r.Seq, timeOrDash(&r.Time), r.Command, dash(r.Result),
+			dash(r.SlotID), dash(r.RequestID), dash(strings.Join(detail, " ")))
+	}
+	tw.Flush()
+	fmt.Fprintf(w, "head: %s\n", dash(res.Head))
 }
 
 func printDevices(w io.Writer, seen []seenDevice) {

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"math/big"
@@ -106,7 +107,7 @@ func (f *signFlags) define(fs *flag.FlagSet) {
 }
 
 func (s *session) cmdSign(args []string) error {
-	fs, rf := s.requestFlags(protocol.CmdSign, signSynopsis)
+	fs, rf := s.artefactFlags(protocol.CmdSign, signSynopsis)
 	var f signFlags
 	f.define(fs)
 	if err := s.parse(fs, args); err != nil {
@@ -371,9 +372,36 @@ func (s *session) jsonFile(flagName, path string, v any) error {
 	dec := json.NewDecoder(bytes.NewReader(data))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
-		return usagef("--%s %s: %v", flagName, displayName(path), err)
+		return usagef("--%s %s: %s", flagName, displayName(path), jsonProblem(err))
 	}
 	return nil
+}
+
+// jsonProblem says what is wrong in a JSON input file in the file's terms, not in Go
+// layouts and types.
+func jsonProblem(err error) string {
+	var te *time.ParseError
+	var ut *json.UnmarshalTypeError
+	switch {
+	case errors.As(err, &te):
+		return fmt.Sprintf("%q is not a time: write it in RFC 3339 with a time and zone, such as "+
+			"\"2026-01-31T00:00:00Z\"", te.Value)
+	case errors.As(err, &ut):
+		return fmt.Sprintf("%s: a JSON %s where a %s belongs", ut.Field, ut.Value, jsonKind(ut.Type.Kind().String()))
+	}
+	return err.Error()
+}
+
+func jsonKind(goKind string) string {
+	switch {
+	case strings.HasPrefix(goKind, "int"), strings.HasPrefix(goKind, "uint"), strings.HasPrefix(goKind, "float"):
+		return "number"
+	case goKind == "slice" || goKind == "array":
+		return "list"
+	case goKind == "struct" || goKind == "map":
+		return "object"
+	}
+	return goKind
 }
 
 func digestArgs(f *signFlags, a *protocol.SignArgs) error {

@@ -84,6 +84,9 @@ func (s *session) askPEM(question string) (text, from string, err error) {
 		if !strings.Contains(string(data), "-----BEGIN ") {
 			return "", "", fmt.Errorf("%w: %s holds no PEM block", errBadAnswer, first)
 		}
+		if err := checkBlocks(first, data, pemTypes["certificate"]); err != nil {
+			return "", "", fmt.Errorf("%w: %v", errBadAnswer, err)
+		}
 		return string(data), first, nil
 	}
 	var b strings.Builder
@@ -94,6 +97,9 @@ func (s *session) askPEM(question string) (text, from string, err error) {
 			return "", "", err
 		}
 		if strings.TrimSpace(line) == "" && strings.Contains(b.String(), "-----END ") {
+			if err := checkBlocks("the pasted text", []byte(b.String()), pemTypes["certificate"]); err != nil {
+				return "", "", fmt.Errorf("%w: %v", errBadAnswer, err)
+			}
 			return b.String(), "pasted", nil
 		}
 		b.WriteString(line + "\n")

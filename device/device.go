@@ -60,6 +60,9 @@ type Options struct {
 	// its result is the reply. An error wrapping ErrBadRequest is a configuration
 	// that was rejected.
 	Reload func(ctx context.Context) (any, error)
+	// Problems names the parts of the configuration that did not come up, for the
+	// status document; nil means none.
+	Problems func() []string
 	// Restart is called by the restart command once the reply is decided; it must
 	// not block. The reply goes out before Shutdown returns.
 	Restart func()

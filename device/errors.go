@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 
 	"github.com/iot-hsm/iot-hsm/ca"
 
@@ -66,9 +67,30 @@ func toProtocolError(err error) *protocol.Error {
 	case errors.Is(err, hsm.ErrUnsupported):
 		code = protocol.CodeUnsupported
 	}
-	msg := err.Error()
+	msg := replyMessage(code, err.Error())
 	if code == protocol.CodeInternal {
 		msg = "internal error; see the appliance log"
 	}
 	return &protocol.Error{Code: code, Message: msg, Details: details}
+}
+
+// codeWords are the sentinels' texts that only repeat the reply code when they lead
+// the message ("bad_request: bad request: ...").
+var codeWords = map[string]string{
+	protocol.CodeBadRequest:   "bad request: ",
+	protocol.CodeConflict:     "conflict: ",
+	protocol.CodeNotFound:     "not found: ",
+	protocol.CodeUnsupported:  "unsupported: ",
+	protocol.CodePolicyDenied: "policy denied: ",
+	protocol.CodeHSMOffline:   "hsm offline: ",
+	protocol.CodePINRequired:  "PIN required: ",
+	protocol.CodeBusy:         "busy: ",
+}
+
+// replyMessage drops what the reader already has from the code, and the Go package
+// prefixes ("ca: ") that say where an error was made, not what is wrong.
+func replyMessage(code, msg string) string {
+	msg = strings.TrimPrefix(msg, "ca: ")
+	msg = strings.TrimPrefix(msg, codeWords[code])
+	return strings.ReplaceAll(msg, ": ca: ", ": ")
 }

@@ -46,6 +46,9 @@ func (d *Device) Status() protocol.Status {
 		st.Slots = append(st.Slots, s)
 	}
 	st.SlotsTotal = len(st.Slots)
+	if d.opts.Problems != nil {
+		st.Problems = d.opts.Problems()
+	}
 	return st
 }
 
@@ -69,8 +72,12 @@ func (d *Device) PublishStatus() {
 		return
 	}
 	st := d.Status()
-	out, _ := json.Marshal(st)
-	d.send(d.topics.Status(), out, true)
+	// Without a broker session the publish would only fail (and warn at every
+	// start); Connected publishes the document as soon as there is one.
+	if d.tr.Connected() {
+		out, _ := json.Marshal(st)
+		d.send(d.topics.Status(), out, true)
+	}
 	d.changed(st)
 }
 

@@ -223,6 +223,10 @@ type Status struct {
 	HSMs           []StatusHSM  `json:"hsms"`
 	Slots          []StatusSlot `json:"slots"`
 	Counters       Counters     `json:"counters"`
+	// Problems are parts of the configuration that did not come up: a [[pkcs11]]
+	// module that does not load or a token URI that matches no token. Absent when
+	// there are none.
+	Problems []string `json:"problems,omitempty"`
 }
 
 type StatusHSM struct {

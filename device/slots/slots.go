@@ -79,16 +79,21 @@ func (s *Slots) Provision(ctx context.Context, a ProvisionArgs) (store.Slot, err
 		return store.Slot{}, err
 	}
 	if a.Slot == "" || strings.Contains(a.Slot, "/") && a.Mode != ModeExisting {
-		return store.Slot{}, fmt.Errorf("%w: slot %q", ErrBadRequest, a.Slot)
+		return store.Slot{}, fmt.Errorf("%w: slot %q: want a slot name of the HSM (a PIV slot such as 9c, a CKA_ID "+
+			"such as 01, a Cloud KMS key name); a \"/\" only in an existing Cloud KMS key version", ErrBadRequest, a.Slot)
 	}
 	slotID := a.HSM + "/" + a.Slot
 	if rec, err := s.Store.Slot(slotID); err == nil && rec.State != store.Empty && !a.Overwrite {
-		return store.Slot{}, fmt.Errorf("%w: %s is %s (clear it, or provision with overwrite)", ErrConflict, slotID, rec.State)
+		return store.Slot{}, fmt.Errorf("%w: %s is %s: clear it first (slot.clear), or provision with overwrite "+
+			"(slot.provision --overwrite) to replace its key", ErrConflict, slotID, rec.State)
 	}
 
 	var pub crypto.PublicKey
 	switch a.Mode {
 	case ModeGenerate:
+		if a.KeyType == "" {
+			return store.Slot{}, fmt.Errorf("%w: mode generate needs key_type: rsa2048, rsa3072, rsa4096, p256 or p384", ErrBadRequest)
+		}
 		if _, err := hsm.ParseKeyType(string(a.KeyType)); err != nil {
 			return store.Slot{}, fmt.Errorf("%w: %v", ErrBadRequest, err)
 		}
@@ -201,7 +206,23 @@ func (s *Slots) Record(slotID string, states ...store.State) (store.Slot, error)
 			return rec, nil
 		}
 	}
-	return rec, fmt.Errorf("%w: %s is %s", ErrConflict, slotID, rec.State)
+	return rec, fmt.Errorf("%w: %s is %s%s", ErrConflict, slotID, rec.State, nextStep(slotID, rec.State))
+}
+
+// nextStep says what to run on a slot in state st before the refused command fits.
+func nextStep(slotID string, st store.State) string {
+	switch st {
+	case store.Empty:
+		return ": give it a key first (slot.provision)"
+	case store.KeyReady:
+		return ": it has no certificate yet; make it a root (slot.selfsign --slot-id " + slotID +
+			") or an intermediate (slot.csr, then slot.import_cert)"
+	case store.CSRPending:
+		return ": it waits for its signed certificate (slot.import_cert --slot-id " + slotID + ")"
+	case store.Provisioned:
+		return ": it already has its certificate; slot.show shows it, slot.clear starts the slot again"
+	}
+	return ""
 }
 
 // SelfSign makes the slot a self-signed root from the provisioning certificate.

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
+	"strings"
 	"sync"
 
 	"github.com/iot-hsm/iot-hsm/hsm"
@@ -32,6 +34,16 @@ type Selection struct {
 type Set struct {
 	mu   sync.Mutex
 	mods []*setModule // in load order
+	// problems are those of the last Configure, for the status document: a
+	// configuration that yields no HSM must say so, not run with none.
+	problems []string
+}
+
+// Problems returns what went wrong at the last Configure (nil: nothing).
+func (s *Set) Problems() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]string(nil), s.problems...)
 }
 
 type setModule struct {
@@ -99,9 +111,51 @@ func (s *Set) Configure(ctx context.Context, cfgs []Selection) (applied, restart
 			problems = append(problems, fmt.Sprintf("pkcs11 module %s: %v", path, err))
 			continue
 		}
+		problems = append(problems, selectionProblems(path, m.cfgs, toks)...)
 		applied = append(applied, m.login(ctx, toks)...)
 	}
+	for _, p := range problems {
+		slog.Error("PKCS#11 configuration problem", "problem", p)
+	}
+	s.problems = problems
 	return applied, restart, problems
+}
+
+// softHSMHint is where SoftHSM2 looks for its tokens, the usual reason for none.
+const softHSMHint = "for SoftHSM2: the tokens are in the directories.tokendir of the file " +
+	"SOFTHSM2_CONF names (default /etc/softhsm2.conf); the daemon must see the same SOFTHSM2_CONF " +
+	"as softhsm2-util did, and a token must be initialised (softhsm2-util --init-token)"
+
+// selectionProblems names the [[pkcs11]] blocks that select nothing: a module with
+// no initialised token, and a token URI that matches none of those present.
+func selectionProblems(path string, cfgs []Selection, toks []hsm.Token) []string {
+	var present []*Token
+	var seen []string
+	for _, ht := range toks {
+		if t, ok := ht.(*Token); ok && t.Info().Present {
+			present = append(present, t)
+			seen = append(seen, fmt.Sprintf("%q (serial %s)", t.Label(), t.Info().Serial))
+		}
+	}
+	if len(present) == 0 {
+		return []string{fmt.Sprintf("pkcs11 module %s shows no initialised token; %s", path, softHSMHint)}
+	}
+	var out []string
+	for _, c := range cfgs {
+		if c.Token == "" {
+			continue
+		}
+		sel, err := ParseURI(c.Token)
+		if err != nil {
+			out = append(out, fmt.Sprintf("pkcs11 token %q of %s: %v", c.Token, path, err))
+			continue
+		}
+		if !slices.ContainsFunc(present, func(t *Token) bool { return sel.Matches(t.Label(), t.Info().Serial, "", "") }) {
+			out = append(out, fmt.Sprintf("pkcs11 token %q matches no token of %s (it has %s)",
+				c.Token, path, strings.Join(seen, ", ")))
+		}
+	}
+	return out
 }
 
 // Tokens implements hsm.Provider: every token of every loaded module. Tokens that

@@ -48,6 +48,7 @@ func (a *Appliance) Start(ctx context.Context, h Hooks) error {
 		QueueSize: cfg.QueueSize, AllowDigest: cfg.AllowDigest,
 		Verifier: verifier, Audit: a.Audit, Secrets: a.Secrets,
 		OnChange: h.OnChange, OnSign: h.OnSign, Reload: h.Reload, Restart: h.Restart, OTA: a.otaHooks(), Trace: h.Trace,
+		Problems: a.pkcs11.Problems,
 	}, a.Slots)
 	if mc.ClientID == "" {
 		mc.ClientID = "iot-hsm-" + dev.Topics().Device

@@ -24,9 +24,11 @@ func TestNewValidation(t *testing.T) {
 		want error  // errors.Is target, or nil for "any error"
 		text string // the error names this
 	}{
-		{"tcp without AllowPlaintext", Config{Broker: "tcp://127.0.0.1:1883", ClientID: "x"}, ErrPlaintext, ""},
+		{"tcp without AllowPlaintext", Config{Broker: "tcp://127.0.0.1:1883", ClientID: "x"}, ErrPlaintext, "allow_plaintext = true in [mqtt]"},
 		{"mqtt without AllowPlaintext", Config{Broker: "mqtt://localhost", ClientID: "x"}, ErrPlaintext, ""},
-		{"unknown scheme", Config{Broker: "http://localhost", ClientID: "x"}, ErrConfig, ""},
+		{"unknown scheme", Config{Broker: "http://localhost", ClientID: "x"}, ErrConfig, "mqtts, ssl or tls"},
+		{"no scheme", Config{Broker: "127.0.0.1:18883", ClientID: "x"}, ErrConfig, `has no scheme: want scheme://host[:port]`},
+		{"no scheme, credentials", Config{Broker: "u:secret@host:1883", ClientID: "x"}, ErrConfig, "has no scheme"},
 		{"no host", Config{Broker: "ssl://:8883", ClientID: "x"}, ErrConfig, ""},
 		{"credentials in URL", Config{Broker: "ssl://u:secret@host", ClientID: "x"}, ErrConfig, ""},
 		{"no client id", Config{Broker: "ssl://host"}, ErrConfig, ""},

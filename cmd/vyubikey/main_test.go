@@ -18,6 +18,7 @@ import (
 
 	"github.com/go-piv/piv-go/v2/piv"
 
+	"github.com/iot-hsm/iot-hsm/internal/syncbuf"
 	"github.com/iot-hsm/iot-hsm/internal/vyubikey"
 	"github.com/iot-hsm/iot-hsm/internal/vyubikey/pcscdtest"
 )
@@ -135,7 +136,8 @@ func TestCommand(t *testing.T) {
 
 	state := filepath.Join(dir, "yk.json")
 	rootPath := filepath.Join(dir, "root.pem")
-	var log bytes.Buffer
+	// Written by the command's output copier while the test may read it.
+	var log syncbuf.Buffer
 	cmd := exec.Command(bin, "--state", state, "--serial", "4242", "--vpcd", addr, "--root-out", rootPath)
 	cmd.Stdout, cmd.Stderr = &log, &log
 	if err := cmd.Start(); err != nil {

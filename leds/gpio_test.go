@@ -8,10 +8,11 @@ import (
 	"testing"
 	"time"
 
-	"github.com/iot-hsm/iot-hsm/config"
 	"periph.io/x/conn/v3/gpio"
 	"periph.io/x/conn/v3/gpio/gpioreg"
 	"periph.io/x/conn/v3/gpio/gpiotest"
+
+	"github.com/iot-hsm/iot-hsm/config"
 )
 
 // recPin is one of periph.io's test pins that remembers when its level changed.

@@ -8,9 +8,10 @@ import (
 	"testing"
 	"time"
 
+	"periph.io/x/conn/v3/gpio"
+
 	"github.com/iot-hsm/iot-hsm/config"
 	"github.com/iot-hsm/iot-hsm/protocol"
-	"periph.io/x/conn/v3/gpio"
 )
 
 // fakeLED makes /sys/class/leds/<name> as the kernel shows it: brightness,

@@ -8,6 +8,7 @@ import (
 	"fmt"
 
 	"cloud.google.com/go/kms/apiv1/kmspb"
+
 	"github.com/iot-hsm/iot-hsm/hsm"
 )
 

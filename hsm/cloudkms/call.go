@@ -8,9 +8,10 @@ import (
 	"math/rand/v2"
 	"time"
 
-	"github.com/iot-hsm/iot-hsm/hsm"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+
+	"github.com/iot-hsm/iot-hsm/hsm"
 )
 
 // ErrIntegrity marks a reply that failed Cloud KMS's integrity checks (a checksum

@@ -16,10 +16,11 @@ import (
 	"time"
 
 	kms "cloud.google.com/go/kms/apiv1"
-	"github.com/iot-hsm/iot-hsm/hsm"
 	"google.golang.org/api/option"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
+
+	"github.com/iot-hsm/iot-hsm/hsm"
 )
 
 // KeyRing is one configured key ring.

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"cloud.google.com/go/kms/apiv1/kmspb"
+
 	"github.com/iot-hsm/iot-hsm/hsm"
 	"github.com/iot-hsm/iot-hsm/hsm/cloudkms"
 	"github.com/iot-hsm/iot-hsm/internal/kmstest"

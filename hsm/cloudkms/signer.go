@@ -10,8 +10,9 @@ import (
 	"io"
 
 	"cloud.google.com/go/kms/apiv1/kmspb"
-	"github.com/iot-hsm/iot-hsm/hsm"
 	"google.golang.org/protobuf/types/known/wrapperspb"
+
+	"github.com/iot-hsm/iot-hsm/hsm"
 )
 
 // algInfo is what the appliance needs to know of a Cloud KMS signing algorithm: the

@@ -16,10 +16,11 @@ import (
 	"time"
 
 	"cloud.google.com/go/kms/apiv1/kmspb"
-	"github.com/iot-hsm/iot-hsm/hsm"
 	"google.golang.org/api/iterator"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+
+	"github.com/iot-hsm/iot-hsm/hsm"
 )
 
 // What a key ring offers beyond the core; a lost method would silently turn into

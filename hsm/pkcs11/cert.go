@@ -6,8 +6,9 @@ import (
 	"encoding/asn1"
 	"fmt"
 
-	"github.com/iot-hsm/iot-hsm/hsm"
 	"github.com/miekg/pkcs11"
+
+	"github.com/iot-hsm/iot-hsm/hsm"
 )
 
 // StoreCertificate implements hsm.CertificateStore: an X.509 certificate object with the key's

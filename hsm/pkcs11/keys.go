@@ -13,8 +13,9 @@ import (
 	"math/big"
 	"strings"
 
-	"github.com/iot-hsm/iot-hsm/hsm"
 	"github.com/miekg/pkcs11"
+
+	"github.com/iot-hsm/iot-hsm/hsm"
 )
 
 // Curve OIDs as DER, the form CKA_EC_PARAMS takes.

@@ -11,8 +11,9 @@ import (
 	"sync"
 	"time"
 
-	"github.com/iot-hsm/iot-hsm/hsm"
 	"github.com/miekg/pkcs11"
+
+	"github.com/iot-hsm/iot-hsm/hsm"
 )
 
 // reinitGap bounds how often a missing token may force C_Finalize/C_Initialize: the

@@ -18,10 +18,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/miekg/pkcs11"
+
 	"github.com/iot-hsm/iot-hsm/hsm"
 	"github.com/iot-hsm/iot-hsm/internal/softhsm"
 	"github.com/iot-hsm/iot-hsm/internal/softhsm/softhsmtest"
-	"github.com/miekg/pkcs11"
 )
 
 // open makes a fresh SoftHSM2 token and returns it logged in.

@@ -10,8 +10,9 @@ import (
 	"math/big"
 	"time"
 
-	"github.com/iot-hsm/iot-hsm/hsm"
 	"github.com/miekg/pkcs11"
+
+	"github.com/iot-hsm/iot-hsm/hsm"
 )
 
 // signTimeout bounds a signature made through the plain crypto.Signer interface, which

@@ -8,8 +8,9 @@ import (
 	"strings"
 	"sync"
 
-	"github.com/iot-hsm/iot-hsm/hsm"
 	"github.com/miekg/pkcs11"
+
+	"github.com/iot-hsm/iot-hsm/hsm"
 )
 
 // What a PKCS#11 token offers beyond the core; a lost method would silently turn

@@ -6,6 +6,7 @@ import (
 	"strings"
 
 	"github.com/go-piv/piv-go/v2/piv"
+
 	"github.com/iot-hsm/iot-hsm/hsm"
 )
 

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/go-piv/piv-go/v2/piv"
+
 	"github.com/iot-hsm/iot-hsm/hsm"
 )
 

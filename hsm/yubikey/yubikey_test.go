@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/go-piv/piv-go/v2/piv"
+
 	"github.com/iot-hsm/iot-hsm/hsm"
 	"github.com/iot-hsm/iot-hsm/internal/vyubikey"
 	"github.com/iot-hsm/iot-hsm/internal/vyubikey/pcscdtest"

@@ -8,8 +8,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/iot-hsm/iot-hsm/protocol"
 	"golang.org/x/sys/unix"
+
+	"github.com/iot-hsm/iot-hsm/protocol"
 )
 
 func monotonicUsec() int64 {

@@ -106,33 +106,11 @@ func (s *session) cmdProvision(args []string) error {
 	if a.HSM == "" || a.Slot == "" {
 		return usagef("--hsm and --slot are required")
 	}
-	switch a.Mode {
-	case "generate", "existing":
-		if a.Mode == "generate" && a.KeyType == "" {
-			return usagef("--mode generate needs --key-type: rsa2048, rsa3072, rsa4096, p256 or p384")
-		}
-		if *keyFile != "" || *pwFile != "" {
-			return usagef("--key-pem and --key-password-file go with --mode import")
-		}
-	case "import":
-		if *keyFile == "" {
-			return usagef("--mode import needs --key-pem")
-		}
-	default:
-		return usagef("--mode must be generate, import or existing")
+	if err := checkProvisionMode(a, *keyFile, *pwFile); err != nil {
+		return err
 	}
-	if *keyFile != "" {
-		var err error
-		if a.KeyPEM, err = s.readSecret("key-pem", *keyFile); err != nil {
-			return err
-		}
-		a.KeyPEM += "\n"
-	}
-	if *pwFile != "" {
-		var err error
-		if a.KeyPassword, err = s.readSecret("key-password-file", *pwFile); err != nil {
-			return err
-		}
+	if err := s.readImportKey(&a, *keyFile, *pwFile); err != nil {
+		return err
 	}
 	var victim string
 	if a.Overwrite {
@@ -168,6 +146,44 @@ func (s *session) cmdProvision(args []string) error {
 		summary += "\nnote: " + res.Note
 	}
 	return s.emit(rf, artefact{text: res.PublicKey, summary: summary})
+}
+
+// checkProvisionMode checks the flags that go with each mode, before anything is read
+// or sent.
+func checkProvisionMode(a protocol.ProvisionArgs, keyFile, pwFile string) error {
+	switch a.Mode {
+	case "generate", "existing":
+		if a.Mode == "generate" && a.KeyType == "" {
+			return usagef("--mode generate needs --key-type: rsa2048, rsa3072, rsa4096, p256 or p384")
+		}
+		if keyFile != "" || pwFile != "" {
+			return usagef("--key-pem and --key-password-file go with --mode import")
+		}
+	case "import":
+		if keyFile == "" {
+			return usagef("--mode import needs --key-pem")
+		}
+	default:
+		return usagef("--mode must be generate, import or existing")
+	}
+	return nil
+}
+
+// readImportKey reads the key to import and its password, when given.
+func (s *session) readImportKey(a *protocol.ProvisionArgs, keyFile, pwFile string) error {
+	var err error
+	if keyFile != "" {
+		if a.KeyPEM, err = s.readSecret("key-pem", keyFile); err != nil {
+			return err
+		}
+		a.KeyPEM += "\n"
+	}
+	if pwFile != "" {
+		if a.KeyPassword, err = s.readSecret("key-password-file", pwFile); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func (s *session) provisioningCert(cmd string, args []string) (*protocol.Reply, *requestFlags, error) {

@@ -26,7 +26,7 @@ type revokeFlags struct {
 }
 
 func (s *session) cmdRevoke(args []string) error {
-	fs, rf := s.requestFlags("revoke", revokeSynopsis)
+	fs, rf := s.artefactFlags("revoke", revokeSynopsis)
 	var f revokeFlags
 	fs.StringVar(&f.slotID, "slot-id", "", "the CA slot that signs the CRL")
 	fs.StringVar(&f.list, "list", "", "the revocation list, a JSON `FILE` kept by the operator (created when missing)")

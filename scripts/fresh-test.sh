@@ -4,7 +4,8 @@
 # machine, and the clone of HEAD then runs `make deps` (with the network) and `make
 # test` (in a network namespace of its own, so that its pcscd, vpcd and brokers do not
 # meet this machine's). Needs root, mmdebstrap and about 2 GB in $FRESH (default
-# /var/tmp/iot-hsm-fresh); the root is kept between runs.
+# /var/tmp/iot-hsm-fresh); the root is kept between runs. MAKE_TARGET runs something
+# else than `make test` there (e.g. MAKE_TARGET='go test ./console').
 set -euo pipefail
 FRESH=${FRESH:-/var/tmp/iot-hsm-fresh}
 R=$FRESH/rootfs
@@ -35,4 +36,5 @@ in_root() {
 		bash -c "cd /root/iot-hsm && $1"
 }
 in_root 'make deps && go mod download'
-unshare --net --fork bash -c "ip link set lo up; $(declare -f in_root); R=$R; in_root 'make test'"
+# A sysfs of the namespace's own: the uevent test writes lo's uevent and listens for it.
+unshare --net --mount --fork bash -c "ip link set lo up; mount -t sysfs sysfs $R/sys; $(declare -f in_root); R=$R; in_root '${MAKE_TARGET:-make test}'"

@@ -26,7 +26,7 @@ func TestRevokeBuildsListAndNumbersCRLs(t *testing.T) {
 	}
 	list := filepath.Join(l.dir, "revoked.json")
 	revoke := func(out string, extra ...string) (int, string) {
-		args := append([]string{"revoke", "--slot-id", slotID, "--list", list, "--next-update-in", "24h", "--out", out}, extra...)
+		args := append([]string{"revoke", "--slot-id", slotID, "--list", list, "--next-update-in", "1h", "--out", out}, extra...)
 		code, _, stderr := l.console(t, args...)
 		return code, stderr
 	}

@@ -2,16 +2,9 @@ package e2e
 
 import (
 	"crypto"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/asn1"
 	"encoding/json"
-	"encoding/pem"
 	"errors"
-	"math/big"
 	"os"
 	"path/filepath"
 	"strings"
@@ -28,41 +21,18 @@ import (
 
 // controllerPKI issues the certificates of the parties allowed to give orders (with
 // the iot-hsm controller extended key usage).
-type controllerPKI struct {
-	ca  *x509.Certificate
-	key crypto.Signer
-}
+type controllerPKI struct{ *pkitest.ControllerCA }
 
 func newControllerPKI(t *testing.T, name string) *controllerPKI {
-	t.Helper()
-	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: name},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
-		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign}
-	der, _ := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
-	ca, _ := x509.ParseCertificate(der)
-	return &controllerPKI{ca: ca, key: key}
+	return &controllerPKI{pkitest.NewControllerCA(t, name)}
 }
 
 func (p *controllerPKI) issue(t *testing.T, cn string, notAfter time.Time) (crypto.Signer, *x509.Certificate) {
-	t.Helper()
-	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(time.Now().UnixNano()), Subject: pkix.Name{CommonName: cn},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: notAfter, KeyUsage: x509.KeyUsageDigitalSignature,
-		UnknownExtKeyUsage: []asn1.ObjectIdentifier{auth.ControllerEKU}}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, p.ca, key.Public(), p.key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, _ := x509.ParseCertificate(der)
-	return key, c
+	return p.Issue(t, cn, notAfter)
 }
 
-func (p *controllerPKI) bundle() []byte {
-	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: p.ca.Raw})
-}
+func (p *controllerPKI) bundle() []byte { return p.Bundle() }
 
-// send publishes a request (signed by key/cert when given) and returns the reply.
 func send(t *testing.T, op *operator, a *appliance, cmd string, args any, expires *time.Time, key crypto.Signer, cert *x509.Certificate) protocol.Reply {
 	t.Helper()
 	raw, _ := json.Marshal(args)

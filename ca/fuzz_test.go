@@ -22,7 +22,7 @@ import (
 )
 
 // Fuzz targets for provisioning-certificate and CSR handling and the CA
-// policy checks. Everything is built from fixed seeds so the seeds
+// policy checks. Everything is built from fixed inputs so the corpus entries
 // in testdata/fuzz stay meaningful across runs: the provisioning template is
 // signed with Ed25519 (deterministic), the slot key is a fixed P-256 scalar,
 // and the CA's validity starts at fuzzNow.

@@ -187,6 +187,23 @@ func signCSR(t *testing.T, csr *x509.CertificateRequest, parent *x509.Certificat
 }
 
 // rootCA provisions slot as a root and returns its certificate and signer.
+// issuingCSR makes a root in slot 01 and an intermediate's key in slot 02, and
+// returns the root, its key, the intermediate's record and its CSR.
+func issuingCSR(t *testing.T, r *rig) (*x509.Certificate, crypto.Signer, store.Slot, *x509.CertificateRequest) {
+	t.Helper()
+	ctx := context.Background()
+	root, rootKey := rootCA(t, r, "01")
+	rec, err := r.slots.Provision(ctx, ProvisionArgs{HSM: r.hsmID, Slot: "02", Mode: ModeGenerate, KeyType: hsm.P256})
+	if err != nil {
+		t.Fatal(err)
+	}
+	csr, err := r.slots.CSR(ctx, rec.ID, provisioningCert(t, "Lab Issuing CA", 0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return root, rootKey, rec, csr
+}
+
 func rootCA(t *testing.T, r *rig, slot string) (*x509.Certificate, crypto.Signer) {
 	t.Helper()
 	ctx := context.Background()
@@ -254,15 +271,7 @@ func TestIntermediateFromCSR(t *testing.T) {
 func TestBadImportsLeaveStateUnchanged(t *testing.T) {
 	r := newRig(t)
 	ctx := context.Background()
-	root, rootKey := rootCA(t, r, "01")
-	rec, err := r.slots.Provision(ctx, ProvisionArgs{HSM: r.hsmID, Slot: "02", Mode: ModeGenerate, KeyType: hsm.P256})
-	if err != nil {
-		t.Fatal(err)
-	}
-	csr, err := r.slots.CSR(ctx, rec.ID, provisioningCert(t, "Lab Issuing CA", 0))
-	if err != nil {
-		t.Fatal(err)
-	}
+	root, rootKey, rec, csr := issuingCSR(t, r)
 	before, _ := r.slots.Show(rec.ID)
 
 	// A CA certificate for another key: the root's own.

@@ -41,15 +41,7 @@ func (r *rig) existing(t *testing.T, slot string) store.Slot {
 func TestExistingTakesOverCertificateAndChainFromToken(t *testing.T) {
 	r := newRig(t)
 	ctx := context.Background()
-	root, rootKey := rootCA(t, r, "01")
-	rec, err := r.slots.Provision(ctx, ProvisionArgs{HSM: r.hsmID, Slot: "02", Mode: ModeGenerate, KeyType: hsm.P256})
-	if err != nil {
-		t.Fatal(err)
-	}
-	csr, err := r.slots.CSR(ctx, rec.ID, provisioningCert(t, "Lab Issuing CA", 0))
-	if err != nil {
-		t.Fatal(err)
-	}
+	root, rootKey, rec, csr := issuingCSR(t, r)
 	interm := signCSR(t, csr, root, rootKey, root.NotAfter.Add(-time.Hour))
 	if _, err := r.slots.ImportCert(ctx, rec.ID, ca.EncodeCertificatePEM(interm), ca.EncodeCertificatePEM(root)); err != nil {
 		t.Fatal(err)

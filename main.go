@@ -5,6 +5,7 @@
 //	iot-hsm run --dev [--state-dir DIR]              the daemon on a SoftHSM2 lab token
 //	iot-hsm console ...                              the operator's MQTT console
 //	iot-hsm audit verify FILE                        check an audit trail offline
+//	iot-hsm web passwd --config FILE                 set the web dashboard's password
 //	iot-hsm version
 package main
 
@@ -20,6 +21,7 @@ commands:
   run       run the appliance daemon (run -h for flags)
   console   the operator's MQTT console
   audit     audit verify FILE: check an audit trail's hash chain offline
+  web       web passwd: set the web dashboard's password
   version   print the version
 `
 
@@ -36,6 +38,8 @@ func main() {
 		err = consoleCmd(args)
 	case "audit":
 		err = auditCmd(args, os.Stdout, os.Stderr)
+	case "web":
+		err = webCmd(args, os.Stdin, os.Stdout, os.Stderr)
 	case "version", "--version", "-version":
 		fmt.Println("iot-hsm", version)
 	case "help", "-h", "--help":

@@ -31,6 +31,7 @@ type Config struct {
 	Trust       Trust    `toml:"trust"`
 	Secrets     Secrets  `toml:"secrets"`
 	OTA         OTA      `toml:"ota"`
+	Web         Web      `toml:"web"`
 
 	CloudKMS []CloudKMS `toml:"cloudkms"` // one block per key ring; see cloudkms.go
 }
@@ -229,6 +230,9 @@ func (c *Config) check() error {
 		}
 	}
 	if err := c.checkCloudKMS(); err != nil {
+		return err
+	}
+	if _, err := c.Web.Effective(); err != nil {
 		return err
 	}
 	return nil

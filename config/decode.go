@@ -19,7 +19,7 @@ var ErrBareDuration = errors.New("a duration needs its unit")
 // durationKeys are the keys read as time.Duration, wherever they sit.
 var durationKeys = map[string]bool{
 	"broker_wait": true, "stop_timeout": true, "hung_grace": true,
-	"window": true, "call_timeout": true, "probe_interval": true,
+	"window": true, "call_timeout": true, "probe_interval": true, "session_timeout": true,
 }
 
 // blockLists are the keys that are lists of blocks, written [[key]].

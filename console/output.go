@@ -110,6 +110,9 @@ func printStatus(w io.Writer, st protocol.Status) {
 	for _, p := range st.Problems {
 		fmt.Fprintf(w, "problem: %s\n", p)
 	}
+	if st.Web != nil {
+		fmt.Fprintf(w, "web dashboard on %s, certificate SHA-256 %s\n", st.Web.Listen, dash(st.Web.Fingerprint))
+	}
 	c := st.Counters
 	fmt.Fprintf(w, "requests %d, signatures %d, errors %d, dropped %d\n", c.Requests, c.Signatures, c.Errors, c.Dropped)
 

@@ -54,6 +54,11 @@ type Options struct {
 	//
 	// OnChange gets every status document as it is published; it must not block.
 	OnChange func(protocol.Status)
+	// Web is the dashboard as the status document shows it; nil when it is off.
+	Web *protocol.StatusWeb
+	// OnEvent gets every message of the events topic (protocol.Event, or
+	// protocol.OTAEvent) as it is published; it must not block.
+	OnEvent func(payload []byte)
 	// OnSign is told of every signature attempt: err is nil when it signed.
 	OnSign func(slotID string, err *protocol.Error)
 	// Reload runs the reload command (re-read the configuration, rescan the HSMs);
@@ -110,6 +115,7 @@ type Device struct {
 	verifier atomic.Pointer[auth.Verifier]
 
 	outbox chan outMsg
+	local  map[string]chan []byte // reply topics of Exec calls waiting (local.go)
 
 	refused refusals // refusals sampled into the audit trail
 
@@ -233,6 +239,9 @@ func (d *Device) runOutbox() {
 }
 
 func (d *Device) publish(m outMsg) {
+	if d.deliverLocal(m.topic, m.payload) {
+		return
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	if err := d.tr.Publish(ctx, m.topic, m.payload, m.retained); err != nil {

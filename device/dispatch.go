@@ -128,6 +128,13 @@ func (d *Device) Handle(topic string, payload []byte) {
 			d.opts.ReplyRetention, d.opts.Now().UTC().Format(time.RFC3339)))
 		return
 	}
+	d.intake(cmd, caID, req, requester)
+}
+
+// intake takes an authenticated, decoded request through the reply cache, the
+// expiry and the command table onto its worker. MQTT requests (Handle) and local
+// ones (Exec) share it.
+func (d *Device) intake(cmd, caID string, req protocol.Request, requester string) {
 	// A repeat gets the stored reply even after its expires_at: nothing runs, and a
 	// requester that lost the first reply still learns the outcome.
 	fp := protocol.Fingerprint(cmd, req.Args)
@@ -458,8 +465,9 @@ type asyncPublisher interface {
 // waiting for each PUBACK in turn made the finisher, not the token, the limit of a
 // fast token (one broker round trip per reply).
 func (d *Device) publishAll(msgs []outMsg) {
+	msgs = slices.DeleteFunc(msgs, func(m outMsg) bool { return d.deliverLocal(m.topic, m.payload) })
 	ap, ok := d.tr.(asyncPublisher)
-	if !ok || len(msgs) == 1 {
+	if !ok || len(msgs) <= 1 {
 		for _, m := range msgs {
 			d.publish(m)
 		}

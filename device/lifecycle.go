@@ -117,6 +117,9 @@ func (d *Device) replyDirect(j *job, e *protocol.Error) {
 	topics := append([]string{d.replyTopic(j.req)}, d.done(j)...)
 	out, _ := json.Marshal(protocol.Reply{ID: j.req.ID, Cmd: j.cmd, Error: e})
 	for _, topic := range topics {
+		if d.deliverLocal(topic, out) {
+			continue
+		}
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		if err := d.tr.Publish(ctx, topic, out, false); err != nil {
 			slog.Warn("reply at shutdown not published", "id", j.req.ID, "err", err)

@@ -82,9 +82,10 @@ func (d *Device) refuseDowngrade(j *job, a protocol.OTAUpdateArgs) *protocol.Err
 
 // controllerSigned reports whether the request's signature chains to the
 // controllers' bundle: a JWS taken without one is only checked against its own
-// certificate, and its requester is marked unverified.
+// certificate, and its requester is marked unverified; a dashboard user is no
+// controller.
 func controllerSigned(requester string) bool {
-	return requester != "" && !strings.HasPrefix(requester, "unverified:")
+	return requester != "" && !strings.HasPrefix(requester, "unverified:") && !strings.HasPrefix(requester, WebRequesterPrefix)
 }
 
 // redactURL drops the user information, query and fragment of a URL.
@@ -106,6 +107,9 @@ func (d *Device) OTAEvent(e protocol.OTAEvent) {
 	}
 	e.Type = "ota"
 	out, _ := json.Marshal(e)
+	if d.opts.OnEvent != nil {
+		d.opts.OnEvent(out)
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
 	if err := d.tr.Publish(ctx, d.topics.Events(), out, false); err != nil {

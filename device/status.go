@@ -49,6 +49,10 @@ func (d *Device) Status() protocol.Status {
 	if d.opts.Problems != nil {
 		st.Problems = d.opts.Problems()
 	}
+	if d.opts.Web != nil {
+		w := *d.opts.Web
+		st.Web = &w
+	}
 	return st
 }
 
@@ -95,6 +99,9 @@ func (d *Device) event(e protocol.Event) {
 	e.Time = d.opts.Now().UTC()
 	out, _ := json.Marshal(e)
 	d.send(d.topics.Events(), out, false)
+	if d.opts.OnEvent != nil {
+		d.opts.OnEvent(out)
+	}
 }
 
 // slotChanged publishes the new state, drops what was cached for the slot and

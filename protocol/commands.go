@@ -227,6 +227,18 @@ type Status struct {
 	// module that does not load or a token URI that matches no token. Absent when
 	// there are none.
 	Problems []string `json:"problems,omitempty"`
+	// Web is the dashboard, when [web] turns it on; absent otherwise.
+	Web *StatusWeb `json:"web,omitempty"`
+}
+
+// StatusWeb names the dashboard's address and its TLS certificate, so that an
+// operator can check what the browser shows before typing a password.
+type StatusWeb struct {
+	Listen string `json:"listen"`
+	TLS    bool   `json:"tls"`
+	// Fingerprint is the SHA-256 of the certificate's DER, hex in colon-separated
+	// pairs as browsers show it; empty without TLS.
+	Fingerprint string `json:"fingerprint,omitempty"`
 }
 
 type StatusHSM struct {

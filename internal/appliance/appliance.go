@@ -23,6 +23,7 @@ import (
 	"github.com/iot-hsm/iot-hsm/ota"
 	"github.com/iot-hsm/iot-hsm/secrets"
 	"github.com/iot-hsm/iot-hsm/store"
+	"github.com/iot-hsm/iot-hsm/web"
 )
 
 // Appliance is one appliance, wired from a configuration.
@@ -41,6 +42,7 @@ type Appliance struct {
 	broker   *mqtt.Broker // the embedded one, in development mode
 	trustSum string       // what the running verifier was made of (trust.go)
 	ota      *ota.Updater // set by OpenOTA
+	web      *web.Server  // the dashboard, when [web] turns it on
 }
 
 // Open opens the state store, the sealed PINs, the HSM backends and the audit

@@ -26,6 +26,8 @@ type Hooks struct {
 	// Trace is told the wall time of each step of a request (device.Options.Trace);
 	// the benchmarks set it, the daemon does not.
 	Trace func(step string, d time.Duration)
+	// LEDs names what each LED shows now, for the dashboard.
+	LEDs func() []string
 }
 
 // Start starts the embedded broker when the configuration has none (development
@@ -43,13 +45,20 @@ func (a *Appliance) Start(ctx context.Context, h Hooks) error {
 		closeBroker(broker)
 		return err
 	}
-	dev := device.New(device.Options{
+	srv, err := a.newWeb(h)
+	if err != nil {
+		closeBroker(broker)
+		return err
+	}
+	opts := device.Options{
 		DeviceID: cfg.DeviceID, TopicRoot: cfg.TopicRoot, Version: h.Version,
 		QueueSize: cfg.QueueSize, AllowDigest: cfg.AllowDigest,
 		Verifier: verifier, Audit: a.Audit, Secrets: a.Secrets,
 		OnChange: h.OnChange, OnSign: h.OnSign, Reload: h.Reload, Restart: h.Restart, OTA: a.otaHooks(), Trace: h.Trace,
 		Problems: a.pkcs11.Problems,
-	}, a.Slots)
+	}
+	webOptions(&opts, srv)
+	dev := device.New(opts, a.Slots)
 	if mc.ClientID == "" {
 		mc.ClientID = "iot-hsm-" + dev.Topics().Device
 	}
@@ -70,7 +79,16 @@ func (a *Appliance) Start(ctx context.Context, h Hooks) error {
 		closeBroker(broker)
 		return err
 	}
-	a.Device, a.Client, a.broker, a.trustSum = dev, client, broker, trustSum
+	if srv != nil {
+		srv.Attach(dev)
+		if err := srv.Start(); err != nil {
+			dev.Stop()
+			client.Close(0)
+			closeBroker(broker)
+			return err
+		}
+	}
+	a.Device, a.Client, a.broker, a.trustSum, a.web = dev, client, broker, trustSum, srv
 	startCtx, cancel := context.WithTimeout(ctx, cfg.Service.BrokerWait)
 	defer cancel()
 	if err := client.Start(startCtx); err != nil {
@@ -83,6 +101,9 @@ func (a *Appliance) Start(ctx context.Context, h Hooks) error {
 // service.stop_timeout, publishes the offline status and disconnects. clean is false
 // when a worker is still inside a token call: Close must then be left to the exit.
 func (a *Appliance) Stop() (clean bool) {
+	if a.web != nil {
+		a.web.Close() // no new commands from pages while the device drains
+	}
 	clean = a.Device.Shutdown(a.cfg.Service.StopTimeout)
 	// A clean disconnect sends no Last Will, so the offline status goes out first.
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)

@@ -66,5 +66,6 @@ func restartRequired(old, cfg *config.Config) []string {
 	// The updater holds its keys and mode from the start; a mode changed under an
 	// update on trial would leave it half in the old one.
 	add(!reflect.DeepEqual(old.OTA, cfg.OTA), "ota")
+	add(webConfigChanged(old, cfg), "web")
 	return out
 }

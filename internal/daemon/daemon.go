@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"sort"
 	"strings"
 	"sync/atomic"
 	"syscall"
@@ -298,6 +299,7 @@ func (d *daemon) hooks() appliance.Hooks {
 		},
 		Reload:  d.reloadFromCommand,
 		Restart: func() { poke(d.restarts) },
+		LEDs:    d.ledPatterns,
 	}
 }
 
@@ -339,4 +341,14 @@ func setupLogging(lv *slog.LevelVar, level string) {
 	_ = l.UnmarshalText([]byte(level))
 	lv.Set(l)
 	slog.SetDefault(slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: lv})))
+}
+
+// ledPatterns names what each LED shows, sorted, for the dashboard.
+func (d *daemon) ledPatterns() []string {
+	var out []string
+	for name, p := range d.leds.Load().Patterns() {
+		out = append(out, name+": "+p.String())
+	}
+	sort.Strings(out)
+	return out
 }

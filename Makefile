@@ -14,12 +14,13 @@ STATICCHECK_VERSION := v0.7.0
 # plug a virtual YubiKey into vpcd), yubico-piv-tool (a second client of that card),
 # systemd (systemd-analyze verifies the unit file), rauc with squashfs-tools (builds its
 # bundles) and dbus-daemon (the OTA test runs rauc on a private bus), pkgconf (cgo
-# finds libpcsclite through pkg-config). testtools_test.go
+# finds libpcsclite through pkg-config), chromium (the web dashboard's browser test
+# drives it headless). testtools_test.go
 # fails when a test runs a program from a package not listed here.
 DEB_PACKAGES := softhsm2 opensc openssl mosquitto pcscd vsmartcard-vpcd libpcsclite-dev yubico-piv-tool systemd \
-	rauc squashfs-tools dbus-daemon pkgconf
+	rauc squashfs-tools dbus-daemon pkgconf chromium
 
-.PHONY: build test lint deps demo clean pcscd
+.PHONY: build test lint deps demo clean pcscd screenshots
 
 build:
 	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) .
@@ -45,6 +46,10 @@ pcscd:
 test: deps pcscd
 	$(GO) vet ./...
 	$(GO) test -race -count=1 -timeout 20m ./...
+
+# The screenshots in docs/web/, taken by the dashboard's browser test.
+screenshots: deps pcscd
+	WEB_SCREENSHOTS=1 $(GO) test -count=1 -run TestDashboardInChromium ./internal/browsertest/
 
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt:"; echo "$$out"; exit 1; fi

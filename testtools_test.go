@@ -32,6 +32,7 @@ var toolPackages = map[string]string{
 	"mksquashfs":      "squashfs-tools",
 	"dbus-daemon":     "dbus-daemon",
 	"pkg-config":      "pkgconf",
+	"chromium":        "chromium",
 }
 
 // baseTools are in every Debian base system (their packages are Priority: required,
@@ -55,8 +56,9 @@ var goTools = map[string]bool{"go": true}
 // test's reboot_command (run by the daemon) and its bootloader backend script (run
 // by rauc) use sh, cat and echo; `rauc bundle` runs mksquashfs; and the go tool runs
 // pkg-config to build the cgo packages whose `#cgo pkg-config:` lines name
-// libpcsclite (piv-go, device/hotplug).
-var dynamicTools = []string{"sh", "cat", "echo", "mksquashfs", "pkg-config"}
+// libpcsclite (piv-go, device/hotplug); the browser test's CDP library starts
+// chromium.
+var dynamicTools = []string{"sh", "cat", "echo", "mksquashfs", "pkg-config", "chromium"}
 
 // Every program a test runs must come from a package `make deps` installs, so that
 // `make test` works on a fresh machine.

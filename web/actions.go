@@ -44,7 +44,7 @@ func (s *Server) setPIN(w http.ResponseWriter, r *http.Request, ses *session) {
 }
 
 func (s *Server) signPage(w http.ResponseWriter, r *http.Request, ses *session) {
-	s.render(w, r, http.StatusOK, "sign", ses, map[string]any{"SlotID": r.URL.Query().Get("slot"), "Validity": "43800h", "IsCA": true, "PathLen": "0"})
+	s.render(w, r, http.StatusOK, "sign", ses, map[string]any{"SlotID": r.URL.Query().Get("slot"), "Validity": "8760h", "IsCA": true, "PathLen": "0"})
 }
 
 // sign issues a certificate for a pasted CSR: how a root on this appliance signs an

@@ -26,19 +26,10 @@ type certView struct {
 
 func decodeCerts(pemText string) []certView {
 	var out []certView
-	rest := []byte(pemText)
-	for {
-		var b *pem.Block
-		b, rest = pem.Decode(rest)
-		if b == nil {
-			return out
-		}
-		c, err := x509.ParseCertificate(b.Bytes)
-		if err != nil || b.Type != "CERTIFICATE" {
-			continue
-		}
+	for _, c := range decodeRaw(pemText) {
 		out = append(out, viewCert(c))
 	}
+	return out
 }
 
 func viewCert(c *x509.Certificate) certView {
@@ -73,8 +64,66 @@ func (s *Server) slotPage(w http.ResponseWriter, r *http.Request, ses *session) 
 		s.failExec(w, r, ses, err)
 		return
 	}
+	chain := show.Chain
+	if chain == "" {
+		chain = s.localChain(r, ses, show.Certificate)
+	}
 	s.render(w, r, http.StatusOK, "slot", ses, map[string]any{
-		"Slot": show, "Cert": decodeCerts(show.Certificate), "Chain": decodeCerts(show.Chain)})
+		"Slot": show, "Cert": decodeCerts(show.Certificate), "Chain": decodeCerts(chain), "ChainPEM": chain})
+}
+
+// maxChain bounds the walk up the issuers.
+const maxChain = 8
+
+// localChain finds the issuers of a certificate among the CA certificates of this
+// appliance's other slots (an intermediate imported without a chain, whose root is
+// here), walking up by signature until a self-signed one.
+func (s *Server) localChain(r *http.Request, ses *session, certPEM string) string {
+	certs := decodeRaw(certPEM)
+	d := s.device()
+	if len(certs) == 0 || d == nil {
+		return ""
+	}
+	var cas []*x509.Certificate
+	for _, sl := range d.Status().Slots {
+		var show protocol.SlotShow
+		if sl.State == "provisioned" && s.exec(r, ses, protocol.CmdSlotShow, protocol.SlotIDArgs{SlotID: sl.SlotID}, &show) == nil {
+			cas = append(cas, decodeRaw(show.Certificate)...)
+		}
+	}
+	var out strings.Builder
+	for c := certs[0]; len(cas) > 0 && c.CheckSignatureFrom(c) != nil; {
+		parent := issuerOf(c, cas)
+		if parent == nil || out.Len() > maxChain*4096 {
+			break
+		}
+		out.Write(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: parent.Raw}))
+		c = parent
+	}
+	return out.String()
+}
+
+func issuerOf(c *x509.Certificate, cas []*x509.Certificate) *x509.Certificate {
+	for _, p := range cas {
+		if !p.Equal(c) && c.CheckSignatureFrom(p) == nil {
+			return p
+		}
+	}
+	return nil
+}
+
+func decodeRaw(pemText string) []*x509.Certificate {
+	var out []*x509.Certificate
+	rest := []byte(pemText)
+	for {
+		var b *pem.Block
+		if b, rest = pem.Decode(rest); b == nil {
+			return out
+		}
+		if c, err := x509.ParseCertificate(b.Bytes); err == nil && b.Type == "CERTIFICATE" {
+			out = append(out, c)
+		}
+	}
 }
 
 // certDownload sends the slot's certificate, with its chain when asked, as a file.
@@ -90,7 +139,11 @@ func (s *Server) certDownload(w http.ResponseWriter, r *http.Request, ses *sessi
 	}
 	body := show.Certificate
 	if r.URL.Query().Get("chain") == "1" {
-		body = strings.TrimRight(body, "\n") + "\n" + show.Chain
+		chain := show.Chain
+		if chain == "" {
+			chain = s.localChain(r, ses, show.Certificate)
+		}
+		body = strings.TrimRight(body, "\n") + "\n" + chain
 	}
 	name := strings.NewReplacer("/", "-", "\\", "-", "\"", "").Replace(show.SlotID)
 	w.Header().Set("Content-Type", "application/x-pem-file")

@@ -263,6 +263,11 @@ func TestWizardRootIntermediateAndViews(t *testing.T) {
 		t.Fatalf("the downloaded intermediate does not verify under the root: %v", err)
 	}
 	pkitest.OpenSSLVerify(t, inter, []*x509.Certificate{root})
+	// The chain, found among this appliance's CAs, comes with it when asked.
+	full := b.get("/slot/cert.pem?chain=1&slot=" + url.QueryEscape(interID))
+	if !strings.Contains(pre(t, view.body, "chain-pem"), pemOf(root)) || !strings.HasSuffix(full.body, pemOf(root)) {
+		t.Fatalf("the chain lacks the root:\n%s", full.body)
+	}
 	want := []string{"web:admin slot.provision ok", "web:admin slot.selfsign ok", "web:admin slot.csr ok",
 		"web:admin slot.import_cert bad_request", "web:admin sign ok", "web:admin slot.import_cert ok"}
 	for _, w := range want {

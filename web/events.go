@@ -141,7 +141,7 @@ func (s *Server) events(w http.ResponseWriter, r *http.Request, _ *session) {
 			writeSSE(w, e)
 		case <-t.C:
 			// A session that expired ends its stream too.
-			if s.sessions.lookup(r) == nil {
+			if !s.sessions.alive(r) {
 				return
 			}
 			fmt.Fprint(w, ": keep-alive\n\n")

@@ -15,6 +15,7 @@ import (
 
 	"github.com/iot-hsm/iot-hsm/internal/appliance"
 	"github.com/iot-hsm/iot-hsm/internal/pkitest"
+	"github.com/iot-hsm/iot-hsm/protocol"
 	"github.com/iot-hsm/iot-hsm/web"
 )
 
@@ -439,4 +440,8 @@ func TestEventsStreamLiveStatus(t *testing.T) {
 		t.Fatalf("provision: %d", p.status)
 	}
 	waitFor(`data-slot="` + l.hsmID + `/05"`)
+	// An update's progress reaches the page as it is published.
+	l.app.Device.OTAEvent(protocol.OTAEvent{Phase: protocol.OTADownload, Percent: 40})
+	waitFor("event: ota")
+	waitFor(`"percent":40`)
 }

@@ -55,7 +55,13 @@ func (s *sessions) create(user string, secure bool) (*http.Cookie, *session) {
 }
 
 // lookup returns the live session of r, refreshing its idle time; nil when none.
-func (s *sessions) lookup(r *http.Request) *session {
+func (s *sessions) lookup(r *http.Request) *session { return s.find(r, true) }
+
+// alive reports whether r's session is still live without refreshing it: an open
+// event stream alone does not keep a login going.
+func (s *sessions) alive(r *http.Request) bool { return s.find(r, false) != nil }
+
+func (s *sessions) find(r *http.Request, refresh bool) *session {
 	c, err := r.Cookie(sessionCookie)
 	if err != nil || c.Value == "" {
 		return nil
@@ -72,7 +78,9 @@ func (s *sessions) lookup(r *http.Request) *session {
 		delete(s.byID, key)
 		return nil
 	}
-	ses.seen = now
+	if refresh {
+		ses.seen = now
+	}
 	return ses
 }
 

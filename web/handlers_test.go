@@ -383,7 +383,11 @@ func TestRestartOTAAndPages(t *testing.T) {
 	if p := b.get("/slot?slot=" + url.QueryEscape(l.hsmID+"/7f")); p.status != http.StatusNotFound || !strings.Contains(p.body, "not_found") {
 		t.Errorf("unknown slot: %d", p.status)
 	}
-	p := b.post("/restart", url.Values{})
+	p := b.post("/ota", url.Values{"url": {"https://updates.example.com/iot-hsm"}, "sha256": {strings.Repeat("ab", 32)}, "size": {"1000"}})
+	if p.status != http.StatusNotImplemented || !strings.Contains(p.body, "unsupported") {
+		t.Errorf("update with [ota] off: %d, want 501 unsupported\n%s", p.status, p.body)
+	}
+	p = b.post("/restart", url.Values{})
 	if p.status != http.StatusOK || !strings.Contains(p.body, "restarting") {
 		t.Fatalf("restart: %d\n%s", p.status, p.body)
 	}
@@ -444,4 +448,27 @@ func TestEventsStreamLiveStatus(t *testing.T) {
 	l.app.Device.OTAEvent(protocol.OTAEvent{Phase: protocol.OTADownload, Percent: 40})
 	waitFor("event: ota")
 	waitFor(`"percent":40`)
+}
+
+func TestAuditPageShowsTampering(t *testing.T) {
+	l := newLab(t, true)
+	b := l.browser()
+	b.login()
+	if p := b.post("/reload", url.Values{}); p.status != http.StatusOK {
+		t.Fatalf("reload: %d", p.status)
+	}
+	if p := b.get("/audit"); !strings.Contains(p.body, "Hash chain verified: 1 records") {
+		t.Fatalf("audit page before tampering:\n%s", p.body)
+	}
+	path := filepath.Join(l.stateDir, "audit.log")
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, []byte(strings.Replace(string(data), "web:admin", "web:eve", 1)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if p := b.get("/audit"); !strings.Contains(p.body, "does not verify") {
+		t.Fatalf("audit page after tampering:\n%s", p.body)
+	}
 }

@@ -236,3 +236,23 @@ func browser(t *testing.T, d *daemon) context.Context {
 	}
 	return ctx
 }
+
+// replug connects the card again after Unplug without waiting to open it, as
+// pcscdtest's Replug does: the daemon takes the card exclusively the moment it
+// shows, and the page is what the test watches. The connection ends with the test.
+func (d *daemon) replug(t *testing.T) (drop func()) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- d.plugged.Card.Connect(ctx, d.plugged.Addr) }()
+	var once sync.Once
+	drop = func() {
+		once.Do(func() {
+			d.plugged.Card.Unplug()
+			cancel()
+			<-done
+		})
+	}
+	t.Cleanup(drop)
+	return drop
+}

@@ -472,3 +472,26 @@ func TestAuditPageShowsTampering(t *testing.T) {
 		t.Fatalf("audit page after tampering:\n%s", p.body)
 	}
 }
+
+func TestOverwriteNeedsConfirmation(t *testing.T) {
+	l := newLab(t, true)
+	b := l.browser()
+	b.login()
+	slotID, root := provisionRoot(t, b, l.hsmID, "04", "Kept Root")
+	form := url.Values{"hsm": {l.hsmID}, "slot": {"04"}, "mode": {"generate"}, "key_type": {"p256"}, "overwrite": {"on"}}
+	p := b.post("/provision", form)
+	if p.status != http.StatusBadRequest || !strings.Contains(p.body, "CN=Kept Root") || !strings.Contains(p.body, `id="confirm-overwrite"`) {
+		t.Fatalf("overwrite without confirmation: %d\n%s", p.status, p.body)
+	}
+	view := b.get("/slot?slot=" + url.QueryEscape(slotID))
+	if got := parseCert(t, pre(t, view.body, "cert-pem")); !got.Equal(root) {
+		t.Fatal("an unconfirmed overwrite changed the slot")
+	}
+	form.Set("confirm", slotID)
+	if p := b.post("/provision", form); p.status != http.StatusSeeOther {
+		t.Fatalf("confirmed overwrite: %d\n%s", p.status, p.body)
+	}
+	if st := slotState(l, slotID); st != "key_ready" {
+		t.Fatalf("after the overwrite: %s, want key_ready", st)
+	}
+}

@@ -49,12 +49,30 @@ func (s *Server) provision(w http.ResponseWriter, r *http.Request, ses *session)
 	case "import":
 		a.KeyPEM, a.KeyPassword = r.PostFormValue("key_pem"), r.PostFormValue("key_password")
 	}
+	if a.Overwrite && strings.TrimSpace(r.PostFormValue("confirm")) != a.HSM+"/"+a.Slot {
+		s.confirmOverwrite(w, r, ses, a)
+		return
+	}
 	var res protocol.ProvisionResult
 	if err := s.exec(r, ses, protocol.CmdSlotProvision, a, &res); err != nil {
 		s.renderProvision(w, r, ses, errStatus(err), err, a)
 		return
 	}
 	http.Redirect(w, r, slotURL("/wizard", res.SlotID), http.StatusSeeOther)
+}
+
+// confirmOverwrite asks again before a provisioning that replaces a slot's key,
+// naming the certificate's subject that goes with it.
+func (s *Server) confirmOverwrite(w http.ResponseWriter, r *http.Request, ses *session, a protocol.ProvisionArgs) {
+	id := a.HSM + "/" + a.Slot
+	var show protocol.SlotShow
+	subject := ""
+	if s.exec(r, ses, protocol.CmdSlotShow, protocol.SlotIDArgs{SlotID: id}, &show) == nil {
+		subject = show.Subject
+	}
+	a.KeyPEM, a.KeyPassword = "", ""
+	s.render(w, r, http.StatusBadRequest, "provision", ses, map[string]any{"Args": a, "KeyTypes": keyTypes,
+		"Error": ErrNotConfirmed.Error(), "Confirm": id, "Doomed": subject})
 }
 
 // wizardPage resumes the wizard where the slot stands: the provisioning

@@ -62,13 +62,21 @@ demo: deps build
 
 # Benchmarks (bench/): the token's own signing speed, the same through the
 # appliance and mosquitto, the original IoT-HSM's openssl-per-certificate way, memory, start-up and
-# binary size; writes bench/RESULTS.md and bench/results.json in about five minutes.
+# binary size, and smallstep's step-ca with its key on SoftHSM2 as a peer; writes
+# bench/RESULTS.md and bench/results.json in about five minutes.
 # What it runs against is installed as deps installs (only when missing), including the
 # PKCS#11 engine for openssl that deps leaves out.
+# step-ca, the peer of section 6, is installed from the Go module proxy at a pinned
+# version into its own directory under bin/ (once per version; nothing of it is committed).
+STEPCA_VERSION := v0.30.2
+STEPCA         := bin/step-ca-$(STEPCA_VERSION)/step-ca
 .PHONY: bench
-bench: build
+bench: build $(STEPCA)
 	@$(MAKE) --no-print-directory deps DEB_PACKAGES="softhsm2 mosquitto openssl libengine-pkcs11-openssl"
-	$(GO) run ./bench -bin $(BIN) -out bench
+	$(GO) run ./bench -bin $(BIN) -step-ca $(STEPCA) -out bench
+
+$(STEPCA):
+	GOBIN=$(CURDIR)/$(dir $(STEPCA)) CGO_ENABLED=1 $(GO) install github.com/smallstep/certificates/cmd/step-ca@$(STEPCA_VERSION)
 
 clean:
 	rm -rf bin

@@ -28,6 +28,7 @@ import (
 
 type options struct {
 	root, bin, out string
+	stepCA         string
 	window, warmup time.Duration
 	quietWait      time.Duration
 	keep           bool
@@ -36,6 +37,7 @@ type options struct {
 func main() {
 	var c options
 	flag.StringVar(&c.bin, "bin", "bin/iot-hsm", "the daemon binary (make build)")
+	flag.StringVar(&c.stepCA, "step-ca", "bin/step-ca-"+stepCAVersion+"/step-ca", "step-ca, the peer of section 6 (make bench installs it)")
 	flag.StringVar(&c.out, "out", "bench", "where RESULTS.md, results.json and profiles/ go")
 	flag.DurationVar(&c.window, "window", 4*time.Second, "measured time per configuration")
 	flag.DurationVar(&c.warmup, "warmup", 500*time.Millisecond, "unmeasured time before each window")
@@ -82,7 +84,7 @@ func run(c options) error {
 		return errors.New("run from the module root (make bench)")
 	}
 	c.root = root
-	for _, p := range []*string{&c.bin, &c.out} {
+	for _, p := range []*string{&c.bin, &c.out, &c.stepCA} {
 		if !filepath.IsAbs(*p) {
 			*p = filepath.Join(root, *p)
 		}
@@ -128,8 +130,10 @@ func run(c options) error {
 			"on the token's worker the run of the request with the token's signature inside it; on the finisher, for a batch, verifying digest signatures "+
 			"again, the audit trail and reply cache with their sync, and publishing until the PUBACKs. CPU shares come from the profile's pprof labels: "+
 			"the device's step label, and one label each for the appliance and the bench client.")
+	b.notes = append(b.notes, stepCANote(c.window))
 	b.inProcess()
 	b.daemonRows()
+	b.stepMemoryRow()
 	b.sizeRows()
 
 	res := results{Machine: mach, Duration: fmtDuration(time.Since(b.began)), Rows: b.rows, Summary: summary(b.rows), Notes: b.notes}
@@ -146,8 +150,11 @@ func (b *bench) fail(section, name string, err error) {
 }
 
 // inProcess runs rows 1 to 3 on one SoftHSM2 token: raw speed, the appliance in
-// this process (so it can be profiled), and the openssl peer.
+// this process (so it can be profiled), and the openssl peer; then step-ca as a
+// peer on a token of its own (row 6).
 func (b *bench) inProcess() {
+	// Before the appliance's token: the peer's setup points SOFTHSM2_CONF at its own.
+	sc, scErr := setupStepCA(b.stepCA, filepath.Join(b.work, "step-ca"))
 	tok, err := softhsm.Create(filepath.Join(b.work, "token"), "bench")
 	if err != nil {
 		b.fail(secRaw, "token", err)
@@ -218,6 +225,11 @@ func (b *bench) inProcess() {
 	}
 	b.applianceRows(specs, results, o)
 	b.peerRows(tok, cas[hsm.P256], csr, specs, results, o)
+	if scErr != nil {
+		b.fail(secStepCA, "step-ca", scErr)
+		return
+	}
+	b.stepCARows(sc, csr, specs, results, o)
 }
 
 // appSpec is one appliance configuration: a sign kind with one key at one load.

@@ -49,6 +49,7 @@ const (
 	secPeer      = "peer"
 	secDaemon    = "daemon"
 	secSize      = "size"
+	secStepCA    = "stepca"
 )
 
 var sectionTitles = map[string]string{
@@ -57,6 +58,7 @@ var sectionTitles = map[string]string{
 	secPeer:      "3. The original IoT-HSM's way as a peer: one `openssl` process per certificate, PKCS#11 engine, same token",
 	secDaemon:    "4. The daemon: `bin/iot-hsm run --config` as a child process",
 	secSize:      "5. Binary size (stripped)",
+	secStepCA:    "6. smallstep step-ca as a peer: HTTPS `/1.0/sign`, JWK one-time tokens, its intermediate key in SoftHSM2 (PKCS#11)",
 }
 
 type results struct {
@@ -119,7 +121,7 @@ func markdown(r results) string {
 	if len(r.Notes) > 0 {
 		b.WriteString("\n")
 	}
-	for _, sec := range []string{secRaw, secAppliance, secPeer, secDaemon, secSize} {
+	for _, sec := range []string{secRaw, secAppliance, secPeer, secDaemon, secSize, secStepCA} {
 		var rows []Row
 		for _, row := range r.Rows {
 			if row.Section == sec {
@@ -153,6 +155,8 @@ func markdown(r results) string {
 					row.Kind, row.KeyType, row.InFlight, num(row.Value), mt["p50_ms"], mt["p99_ms"], 100*mt["ratio_to_raw"],
 					mt["cpu_self_cores"], mt["cpu_broker_cores"], mt["cpu_others_cores"], orDash(cell(row.Target)), orDash(row.Status), cell(joinNote(row)))
 			}
+		case secStepCA:
+			stepCATable(&b, rows)
 		default:
 			b.WriteString("| row | value | unit | target | result | reason or note |\n|---|--:|---|---|---|---|\n")
 			for _, row := range rows {
@@ -163,6 +167,25 @@ func markdown(r results) string {
 		b.WriteString("\n")
 	}
 	return b.String()
+}
+
+// stepCATable writes the servers side by side, then the ratios with their targets.
+func stepCATable(b *strings.Builder, rows []Row) {
+	b.WriteString("| server | in flight | certificates/s | p50 | p99 | CPU, memory |\n|---|--:|--:|--:|--:|---|\n")
+	var rest []Row
+	for _, row := range rows {
+		if row.Unit != "certificates/s" {
+			rest = append(rest, row)
+			continue
+		}
+		mt := row.Metrics
+		fmt.Fprintf(b, "| %s | %d | %s | %.2f ms | %.2f ms | %s |\n", row.Kind, row.InFlight, num(row.Value), mt["p50_ms"], mt["p99_ms"], cell(row.Note))
+	}
+	b.WriteString("\n| row | value | unit | target | result | reason or note |\n|---|--:|---|---|---|---|\n")
+	for _, row := range rest {
+		fmt.Fprintf(b, "| %s | %s | %s | %s | %s | %s |\n", cell(row.Name), num(row.Value), row.Unit,
+			orDash(cell(row.Target)), orDash(row.Status), cell(joinNote(row)))
+	}
 }
 
 func joinNote(r Row) string {

@@ -28,6 +28,8 @@ type procStatus struct {
 	RssFile  int `json:"rss_file_kib"`
 	RssShmem int `json:"rss_shmem_kib"`
 	Threads  int `json:"threads"`
+	// PeakAnon is the highest RssAnon of a sampled run (samplePeak).
+	PeakAnon int `json:"peak_rss_anon_kib,omitempty"`
 }
 
 func readStatus(pid int) (procStatus, error) {

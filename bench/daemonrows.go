@@ -136,21 +136,43 @@ func (b *bench) memoryRows(d *daemon) {
 	if !(kib(peak.VmRSS) <= 30) {
 		row.Reason = b.memoryReason(peak, maps)
 	}
-	b.rows = append(b.rows, row)
+	b.rows = append(b.rows, row, anonRow(peak, maps))
+}
+
+// anonRow is the memory the daemon allocates itself (Go heap, stacks, C malloc),
+// which, unlike the file-backed pages of its binary, grows with load.
+func anonRow(peak procStatus, maps []mapping) Row {
+	row := Row{Section: secDaemon, Name: "anonymous memory under load (peak RssAnon, 64 in flight)", Value: val(kib(peak.PeakAnon)),
+		Unit: "MiB", Target: "≤ 12 MiB", Status: verdict(kib(peak.PeakAnon) <= 12), Metrics: map[string]float64{"rss_anon_mib": kib(peak.PeakAnon)},
+		Note: "sampled with the row above"}
+	if kib(peak.PeakAnon) > 12 {
+		for _, m := range maps {
+			if strings.HasPrefix(m.Name, "anonymous") || strings.HasPrefix(m.Name, "[") {
+				row.Reason += fmt.Sprintf("%s %.1f MiB at the end of the load; ", m.Name, kib(m.RSSKiB))
+			}
+		}
+		row.Reason += "the Go heap grows with the requests in flight (their CSRs, certificates and replies) until the next GC"
+	}
+	return row
 }
 
 // samplePeak samples the process's memory every 50 ms until the function it returns
 // is called, which returns the sample with the highest VmRSS.
 func samplePeak(pid int) func() procStatus {
 	var peak procStatus
+	anon := 0
 	stop, done := make(chan struct{}), make(chan struct{})
 	go func() {
 		defer close(done)
 		t := time.NewTicker(50 * time.Millisecond)
 		defer t.Stop()
 		for {
-			if st, err := readStatus(pid); err == nil && st.VmRSS > peak.VmRSS {
+			st, err := readStatus(pid)
+			if err == nil && st.VmRSS > peak.VmRSS {
 				peak = st
+			}
+			if err == nil {
+				anon = max(anon, st.RssAnon)
 			}
 			select {
 			case <-stop:
@@ -162,6 +184,7 @@ func samplePeak(pid int) func() procStatus {
 	return func() procStatus {
 		close(stop)
 		<-done
+		peak.PeakAnon = anon
 		return peak
 	}
 }

@@ -117,6 +117,8 @@ type Device struct {
 	outbox chan outMsg
 	local  map[string]chan []byte // reply topics of Exec calls waiting (local.go)
 
+	audited markList // cached replies whose marks the next batch clears (record.go)
+
 	refused refusals // refusals sampled into the audit trail
 
 	takeover takeoverNote

@@ -382,7 +382,7 @@ func (d *Device) runFinisher(ch <-chan finished) {
 
 // commit records the batch in the audit trail, caches the replies, then publishes
 // them: nothing leaves unrecorded, and a redelivery always finds a request either in
-// flight or in the cache.
+// flight or in the cache (record.go).
 func (d *Device) commit(batch []finished) {
 	end := d.begin(StepVerify)
 	for i := range batch {
@@ -398,41 +398,7 @@ func (d *Device) commit(batch []finished) {
 	}
 	end()
 	end = d.begin(StepRecord)
-	recorded := true
-	if err := d.recordBatch(batch); err != nil {
-		recorded = false // the intents stay: the next start records these requests
-		// The results are withheld; the requests may be repeated once the trail is
-		// writable again.
-		slog.Error("audit trail not written; results withheld", "err", err)
-		for i := range batch {
-			if audited(batch[i].j.cmd) {
-				batch[i].rep = protocol.Reply{ID: batch[i].j.req.ID, Cmd: batch[i].j.cmd,
-					Error: protocol.Errorf(protocol.CodeInternal, "the audit trail could not be written")}
-			}
-		}
-	}
-	payloads := make([][]byte, len(batch))
-	cache := map[string]store.Reply{}
-	var settled []string
-	offline := false
-	for i, f := range batch {
-		if f.j.intent && recorded {
-			settled = append(settled, f.j.req.ID)
-		}
-		payloads[i], _ = json.Marshal(f.rep)
-		if cacheable(f.j.cmd, f.rep) {
-			cache[f.j.req.ID] = store.Reply{Digest: f.j.fp, Payload: payloads[i], Stored: d.opts.Now()}
-		}
-		offline = offline || f.rep.Error != nil && f.rep.Error.Code == protocol.CodeHSMOffline
-	}
-	if err := d.store.PutReplies(cache, settled...); err != nil {
-		slog.Error("caching replies", "err", err)
-		// The intents are settled all the same (their audit records are written);
-		// left behind, the next start would take them for interrupted requests.
-		if err := d.store.DeleteIntents(settled...); err != nil {
-			slog.Error("dropping settled intents", "err", err)
-		}
-	}
+	payloads, offline := d.record(batch)
 	end()
 	if offline {
 		d.notePresence() // a token went away under these requests

@@ -44,7 +44,7 @@ func Open(dir string) (*Store, error) {
 		return nil, err
 	}
 	err = db.Update(func(tx *bolt.Tx) error {
-		for _, b := range [][]byte{bucketSlots, bucketReplies, bucketIntents, bucketMeta, bucketCRLNumbers} {
+		for _, b := range [][]byte{bucketSlots, bucketReplies, bucketIntents, bucketMeta, bucketCRLNumbers, bucketUnaudited} {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 				return err
 			}

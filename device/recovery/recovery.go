@@ -2,7 +2,9 @@
 // behind: requests it stopped inside (an intent in the state store, no audit record)
 // get their audit record, and requests that ran but whose reply never reached the
 // reply cache get a marker there, so that a redelivery is told what happened instead
-// of running a second time. It runs before the device takes any request.
+// of running a second time; a reply cached while its audit record was still being
+// synced, and whose record did not reach the disk, is dropped (it never left). It
+// runs before the device takes any request.
 package recovery
 
 import (
@@ -41,9 +43,10 @@ type Recovery struct {
 	Retention time.Duration
 }
 
-// Run settles the intents, then marks the lost replies: both before any
-// redelivery can arrive.
+// Run drops the replies cached without their audit records, settles the intents,
+// then marks the lost replies: all before any redelivery can arrive.
 func (rc *Recovery) Run() {
+	rc.Unaudited()
 	rc.Intents()
 	rc.LostReplies()
 }

@@ -1,6 +1,7 @@
 package recovery
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -205,4 +206,32 @@ func openState(t *testing.T) (string, *store.Store, *audit.Log) {
 	}
 	t.Cleanup(func() { al.Close() })
 	return dir, st, al
+}
+
+// A reply cached while its audit record was being synced stays when the record made
+// it to the trail; when the appliance stopped before the record did, the reply never
+// left and is dropped: a redelivery runs again instead of getting a signature the
+// trail does not show. A record of the same id from before the batch does not count.
+func TestReplyCachedWithoutItsAuditRecordIsDropped(t *testing.T) {
+	_, st, al := openState(t)
+	al.Append(audit.Record{RequestID: "sign-2", Command: "sign", Result: protocol.CodeUnauthorized})
+	rep := func(id string) store.Reply {
+		return store.Reply{Digest: []byte{1}, Payload: []byte(`{"id":"` + id + `","ok":true}`), Stored: time.Now()}
+	}
+	if err := st.CacheReplies(map[string]store.Reply{"sign-1": rep("sign-1"), "sign-2": rep("sign-2")}, al.Head().Seq, nil); err != nil {
+		t.Fatal(err)
+	}
+	al.Append(audit.Record{RequestID: "sign-1", Command: "sign", Result: "ok", Serial: "0a"})
+
+	(&Recovery{Store: st, Audit: al, Now: time.Now, Retention: 24 * time.Hour}).Run()
+
+	if r, err := st.Reply("sign-1"); err != nil || string(r.Payload) != `{"id":"sign-1","ok":true}` {
+		t.Fatalf("the reply whose record is in the trail: %q, %v", r.Payload, err)
+	}
+	if _, err := st.Reply("sign-2"); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("the reply without its record is still cached (%v): a redelivery would get it", err)
+	}
+	if marks, err := st.Unaudited(); err != nil || len(marks) != 0 {
+		t.Fatalf("marks left after recovery: %v, %v", marks, err)
+	}
 }

@@ -331,16 +331,19 @@ func validMailboxLocal(s string) bool {
 }
 
 // verifyIssued checks a freshly signed certificate the way a relying party
-// would: the signature against the CA certificate, then the whole chain
-// with x509.Verify at the certificate's notBefore, which enforces the name
-// constraints of every CA on the path. The certificate is discarded when
-// this fails; the checks before signing are meant to make that a fault
+// would: the whole chain with x509.Verify at the certificate's notBefore,
+// which checks the signature against the CA certificate and enforces the
+// name constraints of every CA on the path. The certificate is discarded
+// when this fails; the checks before signing are meant to make that a fault
 // path only.
 func (is *Issuer) verifyIssued(c *x509.Certificate) error {
-	if err := c.CheckSignatureFrom(is.Cert); err != nil {
-		return fmt.Errorf("ca: the signed certificate does not verify against the CA certificate: %w", err)
-	}
 	if _, err := c.Verify(is.verifyOptions(c.NotBefore)); err != nil {
+		// Only now is the signature checked on its own (a second verification
+		// on every certificate cost time): a bad one is the token's fault, not
+		// the request's.
+		if serr := c.CheckSignatureFrom(is.Cert); serr != nil {
+			return fmt.Errorf("ca: the signed certificate does not verify against the CA certificate: %w", serr)
+		}
 		return fmt.Errorf("%w: the signed certificate does not verify through the CA's chain: %w", ErrPolicy, err)
 	}
 	return nil

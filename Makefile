@@ -63,7 +63,8 @@ demo: deps build
 # Benchmarks (bench/): the token's own signing speed, the same through the
 # appliance and mosquitto, the original IoT-HSM's openssl-per-certificate way, memory, start-up and
 # binary size, and smallstep's step-ca with its key on SoftHSM2 as a peer; writes
-# bench/RESULTS.md and bench/results.json in about five minutes.
+# bench/RESULTS.md and bench/results.json in about five minutes. BEFORE=an earlier
+# results.json (BEFORE_LABEL says what it was) adds a before-and-after section.
 # What it runs against is installed as deps installs (only when missing), including the
 # PKCS#11 engine for openssl that deps leaves out.
 # step-ca, the peer of section 6, is installed from the Go module proxy at a pinned
@@ -73,7 +74,7 @@ STEPCA         := bin/step-ca-$(STEPCA_VERSION)/step-ca
 .PHONY: bench
 bench: build $(STEPCA)
 	@$(MAKE) --no-print-directory deps DEB_PACKAGES="softhsm2 mosquitto openssl libengine-pkcs11-openssl"
-	$(GO) run ./bench -bin $(BIN) -step-ca $(STEPCA) -out bench
+	$(GO) run ./bench -bin $(BIN) -step-ca $(STEPCA) -out bench $(if $(BEFORE),-before $(BEFORE) -before-label '$(BEFORE_LABEL)')
 
 $(STEPCA):
 	GOBIN=$(CURDIR)/$(dir $(STEPCA)) CGO_ENABLED=1 $(GO) install github.com/smallstep/certificates/cmd/step-ca@$(STEPCA_VERSION)

@@ -29,6 +29,7 @@ import (
 type options struct {
 	root, bin, out string
 	stepCA         string
+	before, label  string
 	window, warmup time.Duration
 	quietWait      time.Duration
 	keep           bool
@@ -38,6 +39,8 @@ func main() {
 	var c options
 	flag.StringVar(&c.bin, "bin", "bin/iot-hsm", "the daemon binary (make build)")
 	flag.StringVar(&c.stepCA, "step-ca", "bin/step-ca-"+stepCAVersion+"/step-ca", "step-ca, the peer of section 6 (make bench installs it)")
+	flag.StringVar(&c.before, "before", "", "an earlier results.json to compare with in a closing section")
+	flag.StringVar(&c.label, "before-label", "the earlier run", "what the -before run was")
 	flag.StringVar(&c.out, "out", "bench", "where RESULTS.md, results.json and profiles/ go")
 	flag.DurationVar(&c.window, "window", 4*time.Second, "measured time per configuration")
 	flag.DurationVar(&c.warmup, "warmup", 500*time.Millisecond, "unmeasured time before each window")
@@ -137,6 +140,11 @@ func run(c options) error {
 	b.sizeRows()
 
 	res := results{Machine: mach, Duration: fmtDuration(time.Since(b.began)), Rows: b.rows, Summary: summary(b.rows), Notes: b.notes}
+	if c.before != "" {
+		if res.Before, err = compareWith(c.before, c.label, b.rows); err != nil {
+			return fmt.Errorf("-before: %w", err)
+		}
+	}
 	if err := writeResults(c.out, res); err != nil {
 		return err
 	}

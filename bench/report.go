@@ -67,6 +67,8 @@ type results struct {
 	Summary  string   `json:"summary"`
 	Rows     []Row    `json:"rows"`
 	Notes    []string `json:"notes"`
+	// Before is this run against an earlier one, when bench ran with -before.
+	Before *comparison `json:"before,omitempty"`
 }
 
 func writeResults(dir string, r results) error {
@@ -165,6 +167,9 @@ func markdown(r results) string {
 			}
 		}
 		b.WriteString("\n")
+	}
+	if r.Before != nil {
+		r.Before.markdown(&b)
 	}
 	return b.String()
 }

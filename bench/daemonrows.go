@@ -147,7 +147,7 @@ func anonRow(peak procStatus, maps []mapping) Row {
 		Note: "sampled with the row above"}
 	if kib(peak.PeakAnon) > 12 {
 		for _, m := range maps {
-			if strings.HasPrefix(m.Name, "anonymous") || strings.HasPrefix(m.Name, "[") {
+			if (strings.HasPrefix(m.Name, "anonymous") || strings.HasPrefix(m.Name, "[")) && m.RSSKiB >= 100 {
 				row.Reason += fmt.Sprintf("%s %.1f MiB at the end of the load; ", m.Name, kib(m.RSSKiB))
 			}
 		}

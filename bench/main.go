@@ -237,7 +237,7 @@ func (b *bench) inProcess() {
 		b.fail(secStepCA, "step-ca", scErr)
 		return
 	}
-	b.stepCARows(sc, csr, specs, results, o)
+	b.stepCARows(sc, csr, specs, o)
 }
 
 // appSpec is one appliance configuration: a sign kind with one key at one load.

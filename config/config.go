@@ -32,6 +32,7 @@ type Config struct {
 	Secrets     Secrets  `toml:"secrets"`
 	OTA         OTA      `toml:"ota"`
 	Web         Web      `toml:"web"`
+	Fleet       Fleet    `toml:"fleet"`
 
 	CloudKMS []CloudKMS `toml:"cloudkms"` // one block per key ring; see cloudkms.go
 }
@@ -153,6 +154,7 @@ func Parse(data []byte) (*Config, error) {
 func (c *Config) applyDefaults() {
 	c.Service.applyDefaults()
 	c.LEDs.applyDefaults()
+	c.Fleet.applyDefaults()
 	if c.StateDir == "" {
 		c.StateDir = DefaultStateDir
 	}
@@ -175,6 +177,9 @@ func (c *Config) check() error {
 		return err
 	}
 	if err := c.LEDs.check(); err != nil {
+		return err
+	}
+	if err := c.Fleet.check(); err != nil {
 		return err
 	}
 	switch c.LogLevel {

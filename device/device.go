@@ -78,6 +78,18 @@ type Options struct {
 	// answers persist unsupported.
 	Secrets PINStore
 
+	// Fleet: requests on CA topics are claimed before they are signed (fleet.go).
+	Fleet bool
+	// CATransport carries the CA topics and the fleet's claims: a session of its own
+	// without a persistent session, so a member that is gone is handed no requests.
+	// Nil: the device's transport.
+	CATransport Transport
+	// FleetWindow bounds expires_at on CA topics (config fleet.claim_window).
+	FleetWindow time.Duration
+	// EpochFile keeps the fleet epochs seen, to detect a broker that lost its state
+	// while the appliance was down; empty: kept in memory only.
+	EpochFile string
+
 	// Trace, when set, is told the wall time of each step of a request (trace.go)
 	// from the goroutine that ran it; it must not block. Nil costs nothing.
 	Trace func(step string, d time.Duration)
@@ -123,6 +135,9 @@ type Device struct {
 
 	takeover takeoverNote
 
+	fleet  *fleet
+	unsent unsent // replies that found the broker away
+
 	requests, signatures, errors, dropped, refusedCount atomic.Uint64
 }
 
@@ -149,6 +164,9 @@ func New(opts Options, sl *slots.Slots) *Device {
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
+	if opts.FleetWindow <= 0 {
+		opts.FleetWindow = 10 * time.Minute
+	}
 	sl.Now = opts.Now
 	d := &Device{
 		opts: opts, topics: protocol.Topics{Root: opts.TopicRoot, Device: opts.DeviceID},
@@ -157,6 +175,7 @@ func New(opts Options, sl *slots.Slots) *Device {
 		issuers: map[string]*issuerCache{}, present: map[string]bool{},
 		outbox: make(chan outMsg, 256),
 	}
+	d.fleet = newFleet(opts.DeviceID, opts.FleetWindow, opts.EpochFile)
 	d.verifier.Store(opts.Verifier)
 	return d
 }
@@ -189,9 +208,10 @@ func (d *Device) Start(ctx context.Context, tr Transport) error {
 	d.tr = tr
 	d.started = d.opts.Now().UTC()
 	d.ctx, d.cancel = context.WithCancel(ctx)
-	d.wg.Add(2)
+	d.wg.Add(3)
 	go d.runOutbox()
 	go d.watch()
+	go d.runClaims()
 	// Requests the last stop interrupted reach the audit trail, and lost replies are
 	// marked, before any redelivery can arrive.
 	(&recovery.Recovery{Store: d.store, Audit: d.opts.Audit, Now: d.opts.Now, Retention: d.opts.ReplyRetention}).Run()
@@ -224,6 +244,10 @@ func (d *Device) Stop() {
 // is republished there.
 func (d *Device) Connected() {
 	d.syncSubscriptions()
+	if d.opts.Fleet && d.opts.CATransport == nil {
+		d.FleetConnected()
+	}
+	d.flushUnsent()
 	d.PublishStatus()
 	d.publishTakeover()
 }
@@ -247,7 +271,7 @@ func (d *Device) publish(m outMsg) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	if err := d.tr.Publish(ctx, m.topic, m.payload, m.retained); err != nil {
-		slog.Warn("publish failed", "topic", m.topic, "err", err)
+		d.keepUnsent(m, err)
 	}
 }
 

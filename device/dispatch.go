@@ -152,7 +152,7 @@ func (d *Device) intake(cmd, caID string, req protocol.Request, requester string
 		return
 	}
 	wedgeForTest(j)
-	d.enqueue(hsmID, j)
+	d.admit(hsmID, j)
 }
 
 // authenticate unwraps a signed request. With a controllers bundle configured only
@@ -447,7 +447,7 @@ func (d *Device) publishAll(msgs []outMsg) {
 	defer cancel()
 	for i, wait := range waits {
 		if err := wait(ctx); err != nil {
-			slog.Warn("publish failed", "topic", msgs[i].topic, "err", err)
+			d.keepUnsent(msgs[i], err)
 		}
 	}
 }

@@ -133,9 +133,14 @@ func (d *Device) syncSubscriptions() {
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	tr := d.caTransport()
 	for id := range want {
 		if !d.caSubs[id] {
-			if err := d.tr.Subscribe(d.topics.CASignShared(id), d.Handle); err != nil {
+			if d.opts.Fleet {
+				// The claims and the epoch first: a request may follow at once.
+				d.probeEpoch(id)
+			}
+			if err := tr.Subscribe(d.topics.CASignShared(id), d.Handle); err != nil {
 				slog.Warn("subscribing a CA topic", "ca_id", id, "err", err)
 				continue
 			}
@@ -144,8 +149,13 @@ func (d *Device) syncSubscriptions() {
 	}
 	for id := range d.caSubs {
 		if !want[id] {
-			if err := d.tr.Unsubscribe(d.topics.CASignShared(id)); err != nil {
+			if err := tr.Unsubscribe(d.topics.CASignShared(id)); err != nil {
 				slog.Warn("unsubscribing a CA topic", "ca_id", id, "err", err)
+			}
+			if d.opts.Fleet {
+				if err := tr.Unsubscribe(d.topics.CAFleetFilter(id)); err != nil {
+					slog.Warn("unsubscribing the fleet topics of a CA", "ca_id", id, "err", err)
+				}
 			}
 			delete(d.caSubs, id)
 		}

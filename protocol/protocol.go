@@ -56,6 +56,9 @@ const (
 	CodePolicyDenied   = "policy_denied"
 	CodeUnsupported    = "unsupported"
 	CodeInternal       = "internal"
+	// CodeClaimed: another member of the fleet serving the CA topic holds the
+	// request's id, or may hold it (claims lost with the broker's state).
+	CodeClaimed = "claimed"
 )
 
 // Request is the envelope of every command.

@@ -39,6 +39,7 @@ type Appliance struct {
 	// Set by Start.
 	Device   *device.Device
 	Client   *mqtt.Client
+	CAClient *mqtt.Client // the CA topics and the fleet's claims, on a clean session
 	broker   *mqtt.Broker // the embedded one, in development mode
 	trustSum string       // what the running verifier was made of (trust.go)
 	ota      *ota.Updater // set by OpenOTA

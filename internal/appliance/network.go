@@ -4,9 +4,11 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"path/filepath"
 	"strings"
 	"time"
 
+	"github.com/iot-hsm/iot-hsm/auth"
 	"github.com/iot-hsm/iot-hsm/config"
 	"github.com/iot-hsm/iot-hsm/device"
 	"github.com/iot-hsm/iot-hsm/mqtt"
@@ -40,61 +42,117 @@ func (a *Appliance) Start(ctx context.Context, h Hooks) error {
 	if err != nil {
 		return err
 	}
+	// What is started is undone in reverse order when a later step fails.
+	undo := []func(){func() { closeBroker(broker) }}
+	fail := func(err error) error {
+		for i := len(undo) - 1; i >= 0; i-- {
+			undo[i]()
+		}
+		return err
+	}
 	verifier, trustSum, err := trustVerifier(cfg.Trust)
 	if err != nil {
-		closeBroker(broker)
-		return err
+		return fail(err)
 	}
+	deviceID := cfg.DeviceID
+	if deviceID == "" {
+		deviceID = device.DefaultDeviceID()
+	}
+	if mc.ClientID == "" {
+		mc.ClientID = "iot-hsm-" + deviceID
+	}
+	caClient, err := caSession(cfg.Fleet, mc)
+	if err != nil {
+		return fail(err)
+	}
+	undo = append(undo, func() { closeClient(caClient) })
 	srv, err := a.newWeb(h)
 	if err != nil {
-		closeBroker(broker)
-		return err
+		return fail(err)
 	}
-	opts := device.Options{
-		DeviceID: cfg.DeviceID, TopicRoot: cfg.TopicRoot, Version: h.Version,
-		QueueSize: cfg.QueueSize, AllowDigest: cfg.AllowDigest,
-		Verifier: verifier, Audit: a.Audit, Secrets: a.Secrets,
-		OnChange: h.OnChange, OnSign: h.OnSign, Reload: h.Reload, Restart: h.Restart, OTA: a.otaHooks(), Trace: h.Trace,
-		Problems: a.pkcs11.Problems,
-	}
+	opts := a.deviceOptions(h, deviceID, verifier, caClient)
 	webOptions(&opts, srv)
 	dev := device.New(opts, a.Slots)
-	if mc.ClientID == "" {
-		mc.ClientID = "iot-hsm-" + dev.Topics().Device
-	}
 	mc.Will = &mqtt.Message{Topic: dev.Topics().Status(), Payload: device.OfflineStatus(dev.Topics().Device), Retained: true}
 	client, err := mqtt.New(mc)
 	if err != nil {
-		closeBroker(broker)
-		return err
+		return fail(err)
 	}
-	client.OnConnect(dev.Connected)
-	client.OnTakeover(func(t mqtt.Takeover) { dev.BrokerTakeover(t.Losses, t.Window, t.Backoff) })
-	if h.OnConnectionLost != nil {
-		client.OnConnectionLost(func(error) { h.OnConnectionLost() })
-	}
+	undo = append(undo, func() { client.Close(0) })
+	a.connectHooks(h, dev, client, caClient)
 	if err := dev.Start(ctx, client); err != nil {
 		dev.Stop()
-		client.Close(0)
-		closeBroker(broker)
-		return err
+		return fail(err)
 	}
 	if srv != nil {
 		srv.Attach(dev)
 		if err := srv.Start(); err != nil {
 			dev.Stop()
-			client.Close(0)
-			closeBroker(broker)
-			return err
+			return fail(err)
 		}
 	}
-	a.Device, a.Client, a.broker, a.trustSum, a.web = dev, client, broker, trustSum, srv
+	a.Device, a.Client, a.CAClient, a.broker, a.trustSum, a.web = dev, client, caClient, broker, trustSum, srv
 	startCtx, cancel := context.WithTimeout(ctx, cfg.Service.BrokerWait)
 	defer cancel()
 	if err := client.Start(startCtx); err != nil {
 		slog.Warn("broker not reachable yet; retrying in the background", "broker", mc.Broker, "err", err)
 	}
+	if caClient != nil {
+		if err := caClient.Start(startCtx); err != nil {
+			slog.Warn("broker not reachable yet for the CA topics; retrying in the background", "broker", mc.Broker, "err", err)
+		}
+	}
 	return nil
+}
+
+// deviceOptions are the device core's options from the configuration and the hooks.
+func (a *Appliance) deviceOptions(h Hooks, deviceID string, verifier *auth.Verifier, caClient *mqtt.Client) device.Options {
+	cfg := a.cfg
+	var caTr device.Transport // nil unless a fleet member: the device's session
+	if caClient != nil {
+		caTr = caClient
+	}
+	return device.Options{
+		DeviceID: deviceID, TopicRoot: cfg.TopicRoot, Version: h.Version,
+		QueueSize: cfg.QueueSize, AllowDigest: cfg.AllowDigest,
+		Verifier: verifier, Audit: a.Audit, Secrets: a.Secrets,
+		OnChange: h.OnChange, OnSign: h.OnSign, Reload: h.Reload, Restart: h.Restart, OTA: a.otaHooks(), Trace: h.Trace,
+		Problems: a.pkcs11.Problems,
+		Fleet:    cfg.Fleet.Enabled, CATransport: caTr, FleetWindow: cfg.Fleet.ClaimWindow, EpochFile: filepath.Join(cfg.StateDir, "fleet-epochs.json"),
+	}
+}
+
+// connectHooks tells the device of the sessions' connections and losses.
+func (a *Appliance) connectHooks(h Hooks, dev *device.Device, client, caClient *mqtt.Client) {
+	client.OnConnect(dev.Connected)
+	client.OnTakeover(func(t mqtt.Takeover) { dev.BrokerTakeover(t.Losses, t.Window, t.Backoff) })
+	if h.OnConnectionLost != nil {
+		client.OnConnectionLost(func(error) { h.OnConnectionLost() })
+	}
+	if caClient != nil {
+		caClient.OnConnect(dev.FleetConnected)
+	}
+}
+
+// caSession is, for a fleet member, the session of the CA topics: clean, so that
+// while the appliance is gone the broker keeps none of the CA's requests for it (the
+// others get them), and a restarted appliance works off no backlog. Nil without
+// [fleet]: the CA topics then share the device's persistent session.
+func caSession(f config.Fleet, mc mqtt.Config) (*mqtt.Client, error) {
+	if !f.Enabled {
+		return nil, nil
+	}
+	ca := mc
+	ca.ClientID = mc.ClientID + "-ca"
+	ca.CleanSession = true
+	ca.Will = nil
+	return mqtt.New(ca)
+}
+
+func closeClient(c *mqtt.Client) {
+	if c != nil {
+		c.Close(time.Second)
+	}
 }
 
 // Stop takes no new requests, lets the running ones finish or fail within
@@ -104,6 +162,8 @@ func (a *Appliance) Stop() (clean bool) {
 	if a.web != nil {
 		a.web.Close() // no new commands from pages while the device drains
 	}
+	// No new requests from the CA topics: the fleet's other members take them.
+	closeClient(a.CAClient)
 	clean = a.Device.Shutdown(a.cfg.Service.StopTimeout)
 	// A clean disconnect sends no Last Will, so the offline status goes out first.
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)

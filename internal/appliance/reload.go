@@ -60,6 +60,7 @@ func restartRequired(old, cfg *config.Config) []string {
 	add(old.QueueSize != cfg.QueueSize, "queue_size")
 	add(old.AllowDigest != cfg.AllowDigest, "allow_digest")
 	add(old.MQTT != cfg.MQTT, "mqtt")
+	add(old.Fleet != cfg.Fleet, "fleet")
 	add(!reflect.DeepEqual(old.YubiKey, cfg.YubiKey), "yubikey")
 	add(!reflect.DeepEqual(old.CloudKMS, cfg.CloudKMS), "cloudkms")
 	add(old.Secrets != cfg.Secrets, "secrets")

@@ -139,6 +139,25 @@ func (m *Broker) Stop() {
 	<-done
 }
 
+// Terminate stops the broker with SIGTERM, as `systemctl stop` would: with
+// persistence on, it saves its state (sessions, retained messages) before it exits.
+func (m *Broker) Terminate() {
+	m.mu.Lock()
+	cmd, done := m.cmd, m.done
+	m.cmd, m.done = nil, nil
+	m.mu.Unlock()
+	if cmd == nil {
+		return
+	}
+	_ = cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-done:
+	case <-time.After(startTimeout):
+		_ = cmd.Process.Kill()
+		<-done
+	}
+}
+
 // PID is the running broker's process id, 0 when it is stopped.
 func (m *Broker) PID() int {
 	m.mu.Lock()

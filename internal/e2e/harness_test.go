@@ -60,6 +60,8 @@ type options struct {
 	pkcs11      []config.PKCS11
 	yubikey     *config.YubiKey // nil: the YubiKey backend is off
 	cloudkms    []config.CloudKMS
+	fleet       config.Fleet
+	trace       func(step string, d time.Duration) // wiring.Hooks.Trace
 }
 
 // config is the configuration an operator would write for o.
@@ -85,6 +87,9 @@ func (o options) config(t *testing.T, brokerURL, deviceID string) *config.Config
 		cfg.Secrets.KeyFile = filepath.Join(t.TempDir(), "secrets.key")
 	}
 	cfg.PKCS11, cfg.CloudKMS = o.pkcs11, o.cloudkms
+	if o.fleet.Enabled {
+		cfg.Fleet = o.fleet
+	}
 	cfg.YubiKey.Disabled = o.yubikey == nil
 	if o.yubikey != nil {
 		cfg.YubiKey = *o.yubikey
@@ -119,7 +124,7 @@ func start(t *testing.T, brokerURL, deviceID string, o options) *appliance {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := app.Start(ctx, wiring.Hooks{Version: "test"}); err != nil {
+	if err := app.Start(ctx, wiring.Hooks{Version: "test", Trace: o.trace}); err != nil {
 		app.Close()
 		t.Fatal(err)
 	}
@@ -143,6 +148,9 @@ func (a *appliance) stop() {
 		return
 	}
 	a.dev.Stop()
+	if a.app.CAClient != nil {
+		a.app.CAClient.Close(100 * time.Millisecond)
+	}
 	a.app.Client.Close(100 * time.Millisecond)
 	a.app.Close()
 	a.dev = nil

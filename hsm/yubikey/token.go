@@ -34,14 +34,17 @@ type Token struct {
 	serial uint32
 	id     string
 
-	mu            sync.Mutex
-	reader        string
-	yk            *piv.YubiKey // nil while released
-	version       piv.Version
-	formFactor    string
-	present       bool
-	pin           string
-	pinSet        bool // the PIN was accepted by this card
+	mu         sync.Mutex
+	reader     string
+	yk         *piv.YubiKey // nil while released
+	version    piv.Version
+	formFactor string
+	present    bool
+	pin        string
+	pinSet     bool // the PIN was accepted by this card
+	// verified: the PIN is verified in the card's present session (it stays so
+	// until the card is reset or released), so a signature needs no PIN check.
+	verified      bool
 	pinFromConfig bool
 	retries       int
 	mgmtKey       []byte // given with hsm.set_pin and checked by the card; memory only
@@ -103,6 +106,7 @@ func (t *Token) release() {
 		t.yk.Close()
 		t.yk = nil
 	}
+	t.verified = false
 	if t.idle != nil {
 		t.idle.Stop()
 		t.idle = nil
@@ -155,7 +159,7 @@ func (t *Token) open() error {
 		t.markAbsentLocked(err.Error())
 		return fmt.Errorf("%w: %s is not present", hsm.ErrOffline, t.id)
 	}
-	t.yk, t.version = yk, yk.Version()
+	t.yk, t.version, t.verified = yk, yk.Version(), false
 	if ff, err := yk.FormFactor(); err == nil && ff != 0 {
 		t.formFactor = ff.String()
 	}
@@ -258,9 +262,10 @@ func (t *Token) Login(ctx context.Context, pin string) error {
 	return t.do(ctx, func(yk *piv.YubiKey) error {
 		t.trying = pin
 		if err := yk.VerifyPIN(pin); err != nil {
+			t.verified = false
 			return err
 		}
-		t.pin, t.pinSet = pin, true
+		t.pin, t.pinSet, t.verified = pin, true, true
 		// An accepted PIN resets the card's counter to its maximum, which PIV does
 		// not tell (an empty VERIFY answers 9000 once verified): the count left
 		// from an earlier failure would now be wrong, so it is unknown.
@@ -527,32 +532,52 @@ type signer struct {
 
 func (s *signer) Public() crypto.PublicKey { return s.pub }
 
-// Sign signs inside the card, verifying the PIN first when the card's session needs
-// it (PIN policy once).
+// Sign signs inside the card with one APDU when the PIN is verified in the card's
+// session (PIN policy once); otherwise, or when the card says it is not (reset by
+// another program), it checks and verifies the PIN first.
 func (s *signer) Sign(rand io.Reader, digest []byte, opts crypto.SignerOpts) ([]byte, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	var sig []byte
 	err := s.t.do(ctx, func(yk *piv.YubiKey) error {
+		var err error
+		if s.t.verified {
+			sig, err = s.sign(yk, piv.KeyAuth{PINPolicy: piv.PINPolicyNever}, rand, digest, opts)
+			if !securityStatus(err) {
+				return err
+			}
+			s.t.verified = false
+		}
 		pin, err := s.t.pinFor()
 		if err != nil {
 			return err
 		}
-		priv, err := yk.PrivateKey(s.slot, s.pub, piv.KeyAuth{PIN: pin, PINPolicy: piv.PINPolicyOnce})
-		if err != nil {
-			return err
-		}
-		ps, ok := priv.(crypto.Signer)
-		if !ok {
-			return fmt.Errorf("%w: the key in %s cannot sign", hsm.ErrUnsupported, s.slot)
-		}
-		sig, err = ps.Sign(rand, digest, opts)
+		sig, err = s.sign(yk, piv.KeyAuth{PIN: pin, PINPolicy: piv.PINPolicyOnce}, rand, digest, opts)
 		if err == nil {
-			s.t.pinSet = true
+			s.t.pinSet, s.t.verified = true, true
 		}
 		return err
 	})
 	return sig, err
+}
+
+func (s *signer) sign(yk *piv.YubiKey, auth piv.KeyAuth, rand io.Reader, digest []byte, opts crypto.SignerOpts) ([]byte, error) {
+	priv, err := yk.PrivateKey(s.slot, s.pub, auth)
+	if err != nil {
+		return nil, err
+	}
+	ps, ok := priv.(crypto.Signer)
+	if !ok {
+		return nil, fmt.Errorf("%w: the key in %s cannot sign", hsm.ErrUnsupported, s.slot)
+	}
+	return ps.Sign(rand, digest, opts)
+}
+
+// securityStatus tells a card's "security status not satisfied" (6982): the PIN is
+// not verified in its session.
+func securityStatus(err error) bool {
+	var sw interface{ Status() uint16 }
+	return errors.As(err, &sw) && sw.Status() == 0x6982
 }
 
 // StoreCertificate implements hsm.CertificateStore: the certificate goes into the slot's data

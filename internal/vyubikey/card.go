@@ -87,7 +87,18 @@ type Card struct {
 	unplugged bool
 
 	latency atomic.Int64 // extra time per APDU, for tests that need a slow card
+	// signLatency is extra time per GENERAL AUTHENTICATE (a signature), like a real
+	// card's tens of milliseconds, for the benchmarks.
+	signLatency atomic.Int64
+	apdus       [256]atomic.Uint64 // command APDUs received, by INS
 }
+
+// SetSignLatency makes every signature (GENERAL AUTHENTICATE, its last chained part)
+// take d longer, as a real card's private-key operation does.
+func (c *Card) SetSignLatency(d time.Duration) { c.signLatency.Store(int64(d)) }
+
+// APDUs is the number of command APDUs with instruction ins received so far.
+func (c *Card) APDUs(ins byte) uint64 { return c.apdus[ins].Load() }
 
 // SetLatency makes every APDU take d longer, like a real card's crypto does: tests
 // use it to keep an operation in flight while they pull the card.
@@ -263,6 +274,13 @@ func (c *Card) save() uint16 {
 func (c *Card) HandleAPDU(apdu []byte) []byte {
 	if d := time.Duration(c.latency.Load()); d > 0 {
 		time.Sleep(d)
+	}
+	if len(apdu) >= 2 {
+		c.apdus[apdu[1]].Add(1)
+		// The card's signature time, once per signature: on the last part of a chain.
+		if d := time.Duration(c.signLatency.Load()); d > 0 && apdu[1] == insAuthenticate && apdu[0]&0x10 == 0 {
+			time.Sleep(d)
+		}
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"log/slog"
 	"slices"
+	"sync/atomic"
 	"time"
 
 	"github.com/iot-hsm/iot-hsm/audit"
@@ -65,6 +66,7 @@ type worker struct {
 	queue  chan *job
 	live   liveness // the job running now, for the watchdog
 	finish chan finished
+	load   atomic.Int32 // jobs queued or running, to spread a CA over its tokens
 }
 
 // finished is a job whose token work is done and whose reply is still to be
@@ -278,6 +280,7 @@ func (d *Device) enqueue(hsmID string, j *job) {
 	}
 	select {
 	case w.queue <- j:
+		w.load.Add(1)
 		d.inflight[j.req.ID] = &inflight{fp: j.fp}
 		d.mu.Unlock()
 	default:
@@ -311,6 +314,7 @@ func (d *Device) runWorker(w *worker) {
 			w.finish <- finished{j, rep}
 		}
 		w.live.end()
+		w.load.Add(-1)
 	}
 	close(w.finish)
 	<-finisher

@@ -63,7 +63,7 @@ func (d *Device) routeSign(j *job) (string, *protocol.Error) {
 }
 
 // signingSlot finds the provisioned slot to sign with. By ca_id, a slot whose token
-// is present wins over one whose token is not.
+// is present wins over one whose token is not, and among those the least busy.
 func (d *Device) signingSlot(slotID, caID string) (store.Slot, error) {
 	switch {
 	case slotID != "" && caID != "":
@@ -78,6 +78,7 @@ func (d *Device) signingSlot(slotID, caID string) (store.Slot, error) {
 		return store.Slot{}, err
 	}
 	var found *store.Slot
+	var present []store.Slot
 	for i, r := range recs {
 		if r.CAID != caID || r.State != store.Provisioned {
 			continue
@@ -85,14 +86,17 @@ func (d *Device) signingSlot(slotID, caID string) (store.Slot, error) {
 		// Presence as last seen by the scans: asking the token would wait for its
 		// lock, held while it signs, and this runs on the transport's goroutine.
 		d.mu.Lock()
-		present := d.present[r.HSM]
+		here := d.present[r.HSM]
 		d.mu.Unlock()
-		if present {
-			return r, nil
+		if here {
+			present = append(present, r)
 		}
 		if found == nil {
 			found = &recs[i]
 		}
+	}
+	if len(present) > 0 {
+		return d.leastBusy(present), nil
 	}
 	if found == nil {
 		return store.Slot{}, fmt.Errorf("%w: no provisioned slot holds CA %s", ErrNotFoundCA, caID)

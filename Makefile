@@ -72,8 +72,8 @@ demo: deps build
 STEPCA_VERSION := v0.30.2
 STEPCA         := bin/step-ca-$(STEPCA_VERSION)/step-ca
 .PHONY: bench
-bench: build $(STEPCA)
-	@$(MAKE) --no-print-directory deps DEB_PACKAGES="softhsm2 mosquitto openssl libengine-pkcs11-openssl"
+bench: build pcscd $(STEPCA)
+	@$(MAKE) --no-print-directory deps DEB_PACKAGES="softhsm2 mosquitto openssl libengine-pkcs11-openssl pcscd vsmartcard-vpcd"
 	$(GO) run ./bench -bin $(BIN) -step-ca $(STEPCA) -out bench $(if $(BEFORE),-before $(BEFORE) -before-label '$(BEFORE_LABEL)')
 
 $(STEPCA):

@@ -53,7 +53,7 @@ func compareWith(path, label string, rows []Row) (*comparison, error) {
 }
 
 func (c *comparison) markdown(b *strings.Builder) {
-	fmt.Fprintf(b, "## 7. Before and after\n\nBefore: %s (run of %s on this machine); after: this run. "+
+	fmt.Fprintf(b, "## 8. Before and after\n\nBefore: %s (run of %s on this machine); after: this run. "+
 		"Other work on the machine differs between two runs: read the ratios within each run first.\n\n", c.Label, c.Date)
 	b.WriteString("| row | before | after | unit | after / before | p50 before | p50 after |\n|---|--:|--:|---|--:|--:|--:|\n")
 	for _, r := range c.Rows {

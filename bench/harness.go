@@ -42,8 +42,8 @@ func withLabel(part string, f func(ctx context.Context)) {
 
 // startAppliance builds the appliance as `iot-hsm run` does (internal/appliance),
 // from the configuration an operator would write for one SoftHSM2 token, with the
-// device's step trace going to steps.
-func startAppliance(brokerURL, deviceID, work string, tok *softhsm.Token) (*appliance.Appliance, error) {
+// device's step trace going to steps; tune, when given, changes that configuration.
+func startAppliance(brokerURL, deviceID, work string, tok *softhsm.Token, tune ...func(*config.Config)) (*appliance.Appliance, error) {
 	cfg := config.Default()
 	cfg.DeviceID, cfg.StateDir = deviceID, filepath.Join(work, "state")
 	cfg.MQTT.Broker, cfg.MQTT.AllowPlaintext = brokerURL, true
@@ -52,7 +52,12 @@ func startAppliance(brokerURL, deviceID, work string, tok *softhsm.Token) (*appl
 	cfg.Service.BrokerWait = 10 * time.Second
 	cfg.Secrets.KeyFile = filepath.Join(work, "secrets.key")
 	cfg.YubiKey.Disabled = true
-	cfg.PKCS11 = []config.PKCS11{{Module: tok.Module, Token: "pkcs11:serial=" + tok.Serial, PIN: tok.PIN}}
+	if tok != nil {
+		cfg.PKCS11 = []config.PKCS11{{Module: tok.Module, Token: "pkcs11:serial=" + tok.Serial, PIN: tok.PIN}}
+	}
+	for _, f := range tune {
+		f(cfg)
+	}
 	var a *appliance.Appliance
 	var err error
 	withLabel(labelAppliance, func(ctx context.Context) {

@@ -33,6 +33,7 @@ type options struct {
 	window, warmup time.Duration
 	quietWait      time.Duration
 	keep           bool
+	only           string
 }
 
 func main() {
@@ -46,6 +47,7 @@ func main() {
 	flag.DurationVar(&c.warmup, "warmup", 500*time.Millisecond, "unmeasured time before each window")
 	flag.DurationVar(&c.quietWait, "quiet-wait", 2*time.Minute, "longest wait for other processes to calm down before measuring")
 	flag.BoolVar(&c.keep, "keep", false, "keep the work directory (tokens, state, logs)")
+	flag.StringVar(&c.only, "only", "", `"scale": only the scale-out rows (give -out another directory: RESULTS.md is written whole)`)
 	flag.Parse()
 	// The product logs through slog; at info it would drown the progress lines.
 	slog.SetDefault(slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})))
@@ -134,10 +136,13 @@ func run(c options) error {
 			"again, the audit trail and reply cache with their sync, and publishing until the PUBACKs. CPU shares come from the profile's pprof labels: "+
 			"the device's step label, and one label each for the appliance and the bench client.")
 	b.notes = append(b.notes, stepCANote(c.window))
-	b.inProcess()
-	b.daemonRows()
-	b.stepMemoryRow()
-	b.sizeRows()
+	if c.only != "scale" {
+		b.inProcess()
+		b.daemonRows()
+		b.stepMemoryRow()
+		b.sizeRows()
+	}
+	b.scaleRows()
 
 	res := results{Machine: mach, Duration: fmtDuration(time.Since(b.began)), Rows: b.rows, Summary: summary(b.rows), Notes: b.notes}
 	if c.before != "" {

@@ -50,6 +50,7 @@ const (
 	secDaemon    = "daemon"
 	secSize      = "size"
 	secStepCA    = "stepca"
+	secScale     = "scale"
 )
 
 var sectionTitles = map[string]string{
@@ -59,6 +60,7 @@ var sectionTitles = map[string]string{
 	secDaemon:    "4. The daemon: `bin/iot-hsm run --config` as a child process",
 	secSize:      "5. Binary size (stripped)",
 	secStepCA:    "6. smallstep step-ca as a peer: HTTPS `/1.0/sign`, JWK one-time tokens, its intermediate key in SoftHSM2 (PKCS#11)",
+	secScale:     "7. Scale-out: one CA key on more tokens, and on more appliances (a fleet on its CA topic)",
 }
 
 type results struct {
@@ -123,7 +125,7 @@ func markdown(r results) string {
 	if len(r.Notes) > 0 {
 		b.WriteString("\n")
 	}
-	for _, sec := range []string{secRaw, secAppliance, secPeer, secDaemon, secSize, secStepCA} {
+	for _, sec := range []string{secRaw, secAppliance, secPeer, secDaemon, secSize, secStepCA, secScale} {
 		var rows []Row
 		for _, row := range r.Rows {
 			if row.Section == sec {

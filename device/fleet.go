@@ -1,6 +1,7 @@
 package device
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -107,15 +108,20 @@ func (d *Device) claimThenEnqueue(hsmID string, j *job) {
 	key := claimKey(j.caID, j.req.ID)
 	f.mu.Lock()
 	if p := f.mine[key]; p != nil { // a redelivery while the claim is out
-		if t := d.replyTopic(j.req); t != d.replyTopic(p.j.req) && len(p.dupsTo) < maxDups {
+		same := bytes.Equal(p.j.fp, j.fp)
+		if t := d.replyTopic(j.req); same && t != d.replyTopic(p.j.req) && len(p.dupsTo) < maxDups {
 			p.dupsTo = append(p.dupsTo, t)
 		}
 		f.mu.Unlock()
+		if !same {
+			d.replyNow(j.req, j.cmd, protocol.Errorf(protocol.CodeConflict, "id %s is in use by another request", j.req.ID))
+		}
 		return
 	}
 	other, taken := f.takenBy(key, d.opts.Now())
+	p := &pendingClaim{j: j, hsmID: hsmID, since: d.opts.Now()}
 	if !taken {
-		f.mine[key] = &pendingClaim{j: j, hsmID: hsmID, since: d.opts.Now()}
+		f.mine[key] = p
 	}
 	f.mu.Unlock()
 	switch {
@@ -125,7 +131,7 @@ func (d *Device) claimThenEnqueue(hsmID string, j *job) {
 		d.dropClaim(key, protocol.Errorf(protocol.CodeBusy, "not connected to the broker; retry with the same id"))
 	default:
 		select {
-		case f.queue <- f.mine[key]:
+		case f.queue <- p:
 		default:
 			d.dropClaim(key, protocol.Errorf(protocol.CodeBusy, "too many requests wait for their claim; retry with the same id"))
 		}

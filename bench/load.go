@@ -175,15 +175,32 @@ func runLoad(o *operator, s loadSpec) (loadResult, error) {
 // runLane keeps one request in flight until the window ends. Latency is kept for
 // requests sent inside the window; throughput counts replies that arrive inside it.
 func runLane(o *operator, s loadSpec, l *lane, t1, t2 time.Time) {
+	keepInFlight(l, t1, t2, func() error {
+		r, err := o.call(s.topic, s.args, 30*time.Second)
+		if err == nil && !r.OK {
+			err = fmt.Errorf("%s: %v", r.Cmd, r.Error)
+		}
+		return err
+	})
+}
+
+// errLaneDone ends a lane before its window does (a load with nothing left to send).
+var errLaneDone = errors.New("nothing left to send")
+
+// keepInFlight runs call back to back from now until t2, counting into l what
+// falls inside the window [t1, t2).
+func keepInFlight(l *lane, t1, t2 time.Time, call func() error) {
 	for {
 		st := time.Now()
 		if !st.Before(t2) {
 			return
 		}
-		r, err := o.call(s.topic, s.args, 30*time.Second)
+		err := call()
 		en := time.Now()
-		if err == nil && !r.OK {
-			err = fmt.Errorf("%s: %v", r.Cmd, r.Error)
+		if errors.Is(err, errLaneDone) {
+			l.errs++
+			l.firstErr = err.Error()
+			return
 		}
 		if err != nil {
 			if !st.Before(t1) {
@@ -192,7 +209,7 @@ func runLane(o *operator, s loadSpec, l *lane, t1, t2 time.Time) {
 					l.firstErr = err.Error()
 				}
 			}
-			// A refusing appliance answers at once; do not spin on it.
+			// A refusing peer answers at once; do not spin on it.
 			time.Sleep(10 * time.Millisecond)
 			continue
 		}

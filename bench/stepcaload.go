@@ -207,37 +207,17 @@ func (s *stepCA) stepLoad(r *stepRun, bodies [][]byte, cn string, inflight int, 
 
 // runStepLane is runLane over HTTPS, each request with the next prepared body.
 func (s *stepCA) runStepLane(r *stepRun, bodies [][]byte, next *atomic.Int64, l *lane, t1, t2 time.Time, check func(signResponse)) {
-	for {
-		st := time.Now()
-		if !st.Before(t2) {
-			return
-		}
+	keepInFlight(l, t1, t2, func() error {
 		i := next.Add(1) - 1
 		if int(i) >= len(bodies) {
-			l.errs++
-			l.firstErr = "ran out of prepared tokens"
-			return
+			return fmt.Errorf("ran out of prepared tokens: %w", errLaneDone)
 		}
 		res, err := r.sign(bodies[i])
-		en := time.Now()
-		if err != nil {
-			if !st.Before(t1) {
-				l.errs++
-				if l.firstErr == "" {
-					l.firstErr = err.Error()
-				}
-			}
-			time.Sleep(10 * time.Millisecond)
-			continue
-		}
-		if !en.Before(t1) && en.Before(t2) {
-			l.done++
+		if err == nil {
 			check(res)
 		}
-		if !st.Before(t1) {
-			l.lat = append(l.lat, en.Sub(st))
-		}
-	}
+		return err
+	})
 }
 
 // summarize fills throughput and latency from the lanes of a finished window.

@@ -125,23 +125,15 @@ func (m *Broker) Start() error {
 // Stop kills the broker with SIGKILL, as a crash would (no Will suppression, no
 // goodbye to clients beyond the kernel closing the sockets), and waits for it to
 // exit. Stopping a stopped broker does nothing.
-func (m *Broker) Stop() {
-	m.mu.Lock()
-	cmd, done := m.cmd, m.done
-	m.cmd, m.done = nil, nil
-	m.mu.Unlock()
-	if cmd == nil {
-		return
-	}
-	// The only way Kill fails is a process that already exited, which done
-	// then reports.
-	_ = cmd.Process.Kill()
-	<-done
-}
+func (m *Broker) Stop() { m.end(syscall.SIGKILL) }
 
 // Terminate stops the broker with SIGTERM, as `systemctl stop` would: with
 // persistence on, it saves its state (sessions, retained messages) before it exits.
-func (m *Broker) Terminate() {
+func (m *Broker) Terminate() { m.end(syscall.SIGTERM) }
+
+// end sends sig and waits for the exit; a broker that outlives startTimeout after a
+// SIGTERM is killed.
+func (m *Broker) end(sig syscall.Signal) {
 	m.mu.Lock()
 	cmd, done := m.cmd, m.done
 	m.cmd, m.done = nil, nil
@@ -149,7 +141,8 @@ func (m *Broker) Terminate() {
 	if cmd == nil {
 		return
 	}
-	_ = cmd.Process.Signal(syscall.SIGTERM)
+	// Signal fails only for a process that already exited, which done then reports.
+	_ = cmd.Process.Signal(sig)
 	select {
 	case <-done:
 	case <-time.After(startTimeout):

@@ -123,3 +123,37 @@ fuzz:
 		echo "fuzz $$name ($$pkg, $(FUZZTIME))"; \
 		$(GO) test -run '^$$' -fuzz "^$$name\$$" -fuzztime $(FUZZTIME) $$pkg; \
 	done
+
+# The appliance image from Debian's packages (image/build.sh, docs/image.md) and the
+# test that boots it in QEMU (internal/vmtest). vm-deps installs what they use:
+# mmdebstrap (the root filesystem), e2fsprogs, dosfstools, mtools and fdisk (the file
+# systems and the disk, without loop devices), grub-efi-amd64-bin (GRUB on the EFI
+# system partition), rauc and squashfs-tools (bundles), openssl (test keys), and
+# qemu-system-x86, qemu-utils and ovmf (UEFI) to boot it. The image is rebuilt only
+# when the recipe or the binary changed; the binary is built without VCS stamps so
+# a commit that changes no code keeps the cached image.
+ARCH       ?= amd64
+SUDO       := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+VM_VERSION ?= v1.0.0
+IMAGE_OUT  ?= image/build/$(ARCH)
+VM_PACKAGES := mmdebstrap e2fsprogs dosfstools mtools fdisk grub-efi-amd64-bin grub-common rauc \
+	squashfs-tools openssl qemu-system-x86 qemu-utils ovmf
+.PHONY: vm-deps image image-test vm-test
+vm-deps:
+	@$(MAKE) --no-print-directory deps DEB_PACKAGES="$(VM_PACKAGES)"
+
+image/build/iot-hsm-$(ARCH): FORCE
+	@mkdir -p image/build
+	$(GO) build -trimpath -buildvcs=false -ldflags '-X main.version=$(VM_VERSION)' -o $@ .
+
+image: vm-deps image/build/iot-hsm-$(ARCH)
+	$(SUDO) env BIN=image/build/iot-hsm-$(ARCH) OUT=$(IMAGE_OUT) ARCH=$(ARCH) bash image/build.sh
+
+image-test: vm-deps image/build/iot-hsm-$(ARCH)
+	$(SUDO) env TEST=1 BIN=image/build/iot-hsm-$(ARCH) OUT=$(IMAGE_OUT)-test ARCH=$(ARCH) bash image/build.sh
+
+vm-test: image-test
+	IOT_HSM_VM_IMAGE=$(CURDIR)/$(IMAGE_OUT)-test $(GO) test -count=1 -timeout 80m -v ./internal/vmtest/
+
+.PHONY: FORCE
+FORCE:

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # make buildroot-check: what the BR2_EXTERNAL tree can prove without a Buildroot build
 # (buildroot/README.md has the checks against a Buildroot checkout):
-#   - shellcheck on the board scripts and the cross-build scripts;
+#   - shellcheck on the board scripts and the cross-build and image scripts;
 #   - systemd-analyze verify on the image's units: dist/iot-hsm.service with the
 #     overlay's drop-in, and the data partition's mount unit;
 #   - the image's /etc/iot-hsm/config.toml parsed by the daemon's configuration code,
@@ -31,7 +31,7 @@ fi
 ok=0
 
 echo "==> shellcheck"
-shellcheck "$EXT"/board/iot-hsm/*.sh "$EXT"/check.sh "$ROOT"/cross/*.sh
+shellcheck "$EXT"/board/iot-hsm/*.sh "$EXT"/check.sh "$ROOT"/cross/*.sh "$ROOT"/image/*.sh "$ROOT"/image/test/usr/libexec/iot-hsm-vmtest/*
 ok=$((ok + 1))
 
 echo "==> systemd-analyze verify (dist/iot-hsm.service + the image's drop-in, the data mount)"

@@ -1,0 +1,112 @@
+package vmtest
+
+import (
+	"encoding/json"
+	"fmt"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/iot-hsm/iot-hsm/internal/mqtttest"
+	"github.com/iot-hsm/iot-hsm/mqtt"
+	"github.com/iot-hsm/iot-hsm/protocol"
+)
+
+const deviceID = "ihsm-vm"
+
+// controller is the PKI: a client of the image's broker over TLS with the test
+// controller certificate (CN pki-controller, as dist/mosquitto's ACL names it).
+type controller struct {
+	*mqtttest.Client
+	t *testing.T
+}
+
+func newController(t *testing.T, vm *VM) *controller {
+	t.Helper()
+	keys := filepath.Join(vm.image, "keys")
+	cfg := mqtt.Config{Broker: fmt.Sprintf("ssl://127.0.0.1:%d", vm.MQTTPort), CleanSession: true,
+		CAFile: filepath.Join(keys, "broker-ca.pem"), CertFile: filepath.Join(keys, "controller.pem"),
+		KeyFile: filepath.Join(keys, "controller.key"), ConnectTimeout: 5 * time.Second}
+	id := mqtttest.RandomID()
+	o := mqtttest.Options{Name: "pki-controller", ReplyTo: "pkiaas/replies/pki-controller/" + id,
+		Watch: []string{protocol.DefaultRoot + "/" + deviceID + "/events"}}
+	return &controller{Client: mqtttest.StartWith(t, cfg, o), t: t}
+}
+
+// call sends cmd and waits for its reply, sending again (same id) while the daemon
+// is away: a restart or a reboot may be under way.
+func (c *controller) call(cmd string, args any, timeout time.Duration) protocol.Reply {
+	c.t.Helper()
+	return c.callID(mqtttest.RandomID(), cmd, args, timeout)
+}
+
+func decode[T any](t *testing.T, r protocol.Reply) T {
+	t.Helper()
+	return mqtttest.Result[T](t, r)
+}
+
+func (c *controller) status() protocol.Status {
+	return decode[protocol.Status](c.t, c.call(protocol.CmdStatus, nil, 2*time.Minute))
+}
+
+func (c *controller) audit() protocol.AuditTailResult {
+	return decode[protocol.AuditTailResult](c.t, c.call(protocol.CmdAuditTail, protocol.AuditTailArgs{N: 1000}, time.Minute))
+}
+
+// phases are the OTA phases announced on the events topic, in order, repeats folded.
+func (c *controller) phases() []string {
+	var out []string
+	for _, b := range c.Messages(protocol.DefaultRoot + "/" + deviceID + "/events") {
+		var e protocol.OTAEvent
+		if json.Unmarshal(b, &e) != nil || e.Type != "ota" {
+			continue
+		}
+		if len(out) == 0 || out[len(out)-1] != e.Phase {
+			out = append(out, e.Phase)
+		}
+	}
+	return out
+}
+
+// sameAudit fails unless every record of before is in after, unchanged, and after
+// continues the chain.
+func sameAudit(t *testing.T, before, after protocol.AuditTailResult) {
+	t.Helper()
+	if len(after.Records) < len(before.Records) {
+		t.Fatalf("the audit trail lost records: %d before, %d after", len(before.Records), len(after.Records))
+	}
+	for i, r := range before.Records {
+		if a := after.Records[i]; a.Hash != r.Hash || a.Seq != r.Seq {
+			t.Fatalf("audit record %d changed: %+v -> %+v", r.Seq, r, a)
+		}
+	}
+	for i := 1; i < len(after.Records); i++ {
+		if after.Records[i].Prev != after.Records[i-1].Hash {
+			t.Fatalf("audit chain broken at %d", after.Records[i].Seq)
+		}
+	}
+}
+
+func slotStates(st protocol.Status) string {
+	var parts []string
+	for _, s := range st.Slots {
+		parts = append(parts, fmt.Sprintf("%s=%s/%v", s.SlotID, s.State, s.Connected))
+	}
+	return strings.Join(parts, " ")
+}
+
+// callID is call with a given request id (to see the reply cache answer it again).
+func (c *controller) callID(id, cmd string, args any, timeout time.Duration) protocol.Reply {
+	c.t.Helper()
+	next := len(c.Raw(id)) + 1
+	for end := time.Now().Add(timeout); time.Now().Before(end); {
+		_, payload := c.Request(id, args)
+		c.Send(protocol.DefaultRoot+"/"+deviceID+"/cmd/"+cmd, payload)
+		if r, ok := c.Reply(id, next, 3*time.Second); ok {
+			return r
+		}
+	}
+	c.t.Fatalf("no reply to %s %s within %v", cmd, id, timeout)
+	return protocol.Reply{}
+}

@@ -1,0 +1,181 @@
+package vmtest
+
+import (
+	"fmt"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/iot-hsm/iot-hsm/protocol"
+)
+
+// Generous: TCG on a busy 2-core machine boots in 1 to 6 minutes.
+const bootTimeout = 10 * time.Minute
+
+// unit is what systemd says of iot-hsm.service.
+type unit struct {
+	Active, Sub, Status string
+	PID, Restarts       int
+}
+
+func (vm *VM) unit() unit {
+	vm.t.Helper()
+	out := vm.Sh("systemctl show -p ActiveState,SubState,MainPID,NRestarts,StatusText iot-hsm")
+	p := map[string]string{}
+	for _, l := range strings.Split(out, "\n") {
+		if k, v, ok := strings.Cut(strings.TrimSpace(l), "="); ok {
+			p[k] = v
+		}
+	}
+	u := unit{Active: p["ActiveState"], Sub: p["SubState"], Status: p["StatusText"]}
+	u.PID, _ = strconv.Atoi(p["MainPID"])
+	u.Restarts, _ = strconv.Atoi(p["NRestarts"])
+	return u
+}
+
+// waitUnit waits until the unit is active and running (READY=1 came: Type=notify) and
+// ok accepts it.
+func (vm *VM) waitUnit(timeout time.Duration, ok func(unit) bool) unit {
+	vm.t.Helper()
+	var u unit
+	for end := time.Now().Add(timeout); time.Now().Before(end); time.Sleep(time.Second) {
+		if u = vm.unit(); u.Active == "active" && u.Sub == "running" && ok(u) {
+			return u
+		}
+	}
+	vm.t.Fatalf("iot-hsm.service not ready as expected within %v: %+v\n%s", timeout, u,
+		vm.Sh("journalctl -b -u iot-hsm --no-pager | tail -40"))
+	return u
+}
+
+// bootReady waits for the guest's shell and then the ready service.
+func (vm *VM) bootReady() unit {
+	vm.t.Helper()
+	start := time.Now()
+	vm.WaitShell(bootTimeout)
+	u := vm.waitUnit(bootTimeout, func(unit) bool { return true })
+	vm.t.Logf("booted to a ready iot-hsm.service in %v", time.Since(start).Round(time.Second))
+	return u
+}
+
+// statusLine is the STATUS systemd should show for the status document st.
+func statusLine(st protocol.Status) string {
+	prov := 0
+	for _, s := range st.Slots {
+		if s.State == "provisioned" {
+			prov++
+		}
+	}
+	present := 0
+	for _, h := range st.HSMs {
+		if h.Present {
+			present++
+		}
+	}
+	return fmt.Sprintf("%d/%d CA slots connected; broker up; %d/%d HSMs present", st.ConnectedSlots, prov, present, len(st.HSMs))
+}
+
+// TestSystemd: the unit under real systemd in the booted image. READY, reloads by
+// systemctl and by command, STATUS as the status document says, the watchdog
+// restarting a hung daemon, systemd restarting a crashed one, and a reboot: each
+// keeps the slots, the PIN state, the reply cache and the audit trail.
+func TestSystemd(t *testing.T) {
+	vm := NewVM(t)
+	u := vm.bootReady()
+	c := newController(t, vm)
+	provID := "prov-vm"
+	hsms := decode[protocol.HSMListResult](t, c.call(protocol.CmdHSMList, nil, time.Minute))
+	args := protocol.ProvisionArgs{HSM: hsms.HSMs[0].ID, Slot: "01", Mode: "generate", KeyType: "p256"}
+	prov := c.callID(provID, protocol.CmdSlotProvision, args, 3*time.Minute)
+	decode[protocol.ProvisionResult](t, prov)
+	st := c.status()
+	if st.ConnectedSlots != 1 {
+		t.Fatalf("the provisioned slot is not connected: %s", slotStates(st))
+	}
+	t.Run("status", func(t *testing.T) { checkStatusLine(t, vm, c) })
+	t.Run("reload", func(t *testing.T) { checkReload(t, vm, c, u) })
+	kept := func(what string) {
+		t.Helper()
+		after := c.status()
+		if slotStates(after) != slotStates(st) || fmt.Sprint(after.HSMs) != fmt.Sprint(st.HSMs) {
+			t.Errorf("%s: slots or PIN state changed:\n%s %v\n%s %v", what, slotStates(st), st.HSMs, slotStates(after), after.HSMs)
+		}
+		again := c.callID(provID, protocol.CmdSlotProvision, args, time.Minute)
+		if string(again.Result) != string(prov.Result) || again.OK != prov.OK {
+			t.Errorf("%s: the reply cache answered the provision again with %+v", what, again)
+		}
+	}
+	audit := c.audit()
+	t.Run("watchdog", func(t *testing.T) {
+		vm.breakUnit("watchdog", "WatchdogSec=0")
+		u := vm.waitUnit(bootTimeout, func(unit) bool { return true })
+		vm.Sh(fmt.Sprintf("kill -STOP %d", u.PID))
+		nu := vm.waitUnit(90*time.Second, func(n unit) bool { return n.PID != u.PID && n.PID != 0 })
+		if j := vm.Sh("journalctl -b -u iot-hsm --no-pager"); !strings.Contains(j, "Watchdog timeout") {
+			t.Errorf("restarted (%d -> %d) but not by the watchdog:\n%s", u.PID, nu.PID, j)
+		}
+		kept("after the watchdog restart")
+	})
+	t.Run("crash", func(t *testing.T) {
+		vm.breakUnit("crash", "Restart=no")
+		u := vm.waitUnit(bootTimeout, func(unit) bool { return true })
+		vm.Sh(fmt.Sprintf("kill -SEGV %d", u.PID))
+		nu := vm.waitUnit(60*time.Second, func(n unit) bool { return n.PID != u.PID && n.PID != 0 })
+		if nu.Restarts <= u.Restarts {
+			t.Errorf("NRestarts %d -> %d", u.Restarts, nu.Restarts)
+		}
+		kept("after the crash")
+	})
+	t.Run("reboot", func(t *testing.T) {
+		vm.breakUnit("reboot", "TemporaryFileSystem=/var/lib/iot-hsm")
+		vm.waitUnit(bootTimeout, func(unit) bool { return true })
+		boot := vm.Sh("cat /proc/sys/kernel/random/boot_id")
+		vm.Try("systemctl reboot")
+		time.Sleep(5 * time.Second)
+		vm.bootReady()
+		if vm.Sh("cat /proc/sys/kernel/random/boot_id") == boot {
+			t.Fatal("the machine did not reboot")
+		}
+		kept("after the reboot")
+	})
+	sameAudit(t, audit, c.audit())
+	vm.Sh("iot-hsm audit verify /var/lib/iot-hsm/state/audit.log")
+	t.Run("leds", func(t *testing.T) { checkLEDs(t, vm) })
+}
+
+// checkStatusLine: the STATUS of `systemctl status` says what the status command says.
+func checkStatusLine(t *testing.T, vm *VM, c *controller) {
+	var want string
+	for end := time.Now().Add(30 * time.Second); time.Now().Before(end); time.Sleep(time.Second) {
+		want = statusLine(c.status())
+		if got := vm.unit().Status; got == want {
+			t.Logf("STATUS: %s", got)
+			return
+		}
+	}
+	t.Errorf("STATUS %q, the status document says %q", vm.unit().Status, want)
+}
+
+// checkReload: `systemctl reload` re-reads the configuration in the same process (a
+// changed log level shows), and so does the reload command.
+func checkReload(t *testing.T, vm *VM, c *controller, u unit) {
+	vm.breakUnit("reload", "ExecReload=")
+	u = vm.waitUnit(bootTimeout, func(unit) bool { return true })
+	vm.Sh(`sed -i 's/^state_dir/log_level = "debug"\nstate_dir/' /etc/iot-hsm/config.toml`)
+	t.Cleanup(func() { vm.Try(`sed -i '/^log_level/d' /etc/iot-hsm/config.toml`) })
+	before := vm.Sh("journalctl -u iot-hsm --no-pager | grep -c 'reloading the configuration' || true")
+	vm.Sh("systemctl reload iot-hsm")
+	vm.waitUnit(30*time.Second, func(unit) bool { return true })
+	n := vm.Sh("journalctl -u iot-hsm --no-pager | grep -c 'reloading the configuration' || true")
+	if n == before {
+		t.Errorf("systemctl reload: the daemon did not reload (%s times before and after)", n)
+	}
+	r := c.call(protocol.CmdReload, nil, time.Minute)
+	if !r.OK || !strings.Contains(string(r.Result), "log_level") && !strings.Contains(string(r.Result), "applied") {
+		t.Errorf("the reload command: %+v %s", r, r.Result)
+	}
+	if m := vm.unit(); m.PID != u.PID {
+		t.Errorf("a reload changed the main PID %d -> %d", u.PID, m.PID)
+	}
+}

@@ -1,0 +1,281 @@
+// Package vmtest boots the appliance image (image/build.sh) in QEMU and checks it
+// from outside as a user would: over MQTT through the broker in the image, and a
+// root shell on the second serial port. `make vm-test` builds the image and runs it;
+// without IOT_HSM_VM_IMAGE the tests skip.
+package vmtest
+
+import (
+	"bufio"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/iot-hsm/iot-hsm/internal/brokertest"
+	"github.com/iot-hsm/iot-hsm/internal/syncbuf"
+)
+
+// imageDir is the built image (disk.img, keys/, bundles), or the test skips.
+func imageDir(t *testing.T) string {
+	t.Helper()
+	dir := os.Getenv("IOT_HSM_VM_IMAGE")
+	if dir == "" {
+		t.Skip("IOT_HSM_VM_IMAGE is not set: `make vm-test` builds the image and boots it")
+	}
+	if _, err := os.Stat(filepath.Join(dir, "disk.img")); err != nil {
+		t.Fatalf("no image in %s: %v", dir, err)
+	}
+	return dir
+}
+
+// VM is one QEMU machine on a copy-on-write layer over the image; its disk survives
+// Kill and Start, as a real disk survives a power cut.
+type VM struct {
+	t        *testing.T
+	image    string
+	dir      string
+	MQTTPort int
+	cmd      *exec.Cmd
+	exited   chan struct{}
+	shell    *shell
+}
+
+// NewVM makes the machine's disk layer and firmware variables, and boots it.
+func NewVM(t *testing.T) *VM {
+	t.Helper()
+	image := imageDir(t)
+	dir, err := os.MkdirTemp("", "vmtest")
+	if err != nil {
+		t.Fatal(err)
+	}
+	vm := &VM{t: t, image: image, dir: dir, MQTTPort: brokertest.FreePort(t)}
+	run(t, "qemu-img", "create", "-q", "-f", "qcow2", "-b", filepath.Join(image, "disk.img"), "-F", "raw",
+		vm.path("disk.qcow2"))
+	vars, err := os.ReadFile(ovmf("OVMF_VARS_4M.fd"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(vm.path("vars.fd"), vars, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		vm.Kill()
+		if t.Failed() {
+			b, _ := os.ReadFile(vm.path("console.log"))
+			t.Logf("serial console (last 6000 bytes):\n%s", tail(b, 6000))
+		}
+		os.RemoveAll(dir)
+	})
+	vm.Start()
+	return vm
+}
+
+func ovmf(name string) string { return filepath.Join("/usr/share/OVMF", name) }
+
+func (vm *VM) path(name string) string { return filepath.Join(vm.dir, name) }
+
+// qemuArgs: UEFI firmware, the disk, the broker's port forwarded to the host, the
+// console on a file, the test shell and the monitor on sockets, USB for YubiKeys.
+func (vm *VM) qemuArgs() []string {
+	accel := "tcg"
+	if f, err := os.OpenFile("/dev/kvm", os.O_RDWR, 0); err == nil {
+		f.Close()
+		accel = "kvm"
+	}
+	return []string{
+		"-accel", accel, "-M", "pc", "-cpu", "max", "-smp", "2", "-m", "1024", "-nographic",
+		"-drive", "if=pflash,format=raw,readonly=on,file=" + ovmf("OVMF_CODE_4M.fd"),
+		"-drive", "if=pflash,format=raw,file=" + vm.path("vars.fd"),
+		"-drive", "file=" + vm.path("disk.qcow2") + ",format=qcow2,if=virtio",
+		"-netdev", fmt.Sprintf("user,id=n0,hostfwd=tcp:127.0.0.1:%d-:8883", vm.MQTTPort),
+		"-device", "virtio-net-pci,netdev=n0,romfile=",
+		"-serial", "file:" + vm.path("console.log"),
+		"-chardev", "socket,id=sh,path=" + vm.path("shell.sock") + ",server=on,wait=off",
+		"-serial", "chardev:sh",
+		"-monitor", "unix:" + vm.path("monitor.sock") + ",server=on,wait=off",
+		"-device", "qemu-xhci,id=xhci",
+	}
+}
+
+// Start powers the machine on and connects to its shell socket.
+func (vm *VM) Start() {
+	t := vm.t
+	t.Helper()
+	cmd := exec.Command("nice", append([]string{"-n", "10", "qemu-system-x86_64"}, vm.qemuArgs()...)...)
+	var out syncbuf.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("qemu: %v", err)
+	}
+	vm.cmd, vm.exited = cmd, make(chan struct{})
+	go func() { cmd.Wait(); close(vm.exited) }()
+	for end := time.Now().Add(20 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		c, err := net.Dial("unix", vm.path("shell.sock"))
+		if err == nil {
+			vm.shell = newShell(c)
+			return
+		}
+		select {
+		case <-vm.exited:
+			t.Fatalf("qemu exited: %s", out.String())
+		default:
+		}
+		if time.Now().After(end) {
+			t.Fatalf("qemu's shell socket: %v", err)
+		}
+	}
+}
+
+// Kill cuts the power: QEMU is killed, nothing in the guest is told.
+func (vm *VM) Kill() {
+	if vm.cmd == nil {
+		return
+	}
+	vm.cmd.Process.Kill()
+	<-vm.exited
+	vm.shell.close()
+	vm.cmd = nil
+}
+
+// Console is what the guest wrote on its serial console (ttyS0) so far.
+func (vm *VM) Console() string {
+	b, _ := os.ReadFile(vm.path("console.log"))
+	return string(b)
+}
+
+// Monitor sends one command to QEMU's human monitor and returns its answer.
+func (vm *VM) Monitor(command string) string {
+	vm.t.Helper()
+	c, err := net.Dial("unix", vm.path("monitor.sock"))
+	if err != nil {
+		vm.t.Fatalf("monitor: %v", err)
+	}
+	defer c.Close()
+	r := bufio.NewReader(c)
+	readPrompt := func() string {
+		var sb strings.Builder
+		c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		for !strings.HasSuffix(sb.String(), "(qemu) ") {
+			b, err := r.ReadByte()
+			if err != nil {
+				vm.t.Fatalf("monitor %q: %v (%s)", command, err, sb.String())
+			}
+			sb.WriteByte(b)
+		}
+		return sb.String()
+	}
+	readPrompt()
+	fmt.Fprintf(c, "%s\n", command)
+	return strings.TrimSuffix(readPrompt(), "(qemu) ")
+}
+
+// Sh runs a command line in the guest's root shell and returns its output; a
+// non-zero exit fails the test.
+func (vm *VM) Sh(cmdline string) string {
+	vm.t.Helper()
+	out, code := vm.shell.run(cmdline, 60*time.Second)
+	if code != 0 {
+		vm.t.Fatalf("guest: %s: exit %d:\n%s", cmdline, code, out)
+	}
+	return out
+}
+
+// Try runs a command line in the guest and returns its output and exit status.
+func (vm *VM) Try(cmdline string) (string, int) {
+	return vm.shell.run(cmdline, 60*time.Second)
+}
+
+// WaitShell waits for the guest's shell to answer (the machine booted).
+func (vm *VM) WaitShell(timeout time.Duration) {
+	vm.t.Helper()
+	deadline := time.Now().Add(timeout)
+	for time.Now().Before(deadline) {
+		if _, code := vm.shell.run("true", 3*time.Second); code == 0 {
+			return
+		}
+	}
+	vm.t.Fatalf("the guest's shell did not answer within %v", timeout)
+}
+
+// shell talks to bash on the guest's ttyS1: each command is followed by a marker
+// with its exit status, built so that the command line itself never matches it.
+type shell struct {
+	conn net.Conn
+	mu   sync.Mutex
+	buf  syncbuf.Buffer
+	seq  int
+}
+
+func newShell(c net.Conn) *shell {
+	s := &shell{conn: c}
+	go func() {
+		b := make([]byte, 4096)
+		for {
+			n, err := c.Read(b)
+			s.buf.Write(b[:n])
+			if err != nil {
+				return
+			}
+		}
+	}()
+	return s
+}
+
+func (s *shell) close() { s.conn.Close() }
+
+func (s *shell) run(cmdline string, timeout time.Duration) (string, int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.seq++
+	tag := fmt.Sprintf("%d-%d", time.Now().UnixNano(), s.seq)
+	start := len(s.buf.String())
+	fmt.Fprintf(s.conn, "{ %s ; } </dev/null 2>&1; echo \"@@END\"\"-%s-$?@@\"\n", cmdline, tag)
+	re := regexp.MustCompile(`@@END-` + tag + `-(\d+)@@`)
+	for end := time.Now().Add(timeout); time.Now().Before(end); time.Sleep(50 * time.Millisecond) {
+		all := s.buf.String()[start:]
+		if m := re.FindStringSubmatchIndex(all); m != nil {
+			code, _ := strconv.Atoi(all[m[2]:m[3]])
+			return strings.TrimSpace(all[:m[0]]), code
+		}
+	}
+	return s.buf.String()[start:], -1
+}
+
+func run(t *testing.T, name string, args ...string) string {
+	t.Helper()
+	b, err := exec.Command(name, args...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, b)
+	}
+	return string(b)
+}
+
+func tail(b []byte, n int) []byte {
+	if len(b) > n {
+		return b[len(b)-n:]
+	}
+	return b
+}
+
+// breakUnit, when VMTEST_BREAK names what, adds a drop-in to iot-hsm.service that
+// takes the mechanism under check away (the check must then fail) and restarts the
+// service. It shows that a check can fail; never set in CI.
+func (vm *VM) breakUnit(what, dropin string) {
+	vm.t.Helper()
+	if !strings.Contains(","+os.Getenv("VMTEST_BREAK")+",", ","+what+",") {
+		return
+	}
+	vm.t.Logf("VMTEST_BREAK=%s: iot-hsm.service with %q", what, dropin)
+	vm.Sh("mkdir -p /etc/systemd/system/iot-hsm.service.d && printf '[Service]\\n" + dropin +
+		"\\n' > /etc/systemd/system/iot-hsm.service.d/99-break.conf && systemctl daemon-reload && systemctl restart iot-hsm")
+	vm.t.Cleanup(func() {
+		vm.Try("rm -f /etc/systemd/system/iot-hsm.service.d/99-break.conf && systemctl daemon-reload")
+	})
+}

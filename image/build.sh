@@ -66,7 +66,7 @@ make_keys() {
 # The root filesystem tree from Debian's packages.
 bootstrap() {
 	local root=$1
-	local pkgs=systemd-sysv,udev,dbus,kmod,softhsm2,libpcsclite1,pcscd,libccid,mosquitto,rauc,grub-common,gpiod
+	local pkgs=systemd-sysv,udev,dbus,kmod,softhsm2,libpcsclite1,pcscd,libccid,mosquitto,rauc,rauc-service,grub-common,gpiod
 	pkgs=$pkgs,linux-image-$ARCH,initramfs-tools,zstd
 	local ex=(--dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-exclude=/usr/share/man/*'
 		--dpkgopt='path-exclude=/usr/share/locale/*' --dpkgopt='path-include=/usr/share/locale/locale.alias')
@@ -105,7 +105,7 @@ configure() {
 	sed "s/#ARCH#/$ARCH/" "$here/system.conf.in" >"$root/etc/rauc/system.conf"
 	echo iot-hsm >"$root/etc/hostname"
 	: >"$root/etc/machine-id"
-	systemctl --root="$root" enable iot-hsm.service pcscd.socket mosquitto.service \
+	systemctl --root="$root" enable iot-hsm.service pcscd.socket mosquitto.service systemd-networkd.service \
 		iot-hsm-mark-good.service >/dev/null 2>&1
 	if [ "${TEST:-}" = 1 ]; then test_overlay "$root"; fi
 	cp -L "$root/vmlinuz" "$OUT/vmlinuz"

@@ -1,8 +1,12 @@
 package vmtest
 
 import (
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"fmt"
+	"net"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -27,11 +31,41 @@ func newController(t *testing.T, vm *VM) *controller {
 	keys := filepath.Join(vm.image, "keys")
 	cfg := mqtt.Config{Broker: fmt.Sprintf("ssl://127.0.0.1:%d", vm.MQTTPort), CleanSession: true,
 		CAFile: filepath.Join(keys, "broker-ca.pem"), CertFile: filepath.Join(keys, "controller.pem"),
-		KeyFile: filepath.Join(keys, "controller.key"), ConnectTimeout: 5 * time.Second}
+		KeyFile: filepath.Join(keys, "controller.key"), ConnectTimeout: 30 * time.Second}
+	waitBroker(t, cfg)
 	id := mqtttest.RandomID()
 	o := mqtttest.Options{Name: "pki-controller", ReplyTo: "pkiaas/replies/pki-controller/" + id,
 		Watch: []string{protocol.DefaultRoot + "/" + deviceID + "/events"}}
 	return &controller{Client: mqtttest.StartWith(t, cfg, o), t: t}
+}
+
+// waitBroker waits until the broker in the guest completes a TLS handshake through
+// the forwarded port: the service may be up before the broker answers.
+func waitBroker(t *testing.T, cfg mqtt.Config) {
+	t.Helper()
+	cert, err := tls.LoadX509KeyPair(cfg.CertFile, cfg.KeyFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ca, err := os.ReadFile(cfg.CAFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	roots := x509.NewCertPool()
+	roots.AppendCertsFromPEM(ca)
+	addr := strings.TrimPrefix(cfg.Broker, "ssl://")
+	tc := &tls.Config{Certificates: []tls.Certificate{cert}, RootCAs: roots, ServerName: "127.0.0.1"}
+	var last error
+	for end := time.Now().Add(bootTimeout); time.Now().Before(end); time.Sleep(time.Second) {
+		d := &net.Dialer{Timeout: 30 * time.Second}
+		conn, err := tls.DialWithDialer(d, "tcp", addr, tc)
+		if err == nil {
+			conn.Close()
+			return
+		}
+		last = err
+	}
+	t.Fatalf("the broker at %s: %v", addr, last)
 }
 
 // call sends cmd and waits for its reply, sending again (same id) while the daemon

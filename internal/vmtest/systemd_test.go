@@ -56,6 +56,9 @@ func (vm *VM) bootReady() unit {
 	vm.WaitShell(bootTimeout)
 	u := vm.waitUnit(bootTimeout, func(unit) bool { return true })
 	vm.t.Logf("booted to a ready iot-hsm.service in %v", time.Since(start).Round(time.Second))
+	if out, _ := vm.Try("systemctl --failed --no-legend"); out != "" {
+		vm.t.Logf("failed units:\n%s\n%s", out, vm.Sh("journalctl -b --no-pager -u iot-hsm-mark-good | tail -20"))
+	}
 	return u
 }
 
@@ -131,8 +134,7 @@ func TestSystemd(t *testing.T) {
 		vm.breakUnit("reboot", "TemporaryFileSystem=/var/lib/iot-hsm")
 		vm.waitUnit(bootTimeout, func(unit) bool { return true })
 		boot := vm.Sh("cat /proc/sys/kernel/random/boot_id")
-		vm.Try("systemctl reboot")
-		time.Sleep(5 * time.Second)
+		vm.Reboot()
 		vm.bootReady()
 		if vm.Sh("cat /proc/sys/kernel/random/boot_id") == boot {
 			t.Fatal("the machine did not reboot")

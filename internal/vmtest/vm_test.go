@@ -192,25 +192,40 @@ func (vm *VM) Try(cmdline string) (string, int) {
 	return vm.shell.run(cmdline, 60*time.Second)
 }
 
-// WaitShell waits for the guest's shell to answer (the machine booted).
+// WaitShell waits for the guest's shell to say it listens (the machine booted).
 func (vm *VM) WaitShell(timeout time.Duration) {
 	vm.t.Helper()
-	deadline := time.Now().Add(timeout)
-	for time.Now().Before(deadline) {
-		if _, code := vm.shell.run("true", 3*time.Second); code == 0 {
-			return
-		}
+	if !vm.shell.waitReady(timeout) {
+		vm.t.Fatalf("the guest's shell did not come up within %v", timeout)
 	}
-	vm.t.Fatalf("the guest's shell did not answer within %v", timeout)
+}
+
+// Reboot asks the guest to reboot; WaitShell then waits for the shell of the next boot.
+func (vm *VM) Reboot() {
+	vm.shell.run("systemctl reboot", 5*time.Second)
 }
 
 // shell talks to bash on the guest's ttyS1: each command is followed by a marker
 // with its exit status, built so that the command line itself never matches it.
 type shell struct {
-	conn net.Conn
-	mu   sync.Mutex
-	buf  syncbuf.Buffer
-	seq  int
+	conn  net.Conn
+	mu    sync.Mutex
+	buf   syncbuf.Buffer
+	seq   int
+	ready int // banners seen: one per start of the shell
+}
+
+const banner = "@@SHELL-READY@@"
+
+// waitReady waits for a banner after the last one seen.
+func (s *shell) waitReady(timeout time.Duration) bool {
+	for end := time.Now().Add(timeout); time.Now().Before(end); time.Sleep(200 * time.Millisecond) {
+		if n := strings.Count(s.buf.String(), banner); n > s.ready {
+			s.ready = n
+			return true
+		}
+	}
+	return false
 }
 
 func newShell(c net.Conn) *shell {

@@ -123,6 +123,7 @@ test_overlay() {
 	install -m 0644 "$k/appliance.pem" "$root/etc/iot-hsm/client.pem"
 	install -m 0600 "$k/appliance.key" "$root/etc/iot-hsm/client.key"
 	chmod 0600 "$root/etc/iot-hsm/vmtest.pin"
+	chmod 0750 "$root/etc/iot-hsm"
 	systemctl --root="$root" enable iot-hsm-vmtest-token.service iot-hsm-vmtest-shell.service >/dev/null 2>&1
 }
 

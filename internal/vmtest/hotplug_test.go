@@ -125,7 +125,7 @@ func TestHotplug(t *testing.T) {
 	t.Logf("first plug: present after %v", d)
 	hsm := fmt.Sprintf("yubikey-%d", ykSerial)
 	args := protocol.ProvisionArgs{HSM: hsm, Slot: "9a", Mode: "generate", KeyType: "p256"}
-	decode[protocol.ProvisionResult](t, c.call(protocol.CmdSlotProvision, args, 3*time.Minute))
+	c.selfsign(c.call(protocol.CmdSlotProvision, args, 3*time.Minute))
 	c.waitStatus("the slot connects", time.Minute, func(st protocol.Status) bool { s, ok := ykSlot(st); return ok && s.Connected })
 
 	yk.pull()

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/iot-hsm/iot-hsm/internal/mqtttest"
+	"github.com/iot-hsm/iot-hsm/internal/pkitest"
 	"github.com/iot-hsm/iot-hsm/mqtt"
 	"github.com/iot-hsm/iot-hsm/protocol"
 )
@@ -23,7 +24,8 @@ const deviceID = "ihsm-vm"
 // controller certificate (CN pki-controller, as dist/mosquitto's ACL names it).
 type controller struct {
 	*mqtttest.Client
-	t *testing.T
+	t  *testing.T
+	vm *VM
 }
 
 func newController(t *testing.T, vm *VM) *controller {
@@ -36,7 +38,7 @@ func newController(t *testing.T, vm *VM) *controller {
 	id := mqtttest.RandomID()
 	o := mqtttest.Options{Name: "pki-controller", ReplyTo: "pkiaas/replies/pki-controller/" + id,
 		Watch: []string{protocol.DefaultRoot + "/" + deviceID + "/events"}}
-	return &controller{Client: mqtttest.StartWith(t, cfg, o), t: t}
+	return &controller{Client: mqtttest.StartWith(t, cfg, o), t: t, vm: vm}
 }
 
 // waitBroker waits until the broker in the guest completes a TLS handshake through
@@ -85,7 +87,7 @@ func (c *controller) status() protocol.Status {
 }
 
 func (c *controller) audit() protocol.AuditTailResult {
-	return decode[protocol.AuditTailResult](c.t, c.call(protocol.CmdAuditTail, protocol.AuditTailArgs{N: 1000}, time.Minute))
+	return decode[protocol.AuditTailResult](c.t, c.call(protocol.CmdAuditTail, protocol.AuditTailArgs{N: 256}, time.Minute))
 }
 
 // phases are the OTA phases announced on the events topic, in order, repeats folded.
@@ -101,6 +103,16 @@ func (c *controller) phases() []string {
 		}
 	}
 	return out
+}
+
+// selfsign makes the generated slot a root CA, which makes it provisioned.
+func (c *controller) selfsign(p protocol.Reply) {
+	c.t.Helper()
+	res := decode[protocol.ProvisionResult](c.t, p)
+	args := protocol.ProvisioningCertArgs{SlotID: res.SlotID, ProvisioningCert: string(pkitest.ProvisioningCert(c.t, "VM Root", 1))}
+	if r := c.call(protocol.CmdSlotSelfSign, args, 2*time.Minute); !r.OK {
+		c.t.Fatalf("slot.selfsign: %+v", r.Error)
+	}
 }
 
 // sameAudit fails unless every record of before is in after, unchanged, and after
@@ -141,6 +153,7 @@ func (c *controller) callID(id, cmd string, args any, timeout time.Duration) pro
 			return r
 		}
 	}
-	c.t.Fatalf("no reply to %s %s within %v", cmd, id, timeout)
+	logs, _ := c.vm.Try("systemctl status --no-pager iot-hsm mosquitto | head -30; journalctl -b --no-pager -u iot-hsm -u mosquitto | tail -40")
+	c.t.Fatalf("no reply to %s %s within %v; the guest says:\n%s", cmd, id, timeout, logs)
 	return protocol.Reply{}
 }

@@ -91,13 +91,13 @@ func TestSystemd(t *testing.T) {
 	hsms := decode[protocol.HSMListResult](t, c.call(protocol.CmdHSMList, nil, time.Minute))
 	args := protocol.ProvisionArgs{HSM: hsms.HSMs[0].ID, Slot: "01", Mode: "generate", KeyType: "p256"}
 	prov := c.callID(provID, protocol.CmdSlotProvision, args, 3*time.Minute)
-	decode[protocol.ProvisionResult](t, prov)
+	c.selfsign(prov)
 	st := c.status()
 	if st.ConnectedSlots != 1 {
 		t.Fatalf("the provisioned slot is not connected: %s", slotStates(st))
 	}
-	t.Run("status", func(t *testing.T) { checkStatusLine(t, vm, c) })
-	t.Run("reload", func(t *testing.T) { checkReload(t, vm, c, u) })
+	t.Run("status", func(t *testing.T) { checkStatusLine(t, vm.For(t), c) })
+	t.Run("reload", func(t *testing.T) { checkReload(t, vm.For(t), c, u) })
 	kept := func(what string) {
 		t.Helper()
 		after := c.status()
@@ -111,6 +111,7 @@ func TestSystemd(t *testing.T) {
 	}
 	audit := c.audit()
 	t.Run("watchdog", func(t *testing.T) {
+		vm := vm.For(t)
 		vm.breakUnit("watchdog", "WatchdogSec=0")
 		u := vm.waitUnit(bootTimeout, func(unit) bool { return true })
 		vm.Sh(fmt.Sprintf("kill -STOP %d", u.PID))
@@ -121,6 +122,7 @@ func TestSystemd(t *testing.T) {
 		kept("after the watchdog restart")
 	})
 	t.Run("crash", func(t *testing.T) {
+		vm := vm.For(t)
 		vm.breakUnit("crash", "Restart=no")
 		u := vm.waitUnit(bootTimeout, func(unit) bool { return true })
 		vm.Sh(fmt.Sprintf("kill -SEGV %d", u.PID))
@@ -131,6 +133,7 @@ func TestSystemd(t *testing.T) {
 		kept("after the crash")
 	})
 	t.Run("reboot", func(t *testing.T) {
+		vm := vm.For(t)
 		vm.breakUnit("reboot", "TemporaryFileSystem=/var/lib/iot-hsm")
 		vm.waitUnit(bootTimeout, func(unit) bool { return true })
 		boot := vm.Sh("cat /proc/sys/kernel/random/boot_id")
@@ -143,7 +146,7 @@ func TestSystemd(t *testing.T) {
 	})
 	sameAudit(t, audit, c.audit())
 	vm.Sh("iot-hsm audit verify /var/lib/iot-hsm/state/audit.log")
-	t.Run("leds", func(t *testing.T) { checkLEDs(t, vm) })
+	t.Run("leds", func(t *testing.T) { checkLEDs(t, vm.For(t)) })
 }
 
 // checkStatusLine: the STATUS of `systemctl status` says what the status command says.
@@ -167,7 +170,9 @@ func checkReload(t *testing.T, vm *VM, c *controller, u unit) {
 	vm.Sh(`sed -i 's/^state_dir/log_level = "debug"\nstate_dir/' /etc/iot-hsm/config.toml`)
 	t.Cleanup(func() { vm.Try(`sed -i '/^log_level/d' /etc/iot-hsm/config.toml`) })
 	before := vm.Sh("journalctl -u iot-hsm --no-pager | grep -c 'reloading the configuration' || true")
-	vm.Sh("systemctl reload iot-hsm")
+	if out, code := vm.Try("systemctl reload iot-hsm"); code != 0 {
+		t.Fatalf("systemctl reload: exit %d: %s\n%s", code, out, vm.Sh("journalctl -b --no-pager -u iot-hsm | tail -30"))
+	}
 	vm.waitUnit(30*time.Second, func(unit) bool { return true })
 	n := vm.Sh("journalctl -u iot-hsm --no-pager | grep -c 'reloading the configuration' || true")
 	if n == before {

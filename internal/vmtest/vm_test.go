@@ -144,6 +144,13 @@ func (vm *VM) Kill() {
 	vm.cmd = nil
 }
 
+// For is vm reporting to t (a subtest) instead of the test that made it.
+func (vm *VM) For(t *testing.T) *VM {
+	c := *vm
+	c.t = t
+	return &c
+}
+
 // Console is what the guest wrote on its serial console (ttyS0) so far.
 func (vm *VM) Console() string {
 	b, _ := os.ReadFile(vm.path("console.log"))

@@ -49,7 +49,8 @@ make_keys() {
 				-subj "/CN=$2" -keyout "$1.key" -out "$1.pem" 2>/dev/null
 		}
 		ca rauc-ca "iot-hsm test RAUC CA"
-		printf 'keyUsage=digitalSignature\nextendedKeyUsage=codeSigning\n' >signer.ext
+		# No extended key usage: RAUC checks the S/MIME purpose, which codeSigning fails.
+		printf 'keyUsage=digitalSignature\n' >signer.ext
 		cert rauc-signer "iot-hsm test bundle signer" rauc-ca signer.ext
 		ca broker-ca "iot-hsm test broker CA"
 		printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\n' >server.ext
@@ -67,7 +68,8 @@ make_keys() {
 bootstrap() {
 	local root=$1
 	local pkgs=systemd-sysv,udev,dbus,kmod,softhsm2,libpcsclite1,pcscd,libccid,mosquitto,rauc,rauc-service,grub-common,gpiod
-	pkgs=$pkgs,linux-image-$ARCH,initramfs-tools,zstd
+	# procps: /bin/kill, which the unit's ExecReload= runs.
+	pkgs=$pkgs,procps,linux-image-$ARCH,initramfs-tools,zstd
 	local ex=(--dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-exclude=/usr/share/man/*'
 		--dpkgopt='path-exclude=/usr/share/locale/*' --dpkgopt='path-include=/usr/share/locale/locale.alias')
 	local t

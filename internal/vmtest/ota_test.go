@@ -107,6 +107,7 @@ func TestOTA(t *testing.T) {
 	}
 
 	t.Run("good", func(t *testing.T) {
+		vm := vm.For(t)
 		start := time.Now()
 		decode[protocol.OTAStatus](t, c.call(protocol.CmdOTAUpdate, vm.updateArgs(base, "good.raucb"), time.Minute))
 		c.waitOTA(protocol.OTAReboot, 10*time.Minute)
@@ -127,6 +128,7 @@ func TestOTA(t *testing.T) {
 		kept("after the update")
 	})
 	t.Run("bad", func(t *testing.T) {
+		vm := vm.For(t)
 		if strings.Contains(os.Getenv("VMTEST_BREAK"), "fallback") {
 			// GRUB that boots ORDER's first slot whatever RAUC marked: no fallback.
 			t.Log("VMTEST_BREAK=fallback: grub.cfg without the A/B checks")
@@ -145,6 +147,7 @@ func TestOTA(t *testing.T) {
 		kept("after the rollback")
 	})
 	t.Run("power-cut", func(t *testing.T) {
+		// The parent's vm: Kill and Start replace its QEMU, which its cleanup ends.
 		before := vm.Sh("grub-editenv /boot/efi/EFI/BOOT/grubenv list")
 		decode[protocol.OTAStatus](t, c.call(protocol.CmdOTAUpdate, vm.updateArgs(base, "good.raucb"), time.Minute))
 		c.waitOTA(protocol.OTAInstall, 5*time.Minute)

@@ -134,7 +134,7 @@ func TestSystemd(t *testing.T) {
 	})
 	t.Run("reboot", func(t *testing.T) {
 		vm := vm.For(t)
-		vm.breakUnit("reboot", "TemporaryFileSystem=/var/lib/iot-hsm")
+		vm.breakUnit("reboot", "ExecStartPre=+/bin/rm -rf /var/lib/iot-hsm/state")
 		vm.waitUnit(bootTimeout, func(unit) bool { return true })
 		boot := vm.Sh("cat /proc/sys/kernel/random/boot_id")
 		vm.Reboot()

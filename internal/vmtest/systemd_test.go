@@ -98,7 +98,7 @@ func TestSystemd(t *testing.T) {
 	}
 	t.Run("status", func(t *testing.T) { checkStatusLine(t, vm.For(t), c) })
 	t.Run("reload", func(t *testing.T) { checkReload(t, vm.For(t), c, u) })
-	kept := func(what string) {
+	kept := func(t *testing.T, what string) {
 		t.Helper()
 		after := c.status()
 		if slotStates(after) != slotStates(st) || fmt.Sprint(after.HSMs) != fmt.Sprint(st.HSMs) {
@@ -119,7 +119,7 @@ func TestSystemd(t *testing.T) {
 		if j := vm.Sh("journalctl -b -u iot-hsm --no-pager"); !strings.Contains(j, "Watchdog timeout") {
 			t.Errorf("restarted (%d -> %d) but not by the watchdog:\n%s", u.PID, nu.PID, j)
 		}
-		kept("after the watchdog restart")
+		kept(t, "after the watchdog restart")
 	})
 	t.Run("crash", func(t *testing.T) {
 		vm := vm.For(t)
@@ -130,7 +130,7 @@ func TestSystemd(t *testing.T) {
 		if nu.Restarts <= u.Restarts {
 			t.Errorf("NRestarts %d -> %d", u.Restarts, nu.Restarts)
 		}
-		kept("after the crash")
+		kept(t, "after the crash")
 	})
 	t.Run("reboot", func(t *testing.T) {
 		vm := vm.For(t)
@@ -142,7 +142,7 @@ func TestSystemd(t *testing.T) {
 		if vm.Sh("cat /proc/sys/kernel/random/boot_id") == boot {
 			t.Fatal("the machine did not reboot")
 		}
-		kept("after the reboot")
+		kept(t, "after the reboot")
 	})
 	sameAudit(t, audit, c.audit())
 	vm.Sh("iot-hsm audit verify /var/lib/iot-hsm/state/audit.log")

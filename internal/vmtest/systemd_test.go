@@ -96,6 +96,7 @@ func TestSystemd(t *testing.T) {
 	if st.ConnectedSlots != 1 {
 		t.Fatalf("the provisioned slot is not connected: %s", slotStates(st))
 	}
+	t.Run("keys on the data partition", func(t *testing.T) { checkTokensOnData(t, vm.For(t)) })
 	t.Run("status", func(t *testing.T) { checkStatusLine(t, vm.For(t), c) })
 	t.Run("reload", func(t *testing.T) { checkReload(t, vm.For(t), c, u) })
 	kept := func(t *testing.T, what string) {
@@ -184,5 +185,17 @@ func checkReload(t *testing.T, vm *VM, c *controller, u unit) {
 	}
 	if m := vm.unit(); m.PID != u.PID {
 		t.Errorf("a reload changed the main PID %d -> %d", u.PID, m.PID)
+	}
+}
+
+// checkTokensOnData: the SoftHSM2 token holding the CA key is on the data partition,
+// which an update into the other root slot keeps; SoftHSM2's own default directory
+// is on the root slot and would be left behind.
+func checkTokensOnData(t *testing.T, vm *VM) {
+	onData := vm.Sh("find /var/lib/iot-hsm/softhsm/tokens -name '*.object' | wc -l")
+	onRoot, _ := vm.Try("find /var/lib/softhsm/tokens -name '*.object' 2>/dev/null | wc -l")
+	if strings.TrimSpace(onData) == "0" || strings.TrimSpace(onRoot) != "0" {
+		t.Errorf("token objects: %s on the data partition, %s on the root slot (SoftHSM2 reads /etc/softhsm/softhsm2.conf)",
+			strings.TrimSpace(onData), strings.TrimSpace(onRoot))
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"path"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -33,6 +34,9 @@ var toolPackages = map[string]string{
 	"dbus-daemon":     "dbus-daemon",
 	"pkg-config":      "pkgconf",
 	"chromium":        "chromium",
+	// The VM test's, installed by make vm-deps (VM_PACKAGES).
+	"qemu-img":           "qemu-utils",
+	"qemu-system-x86_64": "qemu-system-x86",
 }
 
 // baseTools are in every Debian base system (their packages are Priority: required,
@@ -43,6 +47,7 @@ var baseTools = map[string]string{
 	"cat":    "coreutils",
 	"echo":   "coreutils",
 	"mount":  "mount",
+	"nice":   "coreutils",
 	"umount": "mount",
 	// This test's own means of checking.
 	"dpkg":       "dpkg",
@@ -60,12 +65,34 @@ var goTools = map[string]bool{"go": true}
 // chromium.
 var dynamicTools = []string{"sh", "cat", "echo", "mksquashfs", "pkg-config", "chromium"}
 
+// vmTestDir holds the tests of the booted image: `make vm-test` runs them after
+// `make vm-deps`, so their programs come from VM_PACKAGES.
+const vmTestDir = "internal/vmtest"
+
 // Every program a test runs must come from a package `make deps` installs, so that
 // `make test` works on a fresh machine.
 func TestMakeDepsInstallsEveryTestTool(t *testing.T) {
-	debs := makefilePackages(t)
-	tools := unique(append(scanTools(t, "."), dynamicTools...))
+	tools := unique(append(scanTools(t, ".", vmTestDir), dynamicTools...))
 	t.Logf("programs the tests run: %v", tools)
+	checkTools(t, tools, makefileList(t, "DEB_PACKAGES"), "DEB_PACKAGES (make deps)")
+	if len(tools) < 8 {
+		t.Fatalf("found only %d programs (%v): the source scan is broken", len(tools), tools)
+	}
+}
+
+// The same for the VM test and `make vm-deps`; it starts QEMU through nice.
+func TestMakeVMDepsInstallsEveryVMTestTool(t *testing.T) {
+	tools := unique(append(scanTools(t, vmTestDir), "qemu-system-x86_64"))
+	t.Logf("programs the VM test runs: %v", tools)
+	checkTools(t, tools, makefileList(t, "VM_PACKAGES"), "VM_PACKAGES (make vm-deps)")
+	if len(tools) < 2 {
+		t.Fatalf("found only %d programs (%v): the source scan is broken", len(tools), tools)
+	}
+}
+
+// checkTools checks that each tool is Go's, in every base system, or in debs.
+func checkTools(t *testing.T, tools []string, debs map[string]bool, list string) {
+	t.Helper()
 	owners := dpkgOwners(t, tools)
 	for _, tool := range tools {
 		switch {
@@ -75,13 +102,10 @@ func TestMakeDepsInstallsEveryTestTool(t *testing.T) {
 		case toolPackages[tool] == "":
 			t.Errorf("the tests run %s, which is not in toolPackages: add it with the Debian package that ships it", tool)
 		case !debs[toolPackages[tool]]:
-			t.Errorf("the tests run %s from Debian package %s, which the Makefile's DEB_PACKAGES (make deps) does not install", tool, toolPackages[tool])
+			t.Errorf("the tests run %s from Debian package %s, which the Makefile's %s does not install", tool, toolPackages[tool], list)
 		default:
 			checkPackage(t, owners, tool, toolPackages[tool])
 		}
-	}
-	if len(tools) < 8 {
-		t.Fatalf("found only %d programs (%v): the source scan is broken", len(tools), tools)
 	}
 }
 
@@ -96,17 +120,18 @@ func unique(names []string) []string {
 	return out
 }
 
-// makefilePackages reads DEB_PACKAGES from the Makefile.
-func makefilePackages(t *testing.T) map[string]bool {
+// makefileList reads a list of Debian packages (DEB_PACKAGES, VM_PACKAGES) from the
+// Makefile.
+func makefileList(t *testing.T, name string) map[string]bool {
 	t.Helper()
 	b, err := os.ReadFile("Makefile")
 	if err != nil {
 		t.Fatal(err)
 	}
 	text := strings.ReplaceAll(string(b), "\\\n", " ")
-	m := regexp.MustCompile(`(?m)^DEB_PACKAGES\s*:?=(.*)$`).FindStringSubmatch(text)
+	m := regexp.MustCompile(`(?m)^` + name + `\s*:?=(.*)$`).FindStringSubmatch(text)
 	if m == nil {
-		t.Fatal("no DEB_PACKAGES in the Makefile")
+		t.Fatalf("no %s in the Makefile", name)
 	}
 	debs := map[string]bool{}
 	for _, p := range strings.Fields(m[1]) {
@@ -201,11 +226,11 @@ func dpkgOwners(t *testing.T, tools []string) map[string]string {
 	return owners
 }
 
-// scanTools parses every Go file of the module (bench/ aside: make bench installs its
-// own) and returns the base names of the programs passed to exec.Command,
-// exec.CommandContext and exec.LookPath: string literals, package constants, and
-// literals passed to helpers that hand a parameter on to one of them.
-func scanTools(t *testing.T, root string) []string {
+// scanTools parses every Go file below root (bench/ aside: make bench installs its
+// own; skip aside too) and returns the base names of the programs passed to
+// exec.Command, exec.CommandContext and exec.LookPath: string literals, package
+// constants, and literals passed to helpers that hand a parameter on to one of them.
+func scanTools(t *testing.T, root string, skip ...string) []string {
 	t.Helper()
 	pkgs := map[string][]*ast.File{}
 	fset := token.NewFileSet()
@@ -213,7 +238,7 @@ func scanTools(t *testing.T, root string) []string {
 		if err != nil {
 			return err
 		}
-		if d.IsDir() && (p == "bench" || p == "cross" || strings.HasPrefix(d.Name(), ".")) && p != "." {
+		if d.IsDir() && (p == "bench" || p == "cross" || slices.Contains(skip, p) || strings.HasPrefix(d.Name(), ".")) && p != "." && p != root {
 			return filepath.SkipDir
 		}
 		if d.IsDir() || !strings.HasSuffix(p, ".go") {

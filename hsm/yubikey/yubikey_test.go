@@ -47,6 +47,7 @@ func plugCard(t *testing.T, protect bool) (*vyubikey.Card, *pcscdtest.Plugged, *
 	if err != nil {
 		t.Fatal(err)
 	}
+	pcscdtest.LockAllReaders(t) // the provider looks at every reader
 	p := pcscdtest.PlugCard(t, card, vpcd)
 	if protect {
 		pcscdtest.ProtectManagementKey(t, reader)

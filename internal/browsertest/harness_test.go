@@ -111,6 +111,7 @@ func startDaemon(t *testing.T) *daemon {
 	if err != nil {
 		t.Fatal(err)
 	}
+	pcscdtest.LockAllReaders(t) // the daemon's PIV backend looks at every reader
 	plugged := pcscdtest.PlugCard(t, card, ykVPCD)
 	pcscdtest.ProtectManagementKey(t, ykReader)
 

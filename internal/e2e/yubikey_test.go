@@ -33,6 +33,7 @@ const (
 // only backend is the PIV one, with the hotplug watcher as `iot-hsm run` has it.
 func startYubiKeyAppliance(t *testing.T, brokerURL, pin string) (*appliance, *pcscdtest.Plugged, *vyubikey.Card) {
 	t.Helper()
+	pcscdtest.LockAllReaders(t) // before the one reader PlugCard takes: always in port order
 	card, err := vyubikey.New(vyubikey.Config{Serial: 20242024, StatePath: filepath.Join(t.TempDir(), "card.json")})
 	if err != nil {
 		t.Fatal(err)
@@ -47,6 +48,7 @@ func startYubiKeyAppliance(t *testing.T, brokerURL, pin string) (*appliance, *pc
 // watcher as `iot-hsm run` has it.
 func startPIVAppliance(t *testing.T, brokerURL, pin string, card *vyubikey.Card) *appliance {
 	t.Helper()
+	pcscdtest.LockAllReaders(t) // its backend looks at every reader
 	roots := filepath.Join(t.TempDir(), "attestation-roots.pem")
 	if err := os.WriteFile(roots, ca.EncodeCertificatePEM(card.AttestationRoot()), 0o600); err != nil {
 		t.Fatal(err)

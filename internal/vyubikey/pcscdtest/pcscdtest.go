@@ -182,6 +182,17 @@ type heldLock struct {
 	refs int
 }
 
+// LockAllReaders takes the locks of both virtual readers until the test ends, in
+// port order. A test whose PIV backend looks at every reader (an appliance, a
+// daemon) takes it before it plugs or starts anything: otherwise its backend opens
+// another package's card, and piv-go leaks the exclusive handle when that card goes
+// away mid-open, which blocks the reader for the rest of this process.
+func LockAllReaders(t testing.TB) {
+	t.Helper()
+	LockReader(t, vyubikey.DefaultVPCDAddr)
+	LockReader(t, "localhost:35964")
+}
+
 // LockReader takes the lock file of a vpcd port until the test ends, waiting
 // up to 5 minutes for another process to release it.
 func LockReader(t testing.TB, addr string) {

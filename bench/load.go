@@ -143,6 +143,19 @@ func runLoad(o *operator, s loadSpec) (loadResult, error) {
 	st := steps.snap().since(st0)
 	wg.Wait()
 
+	summarize(&res, lanes)
+	if res.Completed == 0 {
+		return res, fmt.Errorf("%w (first error: %s)", errNoReplies, res.FirstErr)
+	}
+	res.Steps, res.StepCalls = map[string]float64{}, st.n
+	for k, d := range st.d {
+		res.Steps[k] = ms(d) / float64(res.Completed)
+	}
+	return res, nil
+}
+
+// summarize fills throughput and latency from the lanes of a finished window.
+func summarize(res *loadResult, lanes []lane) {
 	var lat []time.Duration
 	for _, l := range lanes {
 		lat = append(lat, l.lat...)
@@ -152,14 +165,7 @@ func runLoad(o *operator, s loadSpec) (loadResult, error) {
 			res.FirstErr = l.firstErr
 		}
 	}
-	if res.Completed == 0 {
-		return res, fmt.Errorf("%w (first error: %s)", errNoReplies, res.FirstErr)
-	}
-	res.Rate = float64(res.Completed) / secs
-	res.Steps, res.StepCalls = map[string]float64{}, st.n
-	for k, d := range st.d {
-		res.Steps[k] = ms(d) / float64(res.Completed)
-	}
+	res.Rate = float64(res.Completed) / res.window.Seconds()
 	slices.Sort(lat)
 	var sum time.Duration
 	for _, d := range lat {
@@ -169,7 +175,6 @@ func runLoad(o *operator, s loadSpec) (loadResult, error) {
 		res.MeanMs = ms(sum / time.Duration(len(lat)))
 	}
 	res.P50, res.P99 = ms(percentile(lat, 0.50)), ms(percentile(lat, 0.99))
-	return res, nil
 }
 
 // runLane keeps one request in flight until the window ends. Latency is kept for

@@ -13,7 +13,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"slices"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -218,27 +217,4 @@ func (s *stepCA) runStepLane(r *stepRun, bodies [][]byte, next *atomic.Int64, l 
 		}
 		return err
 	})
-}
-
-// summarize fills throughput and latency from the lanes of a finished window.
-func summarize(res *loadResult, lanes []lane) {
-	var lat []time.Duration
-	for _, l := range lanes {
-		lat = append(lat, l.lat...)
-		res.Completed += l.done
-		res.Errors += l.errs
-		if res.FirstErr == "" {
-			res.FirstErr = l.firstErr
-		}
-	}
-	res.Rate = float64(res.Completed) / res.window.Seconds()
-	slices.Sort(lat)
-	var sum time.Duration
-	for _, d := range lat {
-		sum += d
-	}
-	if len(lat) > 0 {
-		res.MeanMs = ms(sum / time.Duration(len(lat)))
-	}
-	res.P50, res.P99 = ms(percentile(lat, 0.50)), ms(percentile(lat, 0.99))
 }

@@ -106,7 +106,7 @@ buildroot-check: build
 	HOST_BIN=$(BIN) bash buildroot/check.sh
 
 # Fuzz targets, each run for a bounded number of executions one after the other;
-# the seed corpora in testdata/fuzz/ also run as ordinary tests under `make test`.
+# the corpora kept in testdata/fuzz/ also run as ordinary tests under `make test`.
 # A finding is written to testdata/fuzz/<Target>/ and fails the run. The budget is
 # a count, not a duration: Go 1.26's fuzz coordinator can report its own duration
 # deadline as a failure ("context deadline exceeded") when a loaded machine is

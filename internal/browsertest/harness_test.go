@@ -27,6 +27,7 @@ import (
 	"github.com/chromedp/chromedp"
 
 	"github.com/iot-hsm/iot-hsm/ca"
+	"github.com/iot-hsm/iot-hsm/internal/testbin"
 	"github.com/iot-hsm/iot-hsm/internal/vyubikey"
 	"github.com/iot-hsm/iot-hsm/internal/vyubikey/pcscdtest"
 )
@@ -41,7 +42,12 @@ const (
 	ykHSM    = "yubikey-31415926"
 )
 
-func TestMain(m *testing.M) { pcscdtest.Main(m) }
+func TestMain(m *testing.M) {
+	code := m.Run()
+	pcscdtest.StopPCSCD()
+	testbin.Cleanup()
+	os.Exit(code)
+}
 
 // chromiumPath finds Debian's chromium. It is missing only on a machine where `make
 // deps` did not run: there the test skips, except in CI, where it must run.
@@ -58,33 +64,8 @@ func chromiumPath(t *testing.T) string {
 	return ""
 }
 
-var (
-	buildOnce sync.Once
-	binPath   string
-	buildErr  error
-)
-
-// binary builds iot-hsm once for the package's tests.
-func binary(t *testing.T) string {
-	t.Helper()
-	buildOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "iot-hsm-browsertest-")
-		if err != nil {
-			buildErr = err
-			return
-		}
-		binPath = filepath.Join(dir, "iot-hsm")
-		cmd := exec.Command("go", "build", "-o", binPath, ".")
-		cmd.Dir = repoRoot
-		if out, err := cmd.CombinedOutput(); err != nil {
-			buildErr = fmt.Errorf("go build: %v\n%s", err, out)
-		}
-	})
-	if buildErr != nil {
-		t.Fatal(buildErr)
-	}
-	return binPath
-}
+// binary is iot-hsm as `make build` makes it.
+func binary(t *testing.T) string { return testbin.Build(t) }
 
 func freePort(t *testing.T) string {
 	t.Helper()

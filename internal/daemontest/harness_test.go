@@ -19,52 +19,28 @@ import (
 	"github.com/iot-hsm/iot-hsm/internal/brokertest"
 	"github.com/iot-hsm/iot-hsm/internal/mqtttest"
 	"github.com/iot-hsm/iot-hsm/internal/syncbuf"
+	"github.com/iot-hsm/iot-hsm/internal/testbin"
 	"github.com/iot-hsm/iot-hsm/protocol"
 )
 
 // repoRoot is the module root, two levels up from this package.
 var repoRoot, _ = filepath.Abs(filepath.Join("..", ".."))
 
-var (
-	buildOnce sync.Once
-	binPath   string
-	buildErr  error
-	binDir    string
-)
-
 func TestMain(m *testing.M) {
 	code := m.Run()
-	if binDir != "" {
-		os.RemoveAll(binDir)
-	}
+	testbin.Cleanup()
 	os.Exit(code)
 }
 
-// binary builds iot-hsm once per test run, with the test-only wedge hook
-// (-tags wedgetest) and, when the tests run with -race, the race detector.
+// binary is iot-hsm with the test-only wedge hook (-tags wedgetest) and, when the
+// tests run with -race, the race detector.
 func binary(t *testing.T) string {
 	t.Helper()
-	buildOnce.Do(func() {
-		binDir, buildErr = os.MkdirTemp("", "iot-hsm-daemontest-")
-		if buildErr != nil {
-			return
-		}
-		binPath = filepath.Join(binDir, "iot-hsm")
-		args := []string{"build", "-tags", "wedgetest", "-o", binPath}
-		if raceEnabled {
-			args = append(args, "-race")
-		}
-		cmd := exec.Command("go", append(args, ".")...)
-		cmd.Dir = repoRoot
-		out, err := cmd.CombinedOutput()
-		if err != nil {
-			buildErr = fmt.Errorf("go build: %v\n%s", err, out)
-		}
-	})
-	if buildErr != nil {
-		t.Fatal(buildErr)
+	flags := []string{"-tags", "wedgetest"}
+	if raceEnabled {
+		flags = append(flags, "-race")
 	}
-	return binPath
+	return testbin.Build(t, flags...)
 }
 
 // notifyMsg is one datagram on the notify socket, split into its assignments.

@@ -5,7 +5,6 @@ package e2e
 
 import (
 	"context"
-	"encoding/json"
 	"os"
 	"path/filepath"
 	"testing"
@@ -200,14 +199,7 @@ func (o *operator) call(dev *appliance, cmd string, args any) protocol.Reply {
 // ok fails the test unless the reply succeeded, and decodes its result.
 func ok[T any](t *testing.T, r protocol.Reply) T {
 	t.Helper()
-	var v T
-	if !r.OK {
-		t.Fatalf("%s failed: %+v", r.Cmd, r.Error)
-	}
-	if err := json.Unmarshal(r.Result, &v); err != nil {
-		t.Fatalf("%s result: %v", r.Cmd, err)
-	}
-	return v
+	return mqtttest.Result[T](t, r)
 }
 
 func failed(t *testing.T, r protocol.Reply, code string) {

@@ -216,3 +216,19 @@ func Result[T any](t testing.TB, r protocol.Reply) T {
 	}
 	return v
 }
+
+// OTAPhases are the OTA phases announced in events (the payloads of an events
+// topic), in order, repeats folded.
+func OTAPhases(events [][]byte) []string {
+	var out []string
+	for _, b := range events {
+		var e protocol.OTAEvent
+		if json.Unmarshal(b, &e) != nil || e.Type != "ota" {
+			continue
+		}
+		if len(out) == 0 || out[len(out)-1] != e.Phase {
+			out = append(out, e.Phase)
+		}
+	}
+	return out
+}

@@ -189,17 +189,7 @@ func (o *operator) call(cmd string, args any) protocol.Reply {
 }
 
 func (o *operator) phases() []string {
-	var out []string
-	for _, b := range o.Messages(eventsTopic(o.deviceID)) {
-		var e protocol.OTAEvent
-		if json.Unmarshal(b, &e) != nil || e.Type != "ota" {
-			continue
-		}
-		if len(out) == 0 || out[len(out)-1] != e.Phase {
-			out = append(out, e.Phase)
-		}
-	}
-	return out
+	return mqtttest.OTAPhases(o.Messages(eventsTopic(o.deviceID)))
 }
 
 func decode[T any](t *testing.T, r protocol.Reply) T {

@@ -3,7 +3,6 @@ package vmtest
 import (
 	"crypto/tls"
 	"crypto/x509"
-	"encoding/json"
 	"fmt"
 	"net"
 	"os"
@@ -92,17 +91,7 @@ func (c *controller) audit() protocol.AuditTailResult {
 
 // phases are the OTA phases announced on the events topic, in order, repeats folded.
 func (c *controller) phases() []string {
-	var out []string
-	for _, b := range c.Messages(protocol.DefaultRoot + "/" + deviceID + "/events") {
-		var e protocol.OTAEvent
-		if json.Unmarshal(b, &e) != nil || e.Type != "ota" {
-			continue
-		}
-		if len(out) == 0 || out[len(out)-1] != e.Phase {
-			out = append(out, e.Phase)
-		}
-	}
-	return out
+	return mqtttest.OTAPhases(c.Messages(protocol.DefaultRoot + "/" + deviceID + "/events"))
 }
 
 // selfsign makes the generated slot a root CA, which makes it provisioned.

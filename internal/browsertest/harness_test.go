@@ -5,7 +5,6 @@
 package browsertest
 
 import (
-	"bytes"
 	"context"
 	"crypto/sha256"
 	"crypto/tls"
@@ -27,6 +26,7 @@ import (
 	"github.com/chromedp/chromedp"
 
 	"github.com/iot-hsm/iot-hsm/ca"
+	"github.com/iot-hsm/iot-hsm/internal/syncbuf"
 	"github.com/iot-hsm/iot-hsm/internal/testbin"
 	"github.com/iot-hsm/iot-hsm/internal/vyubikey"
 	"github.com/iot-hsm/iot-hsm/internal/vyubikey/pcscdtest"
@@ -82,7 +82,7 @@ type daemon struct {
 	url     string
 	cert    *x509.Certificate // the dashboard's, as the daemon wrote it
 	plugged *pcscdtest.Plugged
-	log     *bytes.Buffer
+	log     *syncbuf.Buffer
 }
 
 func startDaemon(t *testing.T) *daemon {
@@ -115,7 +115,7 @@ func startDaemon(t *testing.T) *daemon {
 	if out, err := passwd.CombinedOutput(); err != nil {
 		t.Fatalf("iot-hsm web passwd: %v\n%s", err, out)
 	}
-	log := &bytes.Buffer{}
+	log := &syncbuf.Buffer{}
 	cmd := exec.Command(bin, "run", "--dev", "--config", cfgPath, "--dev-listen", freePort(t))
 	cmd.Stdout, cmd.Stderr = log, log
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}

@@ -30,6 +30,9 @@ const (
 // ErrBusy is an update asked for while another one runs.
 var ErrBusy = errors.New("an update is already in progress")
 
+// ErrInterrupted is the outcome of an update the appliance stopped in the middle of.
+var ErrInterrupted = errors.New("interrupted: the appliance stopped before the update was installed; the running system was not replaced")
+
 // Options configure the updater and hook it into the daemon.
 type Options struct {
 	Mode        string
@@ -83,8 +86,30 @@ func New(o Options) (*Updater, error) {
 	if last, err := readJSON[protocol.OTAStatus](u.lastPath()); err == nil {
 		u.st = last
 		u.st.Mode, u.st.Version = o.Mode, o.Version
+		u.interrupted()
 	}
 	return u, nil
+}
+
+// interrupted turns an update that was still downloading, verifying or installing
+// when the appliance stopped (a crash, a power cut) into a failure: nothing
+// replaced the running system, and ota.status says so instead of showing an
+// update that no one is running. An install that finished has a trial record.
+func (u *Updater) interrupted() {
+	switch u.st.Phase {
+	case protocol.OTADownload, protocol.OTAVerify, protocol.OTAInstall:
+	default:
+		return
+	}
+	if _, err := os.Stat(u.trialPath()); err == nil {
+		return
+	}
+	u.st.Phase, u.st.Percent = protocol.OTAFailed, 100
+	u.st.Error = ErrInterrupted.Error()
+	u.st.Message, u.st.ErrorCode = u.st.Error, ""
+	if err := writeJSON(u.lastPath(), u.st); err != nil {
+		slog.Warn("ota: outcome not recorded", "err", err)
+	}
 }
 
 // Close stops what runs (a download, a trial watch).
@@ -185,6 +210,11 @@ func (u *Updater) Start(a protocol.OTAUpdateArgs) (protocol.OTAStatus, error) {
 		u.o.Busy(true)
 	}
 	u.progress(protocol.OTADownload, 0, "")
+	// Recorded before anything is written: an update cut short by a power cut is
+	// then reported as interrupted after the restart.
+	if err := writeJSON(u.lastPath(), u.Status()); err != nil {
+		slog.Warn("ota: start not recorded", "err", err)
+	}
 	go u.run(a)
 	return u.Status(), nil
 }

@@ -214,3 +214,51 @@ func TestFloorRises(t *testing.T) {
 		}
 	}
 }
+
+// TestInterruptedUpdate: an appliance that stops in the middle of an update (a power
+// cut while RAUC writes the other slot) reports that update as failed after the
+// restart, not as still under way, and can take the next one.
+func TestInterruptedUpdate(t *testing.T) {
+	r := newBinRig(t)
+	dir := t.TempDir()
+	bin := filepath.Join(dir, "iot-hsm")
+	os.WriteFile(bin, script("v1.0.0"), 0o755)
+	hold := make(chan struct{})
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		w.Header().Set("Content-Length", "1000")
+		w.Write(make([]byte, 10))
+		w.(http.Flusher).Flush()
+		<-hold
+	}))
+	t.Cleanup(srv.Close)
+	t.Cleanup(func() { close(hold) }) // before srv.Close: cleanups run last first
+	open := func() *Updater {
+		u, err := New(Options{Mode: ModeBinary, Keys: r.keys, StateDir: filepath.Join(dir, "state"),
+			DownloadDir: filepath.Join(dir, "dl"), Binary: bin, Version: "v1.0.0", Health: func() Health { return Health{} }})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return u
+	}
+	u := open()
+	if _, err := u.Start(protocol.OTAUpdateArgs{URL: srv.URL + "/bin", SHA256: sum(make([]byte, 1000)), Size: 1000,
+		Signature: "sig"}); err != nil {
+		t.Fatal(err)
+	}
+	for end := time.Now().Add(10 * time.Second); u.Status().Percent == 0 && time.Now().Before(end); time.Sleep(10 * time.Millisecond) {
+	}
+	if st := u.Status(); st.Phase != protocol.OTADownload {
+		t.Fatalf("the update is not downloading: %+v", st)
+	}
+	// The power cut: the updater is never closed; a new one starts on the same disk.
+	after := open()
+	defer after.Close()
+	st := after.Status()
+	if st.Phase != protocol.OTAFailed || st.Error != ErrInterrupted.Error() {
+		t.Fatalf("after the restart ota.status says %+v, want failed: %v", st, ErrInterrupted)
+	}
+	if b, _ := os.ReadFile(bin); string(b) != string(script("v1.0.0")) {
+		t.Fatalf("the binary changed: %q", b)
+	}
+	u.Close()
+}

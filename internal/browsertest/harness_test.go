@@ -222,6 +222,9 @@ func browser(t *testing.T, d *daemon) context.Context {
 // replug connects the card again after Unplug without waiting to open it, as
 // pcscdtest's Replug does: the daemon takes the card exclusively the moment it
 // shows, and the page is what the test watches. The connection ends with the test.
+// drop pulls the card and waits until pcscd shows the reader empty, as Unplug
+// does: until then pcscd still shows the pulled card, and a card plugged in that
+// moment (the next connection, the next test's) is taken for it.
 func (d *daemon) replug(t *testing.T) (drop func()) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
@@ -233,6 +236,9 @@ func (d *daemon) replug(t *testing.T) (drop func()) {
 			d.plugged.Card.Unplug()
 			cancel()
 			<-done
+			if err := pcscdtest.WaitCard(d.plugged.Reader, false, 15*time.Second, nil); err != nil {
+				t.Errorf("pulling the card: %v", err)
+			}
 		})
 	}
 	t.Cleanup(drop)

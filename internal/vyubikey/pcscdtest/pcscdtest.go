@@ -185,8 +185,8 @@ type heldLock struct {
 // LockAllReaders takes the locks of both virtual readers until the test ends, in
 // port order. A test whose PIV backend looks at every reader (an appliance, a
 // daemon) takes it before it plugs or starts anything: otherwise its backend opens
-// another package's card, and piv-go leaks the exclusive handle when that card goes
-// away mid-open, which blocks the reader for the rest of this process.
+// another package's card, exclusively, and may hold it while that package's test
+// pulls or plugs it.
 func LockAllReaders(t testing.TB) {
 	t.Helper()
 	LockReader(t, vyubikey.DefaultVPCDAddr)
@@ -270,12 +270,19 @@ func PlugCard(t testing.TB, card *vyubikey.Card, addr string) *Plugged {
 // Replug connects the card again after Unplug and waits until it is usable. A
 // connection that pcscd has not noticed after a while is dropped and made again
 // once: on a loaded machine vpcd sometimes misses the first one.
+//
+// It first waits until pcscd shows the reader empty: pcscd polls the reader, so a
+// card pulled just before (a test that unplugged without waiting) still shows
+// for a moment, and opening that card in WaitCard would leak piv-go's handle.
 func (p *Plugged) Replug(t testing.TB) {
 	t.Helper()
 	if p.done != nil {
 		t.Fatalf("card already plugged")
 	}
-	var err error
+	err := WaitCard(p.Reader, false, 15*time.Second, nil)
+	if err != nil {
+		t.Fatalf("reader %s never empty before plugging: %v", p.Reader, err)
+	}
 	for attempt := 0; attempt < 2; attempt++ {
 		ctx, cancel := context.WithCancel(context.Background())
 		done := make(chan error, 1)

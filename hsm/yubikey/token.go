@@ -128,8 +128,8 @@ func (t *Token) Info() hsm.Info {
 // open makes sure the card is open (t.mu held), finding it again by serial when it
 // moved to another reader (re-plugged, or pcscd restarted). A card marked absent is
 // not opened here: only a scan (hotplug, or the periodic one) brings it back, after
-// pcscd has settled, because opening a card that is going away leaks piv-go's
-// exclusive handle and blocks the reader for good.
+// pcscd has settled, because an open of a card that is going away fails and holds
+// the reader until pcscd has seen the card go (see openCard).
 func (t *Token) open() error {
 	if t.yk != nil {
 		return nil
@@ -144,7 +144,7 @@ func (t *Token) open() error {
 	var yk *piv.YubiKey
 	err := fmt.Errorf("no card in %s", t.reader)
 	if present {
-		yk, err = piv.Open(t.reader)
+		yk, err = t.p.openCard(t.reader)
 	}
 	if err == nil {
 		if s, serr := yk.Serial(); serr != nil || s != t.serial {
@@ -176,7 +176,7 @@ func (t *Token) find() (*piv.YubiKey, error) {
 		if !t.p.usable(r) {
 			continue
 		}
-		yk, err := piv.Open(r)
+		yk, err := t.p.openCard(r)
 		if err != nil {
 			continue
 		}
@@ -192,7 +192,7 @@ func (t *Token) find() (*piv.YubiKey, error) {
 // do runs fn on the open card. A PC/SC failure (card pulled, reset, pcscd
 // restarted) drops the handle and marks the card absent; the next scan finds it
 // again by serial. Nothing is retried here: a key generation must never run twice,
-// and reopening a card that is going away is what leaks piv-go's handle.
+// and reopening a card that is going away fails and holds its reader for a while.
 func (t *Token) do(ctx context.Context, fn func(yk *piv.YubiKey) error) error {
 	if err := ctx.Err(); err != nil {
 		return err

@@ -41,8 +41,8 @@ type ProviderOptions struct {
 	// (yubico-piv-tool, ykman) can reach it; 0 means 3 s.
 	IdleRelease time.Duration
 	// CardState, when set, is asked before a card is opened (hotplug.CardState):
-	// piv-go opens cards exclusively and leaks the handle of an open that fails
-	// halfway, so a reader is opened only when pcscd says a free card is in it.
+	// a reader is opened only when pcscd says a free card is in it, and the handle
+	// of an open that failed halfway is released once pcscd saw its card go.
 	CardState func(reader string) (present, held bool, events uint16, err error)
 }
 
@@ -54,8 +54,8 @@ type Provider struct {
 	tokens map[uint32]*Token
 	// quarantine holds readers whose card failed mid-operation: they are not
 	// opened again until pcscd has seen the card leave or come (its event count
-	// moved) or a while has passed, since opening a card that is going away leaks
-	// piv-go's exclusive handle.
+	// moved) or a while has passed, since an open of a card that is going away
+	// fails and holds the reader until it is released (see openCard).
 	qmu        sync.Mutex // separate from mu: tokens ask while holding their own lock
 	quarantine map[string]quarantined
 }
@@ -109,7 +109,7 @@ func (p *Provider) Tokens(ctx context.Context) ([]hsm.Token, error) {
 		if !p.usable(r) {
 			continue
 		}
-		serial, version, err := probe(r)
+		serial, version, err := p.probe(r)
 		if err != nil {
 			continue // an empty reader, or a card that is not a YubiKey
 		}
@@ -204,8 +204,8 @@ func (p *Provider) usable(reader string) bool {
 }
 
 // probe opens a reader just long enough to read the card's serial and version.
-func probe(reader string) (uint32, piv.Version, error) {
-	yk, err := piv.Open(reader)
+func (p *Provider) probe(reader string) (uint32, piv.Version, error) {
+	yk, err := p.openCard(reader)
 	if err != nil {
 		return 0, piv.Version{}, err
 	}

@@ -19,6 +19,7 @@ import (
 
 	"github.com/go-piv/piv-go/v2/piv"
 
+	"github.com/iot-hsm/iot-hsm/device/hotplug"
 	"github.com/iot-hsm/iot-hsm/hsm"
 	"github.com/iot-hsm/iot-hsm/internal/vyubikey"
 	"github.com/iot-hsm/iot-hsm/internal/vyubikey/pcscdtest"
@@ -299,4 +300,79 @@ func TestKeyTypesByFirmware(t *testing.T) {
 	if len(SlotNames) != 24 {
 		t.Fatalf("%d slots offered, want 9a 9c 9d 9e and 82..95", len(SlotNames))
 	}
+}
+
+// pulled pulls the card as a hand does, without waiting for pcscd: pcscd polls the
+// reader, so for a moment it still shows the card, and whatever opens it then opens
+// a card that is gone.
+func pulled(t *testing.T, p *pcscdtest.Plugged) {
+	t.Helper()
+	p.Card.Unplug()
+	if st, err := pcscdtest.State(p.Reader); err != nil || !st.Present {
+		t.Logf("pcscd already saw the card go (%+v, %v): the pull is not mid-open", st, err)
+	}
+}
+
+// readerFree waits until pcscd sees the reader empty and nothing in this process
+// holds it any more: another program, or the card plugged back, must get it.
+func readerFree(t *testing.T, p *pcscdtest.Plugged) {
+	t.Helper()
+	p.Unplug(t)
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		st, err := pcscdtest.State(p.Reader)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !st.Exclusive {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the reader is still held exclusively after the card was pulled mid-open: %+v", st)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// A YubiKey pulled while the appliance opens it, in a scan or for an operation,
+// leaves its reader free, and the card plugged back is found and signs.
+func TestCardPulledWhileOpeningLeavesReaderFree(t *testing.T) {
+	_, plugged, _ := plug(t)
+	ctx := context.Background()
+	prov := NewProvider(ProviderOptions{CardState: hotplug.CardState, IdleRelease: 100 * time.Millisecond})
+	t.Cleanup(func() { prov.Close() })
+	tok := token(t, prov)
+	if err := tok.Login(ctx, "123456"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tok.Generate(ctx, "9a", hsm.P256, hsm.KeyOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	s, err := tok.Signer(ctx, "9a")
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	// Pulled while a scan opens it.
+	time.Sleep(300 * time.Millisecond) // idle release: the scan must open the card
+	pulled(t, plugged)
+	prov.Tokens(ctx)
+	readerFree(t, plugged)
+	plugged.Replug(t)
+	if tok = token(t, prov); !tok.Info().Present {
+		t.Fatal("the card plugged back is not present")
+	}
+	sign(t, s)
+
+	// Pulled while a signature opens it.
+	time.Sleep(300 * time.Millisecond)
+	pulled(t, plugged)
+	d := sha256.Sum256([]byte("pulled"))
+	if _, err := s.Sign(rand.Reader, d[:], crypto.SHA256); !errors.Is(err, hsm.ErrOffline) {
+		t.Fatalf("sign on a pulled card: %v, want ErrOffline", err)
+	}
+	readerFree(t, plugged)
+	plugged.Replug(t)
+	token(t, prov)
+	sign(t, s)
 }

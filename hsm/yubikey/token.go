@@ -168,7 +168,7 @@ func (t *Token) open() error {
 
 // find looks through every reader for this card's serial.
 func (t *Token) find() (*piv.YubiKey, error) {
-	readers, err := piv.Cards()
+	readers, err := cards()
 	if err != nil {
 		return nil, err
 	}

@@ -88,7 +88,7 @@ func (p *Provider) options(serial uint32) Options {
 // not probed again; a YubiKey no longer found is marked absent, with its PIN kept so
 // it signs again when it comes back.
 func (p *Provider) Tokens(ctx context.Context) ([]hsm.Token, error) {
-	readers, err := piv.Cards()
+	readers, err := cards()
 	if err != nil {
 		p.markAllAbsent("pcscd: " + err.Error())
 		return nil, fmt.Errorf("%w: pcscd: %v", hsm.ErrOffline, err)
@@ -168,7 +168,7 @@ func (p *Provider) cardState(reader string) (present, held bool) {
 	if p.opts.CardState == nil {
 		return true, false
 	}
-	present, held, events, err := p.opts.CardState(reader)
+	present, held, events, err := p.askState(reader)
 	if err != nil {
 		return false, false
 	}
@@ -188,7 +188,7 @@ func (p *Provider) fence(reader string) {
 	if p.opts.CardState == nil {
 		return
 	}
-	_, _, events, err := p.opts.CardState(reader)
+	_, _, events, err := p.askState(reader)
 	if err != nil {
 		return
 	}

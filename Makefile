@@ -154,7 +154,7 @@ image-test: vm-deps image/build/iot-hsm-$(ARCH)
 
 # VM_TESTS: the tests of internal/vmtest that run. TestOTA and TestHotplug are not
 # yet shown passing in the VM (docs/image.md) and run only when named here.
-VM_TESTS ?= TestSystemd
+VM_TESTS ?= TestSystemd|TestOTA
 vm-test: image-test
 	VMTEST_BREAK=$(VMTEST_BREAK) IOT_HSM_VM_IMAGE=$(CURDIR)/$(IMAGE_OUT)-test $(GO) test -count=1 -timeout 80m -v -run '^($(VM_TESTS))$$' ./internal/vmtest/
 

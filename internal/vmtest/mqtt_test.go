@@ -40,6 +40,13 @@ func newController(t *testing.T, vm *VM) *controller {
 	return &controller{Client: mqtttest.StartWith(t, cfg, o), t: t, vm: vm}
 }
 
+// For is c reporting to t (a subtest) instead of the test that made it.
+func (c *controller) For(t *testing.T) *controller {
+	cc := *c
+	cc.t = t
+	return &cc
+}
+
 // waitBroker waits until the broker in the guest completes a TLS handshake through
 // the forwarded port: the service may be up before the broker answers.
 func waitBroker(t *testing.T, cfg mqtt.Config) {

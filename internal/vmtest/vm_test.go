@@ -7,6 +7,7 @@ package vmtest
 import (
 	"bufio"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -38,13 +39,22 @@ func imageDir(t *testing.T) string {
 // VM is one QEMU machine on a copy-on-write layer over the image; its disk survives
 // Kill and Start, as a real disk survives a power cut.
 type VM struct {
-	t        *testing.T
+	t *testing.T
+	*machine
+}
+
+// machine is what the VMs made by For share: the disk and the running QEMU.
+type machine struct {
 	image    string
 	dir      string
 	MQTTPort int
+	shell    *shell
+
+	mu       sync.Mutex
 	cmd      *exec.Cmd
 	exited   chan struct{}
-	shell    *shell
+	stopping bool  // Kill is under way: an exit is not a reboot
+	err      error // a restart after a reboot that failed
 }
 
 // NewVM makes the machine's disk layer and firmware variables, and boots it.
@@ -55,7 +65,7 @@ func NewVM(t *testing.T) *VM {
 	if err != nil {
 		t.Fatal(err)
 	}
-	vm := &VM{t: t, image: image, dir: dir, MQTTPort: brokertest.FreePort(t)}
+	vm := &VM{t: t, machine: &machine{image: image, dir: dir, MQTTPort: brokertest.FreePort(t), shell: newShell()}}
 	run(t, "qemu-img", "create", "-q", "-f", "qcow2", "-b", filepath.Join(image, "disk.img"), "-F", "raw",
 		vm.path("disk.qcow2"))
 	vars, err := os.ReadFile(ovmf("OVMF_VARS_4M.fd"))
@@ -79,10 +89,14 @@ func NewVM(t *testing.T) *VM {
 
 func ovmf(name string) string { return filepath.Join("/usr/share/OVMF", name) }
 
-func (vm *VM) path(name string) string { return filepath.Join(vm.dir, name) }
+func (m *machine) path(name string) string { return filepath.Join(m.dir, name) }
 
 // qemuArgs: UEFI firmware, the disk, the broker's port forwarded to the host, the
 // console on a file, the test shell and the monitor on sockets, USB for YubiKeys.
+// A reboot of the guest ends QEMU (-no-reboot) and the harness starts it again: a
+// cold start, as a real board's reset is. The emulated warm reset of QEMU with OVMF
+// sometimes left the guest's kernel stuck in its EFI stub under TCG, never a cold
+// start.
 func (vm *VM) qemuArgs() []string {
 	accel := "tcg"
 	if f, err := os.OpenFile("/dev/kvm", os.O_RDWR, 0); err == nil {
@@ -90,13 +104,14 @@ func (vm *VM) qemuArgs() []string {
 		accel = "kvm"
 	}
 	return []string{
-		"-accel", accel, "-M", "pc", "-cpu", "max", "-smp", "2", "-m", "1024", "-nographic",
+		"-accel", accel, "-M", "pc", "-cpu", "max", "-smp", "2", "-m", "1024", "-nographic", "-no-reboot",
 		"-drive", "if=pflash,format=raw,readonly=on,file=" + ovmf("OVMF_CODE_4M.fd"),
 		"-drive", "if=pflash,format=raw,file=" + vm.path("vars.fd"),
 		"-drive", "file=" + vm.path("disk.qcow2") + ",format=qcow2,if=virtio",
 		"-netdev", fmt.Sprintf("user,id=n0,hostfwd=tcp:127.0.0.1:%d-:8883", vm.MQTTPort),
 		"-device", "virtio-net-pci,netdev=n0,romfile=",
-		"-serial", "file:" + vm.path("console.log"),
+		"-chardev", "file,id=con,append=on,path=" + vm.path("console.log"),
+		"-serial", "chardev:con",
 		"-chardev", "socket,id=sh,path=" + vm.path("shell.sock") + ",server=on,wait=off",
 		"-serial", "chardev:sh",
 		"-monitor", "unix:" + vm.path("monitor.sock") + ",server=on,wait=off",
@@ -106,50 +121,73 @@ func (vm *VM) qemuArgs() []string {
 
 // Start powers the machine on and connects to its shell socket.
 func (vm *VM) Start() {
-	t := vm.t
-	t.Helper()
-	cmd := exec.Command("nice", append([]string{"-n", "10", "qemu-system-x86_64"}, vm.qemuArgs()...)...)
+	vm.t.Helper()
+	vm.mu.Lock()
+	defer vm.mu.Unlock()
+	if err := vm.launch(vm.qemuArgs()); err != nil {
+		vm.t.Fatal(err)
+	}
+}
+
+// launch starts QEMU and attaches the shell (mu held). When QEMU ends by itself
+// with status 0, the guest rebooted: it is started again.
+func (m *machine) launch(args []string) error {
+	cmd := exec.Command("nice", append([]string{"-n", "10", "qemu-system-x86_64"}, args...)...)
 	var out syncbuf.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := cmd.Start(); err != nil {
-		t.Fatalf("qemu: %v", err)
+		return fmt.Errorf("qemu: %v", err)
 	}
-	vm.cmd, vm.exited = cmd, make(chan struct{})
-	go func() { cmd.Wait(); close(vm.exited) }()
+	exited := make(chan struct{})
+	m.cmd, m.exited = cmd, exited
+	go func() {
+		err := cmd.Wait()
+		close(exited)
+		m.mu.Lock()
+		defer m.mu.Unlock()
+		if err == nil && !m.stopping && m.cmd == cmd {
+			if m.err = m.launch(args); m.err != nil {
+				m.cmd = nil
+			}
+		}
+	}()
 	for end := time.Now().Add(20 * time.Second); ; time.Sleep(100 * time.Millisecond) {
-		c, err := net.Dial("unix", vm.path("shell.sock"))
+		c, err := net.Dial("unix", m.path("shell.sock"))
 		if err == nil {
-			vm.shell = newShell(c)
-			return
+			m.shell.attach(c)
+			return nil
 		}
 		select {
-		case <-vm.exited:
-			t.Fatalf("qemu exited: %s", out.String())
+		case <-exited:
+			return fmt.Errorf("qemu exited: %s", out.String())
 		default:
 		}
 		if time.Now().After(end) {
-			t.Fatalf("qemu's shell socket: %v", err)
+			return fmt.Errorf("qemu's shell socket: %v", err)
 		}
 	}
 }
 
 // Kill cuts the power: QEMU is killed, nothing in the guest is told.
 func (vm *VM) Kill() {
+	vm.mu.Lock()
+	defer vm.mu.Unlock()
+	if vm.err != nil {
+		vm.t.Errorf("restarting QEMU after a reboot: %v", vm.err)
+		vm.err = nil
+	}
 	if vm.cmd == nil {
 		return
 	}
+	vm.stopping = true
 	vm.cmd.Process.Kill()
 	<-vm.exited
-	vm.shell.close()
+	vm.stopping = false
 	vm.cmd = nil
 }
 
 // For is vm reporting to t (a subtest) instead of the test that made it.
-func (vm *VM) For(t *testing.T) *VM {
-	c := *vm
-	c.t = t
-	return &c
-}
+func (vm *VM) For(t *testing.T) *VM { return &VM{t: t, machine: vm.machine} }
 
 // Console is what the guest wrote on its serial console (ttyS0) so far.
 func (vm *VM) Console() string {
@@ -215,11 +253,13 @@ func (vm *VM) Reboot() {
 // shell talks to bash on the guest's ttyS1: each command is followed by a marker
 // with its exit status, built so that the command line itself never matches it.
 type shell struct {
-	conn  net.Conn
-	mu    sync.Mutex
+	mu    sync.Mutex // one command at a time
 	buf   syncbuf.Buffer
 	seq   int
 	ready int // banners seen: one per start of the shell
+
+	connMu sync.Mutex
+	conn   net.Conn // to the QEMU running now
 }
 
 const banner = "@@SHELL-READY@@"
@@ -235,8 +275,15 @@ func (s *shell) waitReady(timeout time.Duration) bool {
 	return false
 }
 
-func newShell(c net.Conn) *shell {
-	s := &shell{conn: c}
+// newShell is the shell of one machine; what every QEMU started for it says goes
+// into the same buffer, so banners count the boots.
+func newShell() *shell { return &shell{} }
+
+// attach reads the guest's shell from c, the serial socket of a QEMU just started.
+func (s *shell) attach(c net.Conn) {
+	s.connMu.Lock()
+	s.conn = c
+	s.connMu.Unlock()
 	go func() {
 		b := make([]byte, 4096)
 		for {
@@ -247,10 +294,16 @@ func newShell(c net.Conn) *shell {
 			}
 		}
 	}()
-	return s
 }
 
-func (s *shell) close() { s.conn.Close() }
+func (s *shell) write(line string) {
+	s.connMu.Lock()
+	c := s.conn
+	s.connMu.Unlock()
+	if c != nil {
+		io.WriteString(c, line)
+	}
+}
 
 func (s *shell) run(cmdline string, timeout time.Duration) (string, int) {
 	s.mu.Lock()
@@ -258,7 +311,7 @@ func (s *shell) run(cmdline string, timeout time.Duration) (string, int) {
 	s.seq++
 	tag := fmt.Sprintf("%d-%d", time.Now().UnixNano(), s.seq)
 	start := len(s.buf.String())
-	fmt.Fprintf(s.conn, "{ %s ; } </dev/null 2>&1; echo \"@@END\"\"-%s-$?@@\"\n", cmdline, tag)
+	s.write(fmt.Sprintf("{ %s ; } </dev/null 2>&1; echo \"@@END\"\"-%s-$?@@\"\n", cmdline, tag))
 	re := regexp.MustCompile(`@@END-` + tag + `-(\d+)@@`)
 	for end := time.Now().Add(timeout); time.Now().Before(end); time.Sleep(50 * time.Millisecond) {
 		all := s.buf.String()[start:]

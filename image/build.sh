@@ -14,6 +14,9 @@ ARCH=${ARCH:-amd64}
 OUT=${OUT:-$here/build/$ARCH}
 BUNDLE_VERSION=${BUNDLE_VERSION:-v99.0.0}
 SUITE=bookworm
+# The kernel comes from here (pinned: image/rootfs/etc/apt/preferences.d/iot-hsm-kernel).
+KERNEL_SUITE=trixie-backports
+MIRROR=http://deb.debian.org/debian
 SLOT_MB=768
 DATA_MB=512
 ESP_MB=64
@@ -71,24 +74,31 @@ bootstrap() {
 	# procps: /bin/kill, which the unit's ExecReload= runs.
 	pkgs=$pkgs,procps,linux-image-$ARCH,initramfs-tools,zstd
 	local ex=(--dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-exclude=/usr/share/man/*'
-		--dpkgopt='path-exclude=/usr/share/locale/*' --dpkgopt='path-include=/usr/share/locale/locale.alias')
+		--dpkgopt='path-exclude=/usr/share/locale/*' --dpkgopt='path-include=/usr/share/locale/locale.alias'
+		# The newer kernel's hooks there would make its scripts call run-parts with two
+		# directories, which Debian 12's refuses; 00-iot-hsm-boot does their work.
+		--dpkgopt='path-exclude=/usr/share/kernel/*')
 	local t
 	for t in drivers/gpu drivers/media drivers/net/wireless drivers/net/ethernet drivers/infiniband \
 		drivers/scsi drivers/staging drivers/iio drivers/bluetooth drivers/isdn drivers/mtd \
 		drivers/input/touchscreen drivers/hwmon drivers/net/can drivers/infiniband drivers/thunderbolt \
 		net/wireless net/mac80211 net/bluetooth sound; do
-		# dpkg sees the packages' own paths (/lib, not /usr/lib).
-		ex+=(--dpkgopt="path-exclude=/lib/modules/*/kernel/$t/*")
+		# dpkg sees the packages' own paths (/usr/lib since the kernel's 7.2).
+		ex+=(--dpkgopt="path-exclude=/usr/lib/modules/*/kernel/$t/*")
 	done
 	# Only what boots a virtio disk goes into the initrd (6 MB instead of 60).
 	# shellcheck disable=SC2016 # expanded by mmdebstrap's hook, not here
-	local setup='mkdir -p "$1/etc/initramfs-tools/conf.d" "$1/usr/share/initramfs-tools/modules.d"
+	local setup='mkdir -p "$1/etc/initramfs-tools/conf.d" "$1/usr/share/initramfs-tools/modules.d" "$1/etc/kernel/postinst.d"
 		echo MODULES=list >"$1/etc/initramfs-tools/conf.d/iot-hsm.conf"
-		printf "%s\n" virtio_pci virtio_blk crc32c_generic ext4 >"$1/usr/share/initramfs-tools/modules.d/iot-hsm"'
+		printf "%s\n" virtio_pci virtio_blk ext4 >"$1/usr/share/initramfs-tools/modules.d/iot-hsm"'
+	# The kernel's pin and its /boot files are needed while the packages install.
+	local early=(--setup-hook="$setup"
+		--setup-hook="copy-in $here/rootfs/etc/apt/preferences.d/iot-hsm-kernel /etc/apt/preferences.d"
+		--setup-hook="copy-in $here/rootfs/etc/kernel/postinst.d/00-iot-hsm-boot /etc/kernel/postinst.d")
 	rm -rf "$root"
 	nice -n 10 mmdebstrap --mode=root --variant=apt --architectures="$ARCH" --include="$pkgs" \
-		--aptopt='APT::Install-Recommends "false"' "${ex[@]}" --setup-hook="$setup" \
-		"$SUITE" "$root" >"$OUT/mmdebstrap.log" 2>&1 || {
+		--aptopt='APT::Install-Recommends "false"' "${ex[@]}" "${early[@]}" \
+		"$SUITE" "$root" "deb $MIRROR $SUITE main" "deb $MIRROR $KERNEL_SUITE main" >"$OUT/mmdebstrap.log" 2>&1 || {
 		tail -30 "$OUT/mmdebstrap.log" >&2
 		return 1
 	}
@@ -126,7 +136,8 @@ test_overlay() {
 	install -m 0600 "$k/appliance.key" "$root/etc/iot-hsm/client.key"
 	chmod 0600 "$root/etc/iot-hsm/vmtest.pin"
 	chmod 0750 "$root/etc/iot-hsm"
-	systemctl --root="$root" enable iot-hsm-vmtest-token.service iot-hsm-vmtest-shell.service >/dev/null 2>&1
+	systemctl --root="$root" enable iot-hsm-vmtest-token.service iot-hsm-vmtest-shell.service \
+		iot-hsm-vmtest-gpio.service >/dev/null 2>&1
 }
 
 # The EFI system partition: a standalone GRUB, its A/B script and environment.

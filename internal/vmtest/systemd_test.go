@@ -147,7 +147,6 @@ func TestSystemd(t *testing.T) {
 	})
 	sameAudit(t, audit, c.audit())
 	vm.Sh("iot-hsm audit verify /var/lib/iot-hsm/state/audit.log")
-	t.Run("leds", func(t *testing.T) { checkLEDs(t, vm.For(t)) })
 }
 
 // checkStatusLine: the STATUS of `systemctl status` says what the status command says.

@@ -52,7 +52,13 @@ type YubiKey struct {
 	// AttestationRoots is a PEM bundle of attestation roots; default Yubico's.
 	AttestationRoots string        `toml:"attestation_roots"`
 	Cards            []YubiKeyCard `toml:"card"`
+	// Hotplug, when false, turns off the watch of USB and PC/SC events: plugged and
+	// pulled tokens are then seen by the periodic scan only. Default true.
+	Hotplug *bool `toml:"hotplug"`
 }
+
+// HotplugOn is whether USB and PC/SC events trigger a rescan (hotplug unset or true).
+func (y YubiKey) HotplugOn() bool { return y.Hotplug == nil || *y.Hotplug }
 
 // YubiKeyCard is the configuration of one YubiKey, by serial.
 type YubiKeyCard struct {

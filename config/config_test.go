@@ -102,3 +102,19 @@ func TestEmbeddedListenLoopbackOnly(t *testing.T) {
 		t.Errorf("broker and dev_broker: %v, want ErrInvalid", err)
 	}
 }
+
+// [yubikey] hotplug: on unless set to false; a value that is not a boolean is refused.
+func TestYubiKeyHotplug(t *testing.T) {
+	for text, want := range map[string]bool{"": true, "[yubikey]\nhotplug = true": true, "[yubikey]\nhotplug = false": false} {
+		c, err := Parse([]byte(text))
+		if err != nil {
+			t.Fatalf("%q: %v", text, err)
+		}
+		if c.YubiKey.HotplugOn() != want {
+			t.Errorf("%q: hotplug %v, want %v", text, c.YubiKey.HotplugOn(), want)
+		}
+	}
+	if _, err := Parse([]byte("[yubikey]\nhotplug = \"no\"")); !errors.Is(err, ErrInvalid) {
+		t.Errorf("hotplug = \"no\": %v, want ErrInvalid", err)
+	}
+}

@@ -137,11 +137,15 @@ func (d *daemon) run() (restart bool, err error) {
 	d.dev = d.app.Device
 	// USB and PC/SC events make a plugged or pulled YubiKey show within a second;
 	// the device's own periodic scan catches what they miss.
-	hp := &hotplug.Watcher{OnChange: func(reason string) {
-		slog.Debug("hotplug", "reason", reason)
-		d.dev.CheckPresence()
-	}}
-	go hp.Run(ctx)
+	if d.cfg.YubiKey.HotplugOn() {
+		hp := &hotplug.Watcher{OnChange: func(reason string) {
+			slog.Debug("hotplug", "reason", reason)
+			d.dev.CheckPresence()
+		}}
+		go hp.Run(ctx)
+	} else {
+		slog.Info("hotplug off ([yubikey] hotplug = false): tokens are seen by the periodic scan only")
+	}
 	slog.Info("iot-hsm running", "version", d.flags.Version, "device", d.dev.Topics().Device, "state_dir", d.cfg.StateDir,
 		"watchdog", d.sd.WatchdogInterval()*2)
 	// Ready after one broker attempt, whatever its outcome: a broker that is down must

@@ -83,8 +83,8 @@ var usbStrings = []string{"", "Yubico", "YubiKey CCID"}
 type usbRedir struct {
 	c       *Card
 	w       io.Writer
-	out     []byte   // bulk OUT bytes of a CCID message not yet complete
-	in      []byte   // CCID replies the guest has not fetched yet
+	out     []byte  // bulk OUT bytes of a CCID message not yet complete
+	in      []byte  // CCID replies the guest has not fetched yet
 	waiting []inReq // bulk IN requests waiting for a reply
 	peer    uint32  // QEMU's capabilities
 	powered bool    // the guest powered the card on
@@ -97,6 +97,8 @@ type inReq struct {
 
 // ServeUSBRedir is the YubiKey plugged into the guest over conn (the chardev of a
 // QEMU usb-redir device) until conn closes: removing the usb-redir device pulls it.
+// It returns the connection's error (io.EOF once QEMU closes the chardev) or
+// ErrUSBRedirProtocol.
 func (c *Card) ServeUSBRedir(conn net.Conn) error {
 	c.mu.Lock()
 	c.resetSession()
@@ -134,7 +136,7 @@ func (u *usbRedir) read(r io.Reader) (typ uint32, id uint64, body []byte, err er
 	}
 	n := binary.LittleEndian.Uint32(hdr[4:])
 	if n > 1<<20 {
-		return 0, 0, nil, fmt.Errorf("%w: usbredir message of %d bytes", ErrVSCardProtocol, n)
+		return 0, 0, nil, fmt.Errorf("%w: usbredir message of %d bytes", ErrUSBRedirProtocol, n)
 	}
 	body = make([]byte, n)
 	if _, err = io.ReadFull(r, body); err != nil {
@@ -163,7 +165,7 @@ func (u *usbRedir) send(typ uint32, id uint64, th, data []byte) error {
 func (u *usbRedir) handle(typ uint32, id uint64, body []byte) error {
 	u.c.log.Debug("vyubikey: usbredir", "type", typ, "id", id, "len", len(body))
 	if len(body) < u.headerLen(typ) {
-		return fmt.Errorf("%w: usbredir message %d of %d bytes", ErrVSCardProtocol, typ, len(body))
+		return fmt.Errorf("%w: usbredir message %d of %d bytes", ErrUSBRedirProtocol, typ, len(body))
 	}
 	switch typ {
 	case urHello:

@@ -163,3 +163,14 @@ func TestUSBRedirYubiKey(t *testing.T) {
 		t.Fatalf("ServeUSBRedir after QEMU closed: %v", err)
 	}
 }
+
+// TestUSBRedirShortMessage: a message shorter than its type header ends the session
+// with ErrUSBRedirProtocol instead of reading past it.
+func TestUSBRedirShortMessage(t *testing.T) {
+	q := startUSBRedir(t, newTestCard(t, Config{}))
+	q.read(urHello)
+	q.send(urControlPacket, []byte{0x80, 6, 0x80}, nil)
+	if err := <-q.done; !errors.Is(err, ErrUSBRedirProtocol) {
+		t.Fatalf("ServeUSBRedir: %v, want ErrUSBRedirProtocol", err)
+	}
+}

@@ -39,6 +39,8 @@ var (
 	ErrVSCardRejected = errors.New("vyubikey: QEMU rejected the card")
 	// ErrVSCardProtocol: QEMU sent something the protocol does not allow.
 	ErrVSCardProtocol = errors.New("vyubikey: VSCard protocol error")
+	// ErrUSBRedirProtocol: QEMU sent a usbredir message ServeUSBRedir cannot read.
+	ErrUSBRedirProtocol = errors.New("vyubikey: usbredir protocol error")
 )
 
 // ServeVSCard is the card in QEMU's usb-ccid reader over conn (the chardev of a

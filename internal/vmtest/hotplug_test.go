@@ -17,9 +17,16 @@ import (
 
 const ykSerial = 12345678
 
-// replugs is how many pull-and-plug cycles the check makes: each must connect the
-// slot within a second, which the 2 s presence poll alone makes only by luck.
-const replugs = 3
+// replugs is how many pull-and-plug cycles the check makes. Each must connect the
+// slot within a second of pcscd reading the card, and on average within half of
+// one: the hotplug watcher rescans within its 150 ms debounce of pcscd's event,
+// while the periodic 2 s scan alone averages a second and stays under half a
+// second over five plugs less than once in a hundred runs.
+const (
+	replugs = 5
+	maxLag  = time.Second
+	meanLag = 500 * time.Millisecond
+)
 
 // yubikey is the virtual YubiKey as a USB device of the guest: a QEMU usb-redir
 // device whose chardev vyubikey serves, with a YubiKey's USB descriptors and CCID
@@ -184,7 +191,7 @@ func (vm *VM) breakHotplug() {
 // TestHotplug: a YubiKey arrives and leaves as a USB device of the guest; the kernel's
 // uevent reaches pcscd's CCID driver and the daemon, the status shows the key come and
 // go, and a provisioned slot on it connects again, by serial, within a second of
-// pcscd reading the card's ATR, every time.
+// pcscd reading the card's ATR each time, and within half a second on average.
 func TestHotplug(t *testing.T) {
 	vm := NewVM(t)
 	vm.bootReady()
@@ -206,8 +213,12 @@ func TestHotplug(t *testing.T) {
 	c.selfsign(c.call(protocol.CmdSlotProvision, args, 3*time.Minute))
 	c.waitStatus("the slot connects", time.Minute, ykConnected)
 
+	var sum time.Duration
 	for i := 1; i <= replugs; i++ {
-		replug(t, vm, c, yk, i)
+		sum += replug(t, vm, c, yk, i)
+	}
+	if mean := sum / replugs; mean > meanLag {
+		t.Errorf("the slot connected on average %v after pcscd read the card's ATR, want within %v", mean.Round(time.Millisecond), meanLag)
 	}
 	if s, _ := ykSlot(c.status()); s.State != "provisioned" || !strings.Contains(s.SlotID, hsm) {
 		t.Fatalf("after the replugs the slot is %+v, want %s/9a provisioned", s, hsm)
@@ -215,8 +226,9 @@ func TestHotplug(t *testing.T) {
 }
 
 // replug pulls the key, checks the status says so, plugs it again and checks that
-// the slot connects within a second of pcscd reading the card's ATR.
-func replug(t *testing.T, vm *VM, c *controller, yk *yubikey, i int) {
+// the slot connects within a second of pcscd reading the card's ATR; it returns
+// how long after that the status said so.
+func replug(t *testing.T, vm *VM, c *controller, yk *yubikey, i int) time.Duration {
 	t.Helper()
 	yk.pull()
 	d := c.waitStatus("the YubiKey leaves", time.Minute, func(st protocol.Status) bool {
@@ -238,7 +250,8 @@ func replug(t *testing.T, vm *VM, c *controller, yk *yubikey, i int) {
 	lag := pushed.Time.Sub(now[atrs])
 	t.Logf("plug %d: connected in the status %v after device_add; published %v after pcscd read the ATR",
 		i, d.Round(time.Millisecond), lag.Round(time.Millisecond))
-	if lag > time.Second || lag < 0 {
-		t.Errorf("plug %d: the slot connected %v after pcscd read the card's ATR, want within 1s", i, lag.Round(time.Millisecond))
+	if lag > maxLag || lag < 0 {
+		t.Errorf("plug %d: the slot connected %v after pcscd read the card's ATR, want within %v", i, lag.Round(time.Millisecond), maxLag)
 	}
+	return lag
 }

@@ -210,7 +210,7 @@ func TestHotplug(t *testing.T) {
 	t.Logf("first plug: present in the status after %v (USB enumeration, driver, pcscd)", time.Since(start).Round(time.Millisecond))
 	hsm := fmt.Sprintf("yubikey-%d", ykSerial)
 	args := protocol.ProvisionArgs{HSM: hsm, Slot: "9a", Mode: "generate", KeyType: "p256"}
-	c.selfsign(c.call(protocol.CmdSlotProvision, args, 3*time.Minute))
+	c.selfsign(c.provisionWhenFree(args))
 	c.waitStatus("the slot connects", time.Minute, ykConnected)
 
 	var sum time.Duration
@@ -222,6 +222,19 @@ func TestHotplug(t *testing.T) {
 	}
 	if s, _ := ykSlot(c.status()); s.State != "provisioned" || !strings.Contains(s.SlotID, hsm) {
 		t.Fatalf("after the replugs the slot is %+v, want %s/9a provisioned", s, hsm)
+	}
+}
+
+// provisionWhenFree sends slot.provision again while the daemon answers busy, as a
+// PKI would: just after a plug the daemon's own scan may still hold the card.
+func (c *controller) provisionWhenFree(args protocol.ProvisionArgs) protocol.Reply {
+	c.t.Helper()
+	for end := time.Now().Add(time.Minute); ; time.Sleep(time.Second) {
+		r := c.call(protocol.CmdSlotProvision, args, 3*time.Minute)
+		if r.OK || r.Error == nil || r.Error.Code != protocol.CodeBusy || time.Now().After(end) {
+			return r
+		}
+		c.t.Logf("slot.provision: %s; again", r.Error.Message)
 	}
 }
 

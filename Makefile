@@ -152,9 +152,8 @@ image: vm-deps image/build/iot-hsm-$(ARCH)
 image-test: vm-deps image/build/iot-hsm-$(ARCH)
 	$(SUDO) env TEST=1 BIN=image/build/iot-hsm-$(ARCH) OUT=$(IMAGE_OUT)-test ARCH=$(ARCH) bash image/build.sh
 
-# VM_TESTS: the tests of internal/vmtest that run. TestHotplug is not yet shown
-# passing in the VM (docs/image.md) and runs only when named here.
-VM_TESTS ?= TestSystemd|TestLEDs|TestOTA
+# VM_TESTS: the tests of internal/vmtest that run (each boots its own machine).
+VM_TESTS ?= TestSystemd|TestLEDs|TestHotplug|TestOTA
 vm-test: image-test
 	VMTEST_BREAK=$(VMTEST_BREAK) IOT_HSM_VM_IMAGE=$(CURDIR)/$(IMAGE_OUT)-test $(GO) test -count=1 -timeout 80m -v -run '^($(VM_TESTS))$$' ./internal/vmtest/
 

@@ -138,13 +138,27 @@ VM_VERSION ?= v1.0.0
 IMAGE_OUT  ?= image/build/$(ARCH)
 VM_PACKAGES := mmdebstrap e2fsprogs dosfstools mtools fdisk grub-efi-amd64-bin grub-common rauc \
 	squashfs-tools openssl qemu-system-x86 qemu-utils ovmf
+# ARCH=arm64 on this amd64 machine also needs: qemu-user-static with binfmt-support
+# and arch-test (mmdebstrap runs the arm64 packages' scripts under qemu-user),
+# qemu-system-arm (qemu-system-aarch64) and qemu-efi-aarch64 (AAVMF, UEFI) to boot it.
+# GRUB's arm64-efi modules come from grub-efi-arm64-bin inside the image's tree.
+VM_PACKAGES_arm64 := qemu-user-static binfmt-support arch-test qemu-system-arm qemu-efi-aarch64
 .PHONY: vm-deps image image-test vm-test
 vm-deps:
-	@$(MAKE) --no-print-directory deps DEB_PACKAGES="$(VM_PACKAGES)"
+	@$(MAKE) --no-print-directory deps DEB_PACKAGES="$(VM_PACKAGES) $(VM_PACKAGES_$(ARCH))"
 
+# The image's binary: for amd64 this machine's own (dynamic, Debian 12's glibc like
+# the image); for arm64 make cross's static cgo build: without cgo neither PKCS#11
+# (miekg/pkcs11) nor the YubiKey's PC/SC client (piv-go) compiles.
 image/build/iot-hsm-$(ARCH): FORCE
 	@mkdir -p image/build
+ifeq ($(ARCH),amd64)
 	$(GO) build -trimpath -buildvcs=false -ldflags '-X main.version=$(VM_VERSION)' -o $@ .
+else
+	GOFLAGS=-buildvcs=false CROSS_ARCHES=$(ARCH) BIN_DIR=$(CURDIR)/image/build/cross VERSION=$(VM_VERSION) \
+		GO=$(GO) bash cross/cross.sh build
+	cp image/build/cross/iot-hsm-linux-$(ARCH) $@
+endif
 
 image: vm-deps image/build/iot-hsm-$(ARCH)
 	$(SUDO) env BIN=image/build/iot-hsm-$(ARCH) OUT=$(IMAGE_OUT) ARCH=$(ARCH) bash image/build.sh
@@ -155,7 +169,7 @@ image-test: vm-deps image/build/iot-hsm-$(ARCH)
 # VM_TESTS: the tests of internal/vmtest that run (each boots its own machine).
 VM_TESTS ?= TestSystemd|TestLEDs|TestHotplug|TestOTA
 vm-test: image-test
-	VMTEST_BREAK=$(VMTEST_BREAK) IOT_HSM_VM_IMAGE=$(CURDIR)/$(IMAGE_OUT)-test $(GO) test -count=1 -timeout 80m -v -run '^($(VM_TESTS))$$' ./internal/vmtest/
+	VMTEST_BREAK=$(VMTEST_BREAK) IOT_HSM_VM_ARCH=$(ARCH) IOT_HSM_VM_IMAGE=$(CURDIR)/$(IMAGE_OUT)-test $(GO) test -count=1 -timeout 80m -v -run '^($(VM_TESTS))$$' ./internal/vmtest/
 
 .PHONY: FORCE
 FORCE:

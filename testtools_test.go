@@ -35,8 +35,9 @@ var toolPackages = map[string]string{
 	"pkg-config":      "pkgconf",
 	"chromium":        "chromium",
 	// The VM test's, installed by make vm-deps (VM_PACKAGES).
-	"qemu-img":           "qemu-utils",
-	"qemu-system-x86_64": "qemu-system-x86",
+	"qemu-img":            "qemu-utils",
+	"qemu-system-x86_64":  "qemu-system-x86",
+	"qemu-system-aarch64": "qemu-system-arm",
 }
 
 // baseTools are in every Debian base system (their packages are Priority: required,
@@ -80,14 +81,20 @@ func TestMakeDepsInstallsEveryTestTool(t *testing.T) {
 	}
 }
 
-// The same for the VM test and `make vm-deps`; it starts QEMU through nice.
+// The same for the VM test and `make vm-deps`; it starts QEMU through nice, the
+// emulator of the image's architecture: arm64's comes from VM_PACKAGES_arm64 too.
 func TestMakeVMDepsInstallsEveryVMTestTool(t *testing.T) {
 	tools := unique(append(scanTools(t, vmTestDir), "qemu-system-x86_64"))
 	t.Logf("programs the VM test runs: %v", tools)
-	checkTools(t, tools, makefileList(t, "VM_PACKAGES"), "VM_PACKAGES (make vm-deps)")
+	debs := makefileList(t, "VM_PACKAGES")
+	checkTools(t, tools, debs, "VM_PACKAGES (make vm-deps)")
 	if len(tools) < 2 {
 		t.Fatalf("found only %d programs (%v): the source scan is broken", len(tools), tools)
 	}
+	for p := range makefileList(t, "VM_PACKAGES_arm64") {
+		debs[p] = true
+	}
+	checkTools(t, []string{"qemu-system-aarch64"}, debs, "VM_PACKAGES_arm64 (make vm-deps ARCH=arm64)")
 }
 
 // checkTools checks that each tool is Go's, in every base system, or in debs.

@@ -6,7 +6,8 @@
 #
 # Environment: BIN (the iot-hsm binary, required), OUT (default image/build/amd64),
 # TEST=1 (the VM test's image: test/ copied over the root filesystem, with the test
-# keys made here for the broker), BUNDLE_VERSION (the good bundle's version).
+# keys made here for the broker), BUNDLE_VERSION (the good bundle's version), ARCH
+# (amd64 or arm64: Debian's architecture of the image and of BIN).
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -23,6 +24,21 @@ ESP_MB=64
 : "${BIN:?BIN must name the iot-hsm binary}"
 
 log() { echo "image: $*" >&2; }
+die() { log "$*"; exit 1; }
+
+# What differs between the architectures: GRUB's platform and file name on the ESP,
+# the kernel's console (the first serial port) and the test shell's port (x86's
+# second UART; arm64's virt machine has one UART, so a virtio console there).
+case $ARCH in
+amd64) GRUB_TARGET=x86_64-efi EFI_NAME=BOOTX64.EFI CONSOLE=ttyS0 SHELL_TTY=ttyS1 QEMU_USER=qemu-x86_64 ;;
+arm64) GRUB_TARGET=arm64-efi EFI_NAME=BOOTAA64.EFI CONSOLE=ttyAMA0 SHELL_TTY=hvc0 QEMU_USER=qemu-aarch64 ;;
+*) die "ARCH=$ARCH: only amd64 and arm64 are supported" ;;
+esac
+# Another architecture than this machine's runs its maintainer scripts under
+# qemu-user, and GRUB's modules for it come from its own package in the tree (Debian
+# ships grub-efi-arm64-bin for arm64 only).
+FOREIGN=
+[ "$ARCH" = "$(dpkg --print-architecture)" ] || FOREIGN=1
 
 # The cache key: everything the image is made of.
 input_hash() {
@@ -73,6 +89,7 @@ bootstrap() {
 	local pkgs=systemd-sysv,udev,dbus,kmod,softhsm2,libpcsclite1,pcscd,libccid,mosquitto,rauc,rauc-service,grub-common,gpiod
 	# procps: /bin/kill, which the unit's ExecReload= runs.
 	pkgs=$pkgs,procps,linux-image-$ARCH,initramfs-tools,zstd
+	[ -z "$FOREIGN" ] || pkgs=$pkgs,grub-efi-$ARCH-bin
 	local ex=(--dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-exclude=/usr/share/man/*'
 		--dpkgopt='path-exclude=/usr/share/locale/*' --dpkgopt='path-include=/usr/share/locale/locale.alias'
 		# The newer kernel's hooks there would make its scripts call run-parts with two
@@ -96,12 +113,23 @@ bootstrap() {
 		--setup-hook="copy-in $here/rootfs/etc/apt/preferences.d/iot-hsm-kernel /etc/apt/preferences.d"
 		--setup-hook="copy-in $here/rootfs/etc/kernel/postinst.d/00-iot-hsm-boot /etc/kernel/postinst.d")
 	rm -rf "$root"
+	[ -z "$FOREIGN" ] || binfmt
 	nice -n 10 mmdebstrap --mode=root --variant=apt --architectures="$ARCH" --include="$pkgs" \
 		--aptopt='APT::Install-Recommends "false"' "${ex[@]}" "${early[@]}" \
 		"$SUITE" "$root" "deb $MIRROR $SUITE main" "deb $MIRROR $KERNEL_SUITE main" >"$OUT/mmdebstrap.log" 2>&1 || {
 		tail -30 "$OUT/mmdebstrap.log" >&2
 		return 1
 	}
+}
+
+# A foreign tree's programs run through binfmt_misc and qemu-user-static: mounted
+# and enabled here when they are not yet (binfmt-support registers the handlers).
+binfmt() {
+	arch-test "$ARCH" >/dev/null 2>&1 && return
+	[ -e /proc/sys/fs/binfmt_misc/status ] || mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc
+	update-binfmts --enable "$QEMU_USER" || true
+	arch-test "$ARCH" >/dev/null 2>&1 ||
+		die "cannot run $ARCH programs: qemu-user-static's $QEMU_USER is not registered in binfmt_misc (update-binfmts --display $QEMU_USER)"
 }
 
 # What makes the Debian tree the appliance.
@@ -128,6 +156,7 @@ configure() {
 test_overlay() {
 	local root=$1 k=$OUT/keys
 	cp -a "$here/test/." "$root/"
+	sed -i "s/ttyS1/$SHELL_TTY/g" "$root/usr/lib/systemd/system/iot-hsm-vmtest-shell.service"
 	install -m 0644 "$k/server.pem" "$k/clients-ca.pem" "$root/etc/mosquitto/iot-hsm/"
 	install -m 0640 "$k/server.key" "$root/etc/mosquitto/iot-hsm/"
 	chroot "$root" chgrp mosquitto /etc/mosquitto/iot-hsm/server.key
@@ -145,13 +174,16 @@ make_esp() {
 	local img=$OUT/esp.img tmp=$OUT/esp
 	rm -rf "$tmp" "$img" && mkdir -p "$tmp"
 	printf 'search --no-floppy --file --set=root /EFI/BOOT/grub.cfg\nconfigfile /EFI/BOOT/grub.cfg\n' >"$tmp/embed.cfg"
-	grub-mkstandalone -O x86_64-efi -o "$tmp/BOOTX64.EFI" --modules="part_gpt fat ext2" \
+	local mods=/usr/lib/grub/$GRUB_TARGET
+	[ -z "$FOREIGN" ] || mods=$OUT/rootfs/usr/lib/grub/$GRUB_TARGET
+	grub-mkstandalone -O "$GRUB_TARGET" -d "$mods" -o "$tmp/$EFI_NAME" --modules="part_gpt fat ext2" \
 		--locales= --themes= --fonts= "boot/grub/grub.cfg=$tmp/embed.cfg"
+	sed "s/console=ttyS0/console=$CONSOLE/" "$here/grub.cfg" >"$tmp/grub.cfg"
 	grub-editenv "$tmp/grubenv" create
 	grub-editenv "$tmp/grubenv" set ORDER="A B" A_OK=1 B_OK=0 A_TRY=0 B_TRY=0
 	mkfs.vfat -n ESP -C "$img" $((ESP_MB * 1024)) >/dev/null
 	mmd -i "$img" ::/EFI ::/EFI/BOOT
-	mcopy -i "$img" "$tmp/BOOTX64.EFI" "$here/grub.cfg" "$tmp/grubenv" ::/EFI/BOOT/
+	mcopy -i "$img" "$tmp/$EFI_NAME" "$tmp/grub.cfg" "$tmp/grubenv" ::/EFI/BOOT/
 }
 
 # One file system per partition (no loop devices), then the disk around them.

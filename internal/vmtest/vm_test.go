@@ -13,6 +13,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -55,6 +56,64 @@ type machine struct {
 	exited   chan struct{}
 	stopping bool  // Kill is under way: an exit is not a reboot
 	err      error // a restart after a reboot that failed
+
+	arch arch
+}
+
+// arch is what differs between the architectures the image is built for.
+type arch struct {
+	qemu       string   // the system emulator
+	board      []string // machine and CPU
+	code, vars string   // the UEFI firmware and its variables' template
+	shellPort  []string // the test shell's port, on the chardev "sh"
+}
+
+var arches = map[string]arch{
+	"amd64": {
+		qemu:  "qemu-system-x86_64",
+		board: []string{"-M", "pc", "-cpu", "max"},
+		code:  "/usr/share/OVMF/OVMF_CODE_4M.fd", vars: "/usr/share/OVMF/OVMF_VARS_4M.fd",
+		shellPort: []string{"-serial", "chardev:sh"}, // ttyS1
+	},
+	// virt has one UART (ttyAMA0, the console): the shell is on a virtio console
+	// (hvc0). pauth-impdef: TCG's own pointer authentication, much faster to emulate
+	// than the architected one and the same to the guest.
+	"arm64": {
+		qemu:  "qemu-system-aarch64",
+		board: []string{"-M", "virt", "-cpu", "max,pauth-impdef=on"},
+		code:  "/usr/share/AAVMF/AAVMF_CODE.fd", vars: "/usr/share/AAVMF/AAVMF_VARS.fd",
+		shellPort: []string{"-device", "virtio-serial-pci", "-device", "virtconsole,chardev=sh"},
+	},
+}
+
+// archFor is the image's architecture: IOT_HSM_VM_ARCH, set by make vm-test from
+// ARCH (amd64 when unset).
+func archFor(t *testing.T) arch {
+	t.Helper()
+	name := os.Getenv("IOT_HSM_VM_ARCH")
+	if name == "" {
+		name = "amd64"
+	}
+	a, ok := arches[name]
+	if !ok {
+		t.Fatalf("IOT_HSM_VM_ARCH=%s: no QEMU machine for it (amd64 or arm64)", name)
+	}
+	a.board = append([]string{"-accel", accel(name)}, a.board...)
+	return a
+}
+
+// accel is KVM when the image is this machine's architecture and /dev/kvm opens,
+// QEMU's emulation (TCG) otherwise.
+func accel(arch string) string {
+	if arch != runtime.GOARCH {
+		return "tcg"
+	}
+	f, err := os.OpenFile("/dev/kvm", os.O_RDWR, 0)
+	if err != nil {
+		return "tcg"
+	}
+	f.Close()
+	return "kvm"
 }
 
 // NewVM makes the machine's disk layer and firmware variables, and boots it.
@@ -65,10 +124,11 @@ func NewVM(t *testing.T) *VM {
 	if err != nil {
 		t.Fatal(err)
 	}
-	vm := &VM{t: t, machine: &machine{image: image, dir: dir, MQTTPort: brokertest.FreePort(t), shell: newShell()}}
+	vm := &VM{t: t, machine: &machine{image: image, dir: dir, MQTTPort: brokertest.FreePort(t), shell: newShell(),
+		arch: archFor(t)}}
 	run(t, "qemu-img", "create", "-q", "-f", "qcow2", "-b", filepath.Join(image, "disk.img"), "-F", "raw",
 		vm.path("disk.qcow2"))
-	vars, err := os.ReadFile(ovmf("OVMF_VARS_4M.fd"))
+	vars, err := os.ReadFile(vm.arch.vars)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -87,8 +147,6 @@ func NewVM(t *testing.T) *VM {
 	return vm
 }
 
-func ovmf(name string) string { return filepath.Join("/usr/share/OVMF", name) }
-
 func (m *machine) path(name string) string { return filepath.Join(m.dir, name) }
 
 // qemuArgs: UEFI firmware, the disk, the broker's port forwarded to the host, the
@@ -98,25 +156,20 @@ func (m *machine) path(name string) string { return filepath.Join(m.dir, name) }
 // sometimes left the guest's kernel stuck in its EFI stub under TCG, never a cold
 // start.
 func (vm *VM) qemuArgs() []string {
-	accel := "tcg"
-	if f, err := os.OpenFile("/dev/kvm", os.O_RDWR, 0); err == nil {
-		f.Close()
-		accel = "kvm"
-	}
-	return []string{
-		"-accel", accel, "-M", "pc", "-cpu", "max", "-smp", "2", "-m", "1024", "-nographic", "-no-reboot",
-		"-drive", "if=pflash,format=raw,readonly=on,file=" + ovmf("OVMF_CODE_4M.fd"),
-		"-drive", "if=pflash,format=raw,file=" + vm.path("vars.fd"),
-		"-drive", "file=" + vm.path("disk.qcow2") + ",format=qcow2,if=virtio",
+	a := vm.arch
+	args := append(append([]string{}, a.board...), "-smp", "2", "-m", "1024", "-nographic", "-no-reboot",
+		"-drive", "if=pflash,format=raw,readonly=on,file="+a.code,
+		"-drive", "if=pflash,format=raw,file="+vm.path("vars.fd"),
+		"-drive", "file="+vm.path("disk.qcow2")+",format=qcow2,if=virtio",
 		"-netdev", fmt.Sprintf("user,id=n0,hostfwd=tcp:127.0.0.1:%d-:8883", vm.MQTTPort),
 		"-device", "virtio-net-pci,netdev=n0,romfile=",
-		"-chardev", "file,id=con,append=on,path=" + vm.path("console.log"),
+		"-chardev", "file,id=con,append=on,path="+vm.path("console.log"),
 		"-serial", "chardev:con",
-		"-chardev", "socket,id=sh,path=" + vm.path("shell.sock") + ",server=on,wait=off",
-		"-serial", "chardev:sh",
-		"-monitor", "unix:" + vm.path("monitor.sock") + ",server=on,wait=off",
-		"-device", "qemu-xhci,id=xhci",
-	}
+		"-chardev", "socket,id=sh,path="+vm.path("shell.sock")+",server=on,wait=off")
+	args = append(args, a.shellPort...)
+	return append(args,
+		"-monitor", "unix:"+vm.path("monitor.sock")+",server=on,wait=off",
+		"-device", "qemu-xhci,id=xhci")
 }
 
 // Start powers the machine on and connects to its shell socket.
@@ -132,7 +185,7 @@ func (vm *VM) Start() {
 // launch starts QEMU and attaches the shell (mu held). When QEMU ends by itself
 // with status 0, the guest rebooted: it is started again.
 func (m *machine) launch(args []string) error {
-	cmd := exec.Command("nice", append([]string{"-n", "10", "qemu-system-x86_64"}, args...)...)
+	cmd := exec.Command("nice", append([]string{"-n", "10", m.arch.qemu}, args...)...)
 	var out syncbuf.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := cmd.Start(); err != nil {
@@ -189,7 +242,7 @@ func (vm *VM) Kill() {
 // For is vm reporting to t (a subtest) instead of the test that made it.
 func (vm *VM) For(t *testing.T) *VM { return &VM{t: t, machine: vm.machine} }
 
-// Console is what the guest wrote on its serial console (ttyS0) so far.
+// Console is what the guest wrote on its serial console (ttyS0, arm64's ttyAMA0) so far.
 func (vm *VM) Console() string {
 	b, _ := os.ReadFile(vm.path("console.log"))
 	return string(b)
@@ -250,7 +303,7 @@ func (vm *VM) Reboot() {
 	vm.shell.run("systemctl reboot", 5*time.Second)
 }
 
-// shell talks to bash on the guest's ttyS1: each command is followed by a marker
+// shell talks to bash on the guest's ttyS1 (arm64: hvc0): each command is followed by a marker
 // with its exit status, built so that the command line itself never matches it.
 type shell struct {
 	mu    sync.Mutex // one command at a time

@@ -167,6 +167,8 @@ image-test: vm-deps image/build/iot-hsm-$(ARCH)
 	$(SUDO) env TEST=1 BIN=image/build/iot-hsm-$(ARCH) OUT=$(IMAGE_OUT)-test ARCH=$(ARCH) bash image/build.sh
 
 # VM_TESTS: the tests of internal/vmtest that run (each boots its own machine).
+# ARCH=arm64 boots the arm64 image in qemu-system-aarch64 (IOT_HSM_VM_ARCH); under
+# TCG it takes too long for CI, so .ci/run builds and boots amd64 only.
 VM_TESTS ?= TestSystemd|TestLEDs|TestHotplug|TestOTA
 vm-test: image-test
 	VMTEST_BREAK=$(VMTEST_BREAK) IOT_HSM_VM_ARCH=$(ARCH) IOT_HSM_VM_IMAGE=$(CURDIR)/$(IMAGE_OUT)-test $(GO) test -count=1 -timeout 80m -v -run '^($(VM_TESTS))$$' ./internal/vmtest/

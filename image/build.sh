@@ -156,7 +156,11 @@ configure() {
 test_overlay() {
 	local root=$1 k=$OUT/keys
 	cp -a "$here/test/." "$root/"
-	sed -i "s/ttyS1/$SHELL_TTY/g" "$root/usr/lib/systemd/system/iot-hsm-vmtest-shell.service"
+	local unit=$root/usr/lib/systemd/system/iot-hsm-vmtest-shell.service
+	if [ "$SHELL_TTY" != ttyS1 ]; then
+		sed -i -e "s/ttyS1/$SHELL_TTY/g" \
+			-e "/^\[Unit\]/a BindsTo=dev-$SHELL_TTY.device\nAfter=dev-$SHELL_TTY.device" "$unit"
+	fi
 	install -m 0644 "$k/server.pem" "$k/clients-ca.pem" "$root/etc/mosquitto/iot-hsm/"
 	install -m 0640 "$k/server.key" "$root/etc/mosquitto/iot-hsm/"
 	chroot "$root" chgrp mosquitto /etc/mosquitto/iot-hsm/server.key

@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -232,9 +233,16 @@ func TestInterruptedUpdate(t *testing.T) {
 	}))
 	t.Cleanup(srv.Close)
 	t.Cleanup(func() { close(hold) }) // before srv.Close: cleanups run last first
+	ended := make(chan struct{})
+	var endOnce sync.Once
 	open := func() *Updater {
 		u, err := New(Options{Mode: ModeBinary, Keys: r.keys, StateDir: filepath.Join(dir, "state"),
-			DownloadDir: filepath.Join(dir, "dl"), Binary: bin, Version: "v1.0.0", Health: func() Health { return Health{} }})
+			DownloadDir: filepath.Join(dir, "dl"), Binary: bin, Version: "v1.0.0", Health: func() Health { return Health{} },
+			Busy: func(busy bool) {
+				if !busy {
+					endOnce.Do(func() { close(ended) })
+				}
+			}})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -260,5 +268,12 @@ func TestInterruptedUpdate(t *testing.T) {
 	if b, _ := os.ReadFile(bin); string(b) != string(script("v1.0.0")) {
 		t.Fatalf("the binary changed: %q", b)
 	}
+	// The first updater's download ends (and records it) before the test's
+	// directories are removed: Busy(false) is its last step.
 	u.Close()
+	select {
+	case <-ended:
+	case <-time.After(10 * time.Second):
+		t.Fatalf("the cut-off download did not end: %+v", u.Status())
+	}
 }

@@ -89,6 +89,8 @@ bootstrap() {
 	local pkgs=systemd-sysv,udev,dbus,kmod,softhsm2,libpcsclite1,pcscd,libccid,mosquitto,rauc,rauc-service,grub-common,gpiod
 	# procps: /bin/kill, which the unit's ExecReload= runs.
 	pkgs=$pkgs,procps,linux-image-$ARCH,initramfs-tools,zstd
+	# squashfs-tools: unsquashfs, with which RAUC reads a plain bundle's manifest.
+	pkgs=$pkgs,squashfs-tools
 	[ -z "$FOREIGN" ] || pkgs=$pkgs,grub-efi-$ARCH-bin
 	local ex=(--dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-exclude=/usr/share/man/*'
 		--dpkgopt='path-exclude=/usr/share/locale/*' --dpkgopt='path-include=/usr/share/locale/locale.alias'

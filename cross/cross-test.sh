@@ -124,24 +124,10 @@ done
 	cd hsm/pkcs11
 	# TestCertificateIsPairedWithKey reads the token with the host's pkcs11-tool, which
 	# cannot load an arm64 module: not run here.
-	if grep -q '__ctype_init' ./*.go; then
-		echo "--- arm64: hsm/pkcs11 tests in one process under $QEMU, Debian's arm64 SoftHSM2 module"
-		"$QEMU" "$CROSS_DIR/arm64/pkcs11.test" -test.count=1 -test.v -test.skip 'TestCertificateIsPairedWithKey' 2>&1 |
-			grep -E '^(--- |ok|FAIL|PASS|panic|SIGSEGV)'
-		exit "${PIPESTATUS[0]}"
-	fi
-	# Without the thread fix in hsm/pkcs11 (docs/cross-and-image.md: the libc.so.6 that a
-	# module brings into a static binary sets up its ctype tables only on the thread that
-	# loaded it), a module re-initialised or loaded again on another OS thread crashes:
-	# one process per test, and the re-initialisation test left out.
-	echo "--- arm64: hsm/pkcs11 tests, one process each, under $QEMU, Debian's arm64 SoftHSM2 module"
-	echo "    KNOWN DEFECT: TestTokenRemovedAndReturned left out until hsm/pkcs11 pins module calls (docs/cross-and-image.md)"
-	for t in $("$QEMU" "$CROSS_DIR/arm64/pkcs11.test" -test.list '.*'); do
-		case $t in TestCertificateIsPairedWithKey | TestTokenRemovedAndReturned) continue ;; esac
-		"$QEMU" "$CROSS_DIR/arm64/pkcs11.test" -test.count=1 -test.run "^$t\$" >"$CROSS_DIR/arm64/pkcs11.$t.log" 2>&1 ||
-			{ cat "$CROSS_DIR/arm64/pkcs11.$t.log"; exit 1; }
-		echo "--- PASS: $t"
-	done
+	echo "--- arm64: hsm/pkcs11 tests in one process under $QEMU, Debian's arm64 SoftHSM2 module"
+	"$QEMU" "$CROSS_DIR/arm64/pkcs11.test" -test.count=1 -test.v -test.skip 'TestCertificateIsPairedWithKey' 2>&1 |
+		grep -E '^(--- |ok|FAIL|PASS|panic|SIGSEGV)'
+	exit "${PIPESTATUS[0]}"
 ) || die "hsm/pkcs11 tests failed under qemu for arm64"
 pass "arm64: hsm/pkcs11 tests through the arm64 SoftHSM2 module"
 fi
@@ -177,11 +163,6 @@ pin = "1234"
 CONF
 
 eval "$(bash "$CROSS" env arm64)"
-# Without the thread fix in hsm/pkcs11 (docs/cross-and-image.md), the module's
-# C_Initialize crashes when Go runs it on another OS thread than the dlopen before it:
-# a start that dies that way is retried (at most 5 starts) and reported; with the fix,
-# one start must do.
-if grep -q '__ctype_init' "$ROOT"/hsm/pkcs11/*.go; then max_starts=1; else max_starts=5; fi
 cleanup() {
 	kill -TERM "$DAEMON" 2>/dev/null || true
 	wait "$DAEMON" 2>/dev/null || true
@@ -189,28 +170,16 @@ cleanup() {
 trap cleanup EXIT
 export IOT_HSM_BROKER=tcp://$LISTEN IOT_HSM_DEVICE=$DEVICE
 console() { "$HOST_BIN" console --timeout 120s "$@"; }
-crashes=0
-for start in $(seq 1 "$max_starts"); do
-	echo "daemon: LD_LIBRARY_PATH=<arm64 root> $QEMU bin/iot-hsm-linux-arm64 run --config $E/config.toml"
-	LD_LIBRARY_PATH=$ARM64_LIBS "$QEMU" "$BIN_DIR/iot-hsm-linux-arm64" run --config "$E/config.toml" >"$E/daemon.log" 2>&1 &
-	DAEMON=$!
-	up=""
-	for _ in $(seq 1 300); do
-		if "$HOST_BIN" console devices --wait 300ms 2>/dev/null | grep -q "$DEVICE"; then up=1; break; fi
-		kill -0 "$DAEMON" 2>/dev/null || break
-		sleep 0.2
-	done
-	[ -n "$up" ] && break
-	wait "$DAEMON" 2>/dev/null || true
-	cp "$E/daemon.log" "$E/daemon.start$start.log"
-	if grep -q "SIGSEGV" "$E/daemon.log" && grep -q "pkcs11.Open" "$E/daemon.log" && [ "$start" -lt "$max_starts" ]; then
-		crashes=$((crashes + 1))
-		echo "KNOWN DEFECT: the daemon crashed in the module's C_Initialize on another thread (start $start; $E/daemon.start$start.log); starting again"
-		continue
-	fi
-	cat "$E/daemon.log"
-	die "the arm64 daemon did not come up (start $start)"
+echo "daemon: LD_LIBRARY_PATH=<arm64 root> $QEMU bin/iot-hsm-linux-arm64 run --config $E/config.toml"
+LD_LIBRARY_PATH=$ARM64_LIBS "$QEMU" "$BIN_DIR/iot-hsm-linux-arm64" run --config "$E/config.toml" >"$E/daemon.log" 2>&1 &
+DAEMON=$!
+up=""
+for _ in $(seq 1 300); do
+	if "$HOST_BIN" console devices --wait 300ms 2>/dev/null | grep -q "$DEVICE"; then up=1; break; fi
+	kill -0 "$DAEMON" 2>/dev/null || break
+	sleep 0.2
 done
+[ -n "$up" ] || { cat "$E/daemon.log"; die "the arm64 daemon did not come up"; }
 console devices
 console hsm.list
 HSM=$(console --json hsm.list | sed -n 's/.*"id": *"\(pkcs11-[^"]*\)".*/\1/p' | head -1)
@@ -233,7 +202,6 @@ pkcs11-tool --module "$host_module" --token-label cross-ca --read-object --type 
 cmp <(openssl pkey -pubin -inform DER -in "$E/pub.der" -outform DER) <(openssl x509 -in "$E/root.pem" -noout -pubkey | openssl pkey -pubin -outform DER) ||
 	die "the root's public key is not the token's key"
 pass "arm64: static binary dlopened Debian's arm64 libsofthsm2.so; provision + selfsign over MQTT; openssl verifies the root"
-[ "$crashes" -eq 0 ] || echo "note: $crashes start(s) crashed first (the known static-dlopen thread defect; docs/cross-and-image.md)"
 cleanup
 trap - EXIT
 

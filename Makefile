@@ -133,9 +133,11 @@ fuzz:
 # when the recipe or the binary changed; the binary is built without VCS stamps so
 # a commit that changes no code keeps the cached image.
 ARCH       ?= amd64
+# FLAVOR=raspi (with ARCH=arm64): the Raspberry Pi 3/4 image, Pi firmware and U-Boot.
+FLAVOR     ?= efi
 SUDO       := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 VM_VERSION ?= v1.0.0
-IMAGE_OUT  ?= image/build/$(ARCH)
+IMAGE_OUT  ?= image/build/$(ARCH)$(if $(filter raspi,$(FLAVOR)),-raspi)
 VM_PACKAGES := mmdebstrap e2fsprogs dosfstools mtools fdisk grub-efi-amd64-bin grub-common rauc \
 	squashfs-tools openssl qemu-system-x86 qemu-utils ovmf
 # ARCH=arm64 on this amd64 machine also needs: qemu-user-static with binfmt-support
@@ -143,9 +145,11 @@ VM_PACKAGES := mmdebstrap e2fsprogs dosfstools mtools fdisk grub-efi-amd64-bin g
 # qemu-system-arm (qemu-system-aarch64) and qemu-efi-aarch64 (AAVMF, UEFI) to boot it.
 # GRUB's arm64-efi modules come from grub-efi-arm64-bin inside the image's tree.
 VM_PACKAGES_arm64 := qemu-user-static binfmt-support arch-test qemu-system-arm qemu-efi-aarch64
+# FLAVOR=raspi: mkimage (u-boot-tools) makes U-Boot's boot script.
+VM_PACKAGES_raspi := u-boot-tools
 .PHONY: vm-deps image image-test vm-test
 vm-deps:
-	@$(MAKE) --no-print-directory deps DEB_PACKAGES="$(VM_PACKAGES) $(VM_PACKAGES_$(ARCH))"
+	@$(MAKE) --no-print-directory deps DEB_PACKAGES="$(VM_PACKAGES) $(VM_PACKAGES_$(ARCH)) $(VM_PACKAGES_$(FLAVOR))"
 
 # The image's binary: for amd64 this machine's own (dynamic, Debian 12's glibc like
 # the image); for arm64 make cross's static cgo build: without cgo neither PKCS#11
@@ -161,17 +165,18 @@ else
 endif
 
 image: vm-deps image/build/iot-hsm-$(ARCH)
-	$(SUDO) env BIN=image/build/iot-hsm-$(ARCH) OUT=$(IMAGE_OUT) ARCH=$(ARCH) bash image/build.sh
+	$(SUDO) env BIN=image/build/iot-hsm-$(ARCH) OUT=$(IMAGE_OUT) ARCH=$(ARCH) FLAVOR=$(FLAVOR) bash image/build.sh
 
 image-test: vm-deps image/build/iot-hsm-$(ARCH)
-	$(SUDO) env TEST=1 BIN=image/build/iot-hsm-$(ARCH) OUT=$(IMAGE_OUT)-test ARCH=$(ARCH) bash image/build.sh
+	$(SUDO) env TEST=1 BIN=image/build/iot-hsm-$(ARCH) OUT=$(IMAGE_OUT)-test ARCH=$(ARCH) FLAVOR=$(FLAVOR) bash image/build.sh
 
 # VM_TESTS: the tests of internal/vmtest that run (each boots its own machine).
 # ARCH=arm64 boots the arm64 image in qemu-system-aarch64 (IOT_HSM_VM_ARCH); under
 # TCG it takes too long for CI, so .ci/run builds and boots amd64 only.
-VM_TESTS ?= TestSystemd|TestLEDs|TestHotplug|TestOTA
+# FLAVOR=raspi boots the Pi image in QEMU's raspi3b instead (TestRaspberryPi).
+VM_TESTS ?= $(if $(filter raspi,$(FLAVOR)),TestRaspberryPi,TestSystemd|TestLEDs|TestHotplug|TestOTA)
 vm-test: image-test
-	VMTEST_BREAK=$(VMTEST_BREAK) IOT_HSM_VM_ARCH=$(ARCH) IOT_HSM_VM_IMAGE=$(CURDIR)/$(IMAGE_OUT)-test $(GO) test -count=1 -timeout 80m -v -run '^($(VM_TESTS))$$' ./internal/vmtest/
+	VMTEST_BREAK=$(VMTEST_BREAK) IOT_HSM_VM_ARCH=$(ARCH) IOT_HSM_VM_FLAVOR=$(FLAVOR) IOT_HSM_VM_IMAGE=$(CURDIR)/$(IMAGE_OUT)-test $(GO) test -count=1 -timeout 80m -v -run '^($(VM_TESTS))$$' ./internal/vmtest/
 
 .PHONY: FORCE
 FORCE:

@@ -7,12 +7,15 @@
 # Environment: BIN (the iot-hsm binary, required), OUT (default image/build/amd64),
 # TEST=1 (the VM test's image: test/ copied over the root filesystem, with the test
 # keys made here for the broker), BUNDLE_VERSION (the good bundle's version), ARCH
-# (amd64 or arm64: Debian's architecture of the image and of BIN).
+# (amd64 or arm64: Debian's architecture of the image and of BIN), FLAVOR (efi, the
+# default: GRUB on UEFI; raspi: the Raspberry Pi 3/4, arm64 only, with the Pi's
+# firmware and U-Boot on an MBR disk, RAUC's uboot backend).
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
 ARCH=${ARCH:-amd64}
-OUT=${OUT:-$here/build/$ARCH}
+FLAVOR=${FLAVOR:-efi}
+OUT=${OUT:-$here/build/$ARCH${FLAVOR#efi}}
 BUNDLE_VERSION=${BUNDLE_VERSION:-v99.0.0}
 SUITE=bookworm
 # The kernel comes from here (pinned: image/rootfs/etc/apt/preferences.d/iot-hsm-kernel).
@@ -21,6 +24,9 @@ MIRROR=http://deb.debian.org/debian
 SLOT_MB=768
 DATA_MB=512
 ESP_MB=64
+# The Pi image's MBR disk identifier: its partitions are PARTUUID=<id>-0N to the
+# kernel, RAUC and U-Boot's boot script, whatever the SD card or USB disk is called.
+RASPI_DISKID=1075a1f0
 : "${BIN:?BIN must name the iot-hsm binary}"
 
 log() { echo "image: $*" >&2; }
@@ -34,6 +40,15 @@ amd64) GRUB_TARGET=x86_64-efi EFI_NAME=BOOTX64.EFI CONSOLE=ttyS0 SHELL_TTY=ttyS1
 arm64) GRUB_TARGET=arm64-efi EFI_NAME=BOOTAA64.EFI CONSOLE=ttyAMA0 SHELL_TTY=hvc0 QEMU_USER=qemu-aarch64 ;;
 *) die "ARCH=$ARCH: only amd64 and arm64 are supported" ;;
 esac
+# The Pi's kernel console is its mini UART (ttyS1 with the upstream device trees);
+# there is no second port for the test shell.
+# RAUC's compatible: a bundle for one kind of appliance is refused by the others.
+COMPATIBLE=iot-hsm-$ARCH
+case $ARCH/$FLAVOR in
+*/efi) ;;
+arm64/raspi) CONSOLE=ttyS1 SHELL_TTY='' COMPATIBLE=iot-hsm-rpi ;;
+*) die "FLAVOR=$FLAVOR on ARCH=$ARCH: the flavours are efi and (arm64 only) raspi" ;;
+esac
 # Another architecture than this machine's runs its maintainer scripts under
 # qemu-user, and GRUB's modules for it come from its own package in the tree (Debian
 # ships grub-efi-arm64-bin for arm64 only).
@@ -46,7 +61,7 @@ input_hash() {
 		find "$here" -path "$here/build" -prune -o -type f -print0 | sort -z | xargs -0 sha256sum | sed "s|$here/||"
 		sha256sum "$BIN" | cut -d' ' -f1
 		cat "$here/../dist/iot-hsm.service" "$here/../dist/mosquitto/"*
-		echo "$ARCH $BUNDLE_VERSION ${TEST:-}"
+		echo "$ARCH $FLAVOR $BUNDLE_VERSION ${TEST:-}"
 	} | sha256sum | cut -d' ' -f1
 }
 
@@ -86,29 +101,53 @@ make_keys() {
 # The root filesystem tree from Debian's packages.
 bootstrap() {
 	local root=$1
-	local pkgs=systemd-sysv,udev,dbus,kmod,softhsm2,libpcsclite1,pcscd,libccid,mosquitto,rauc,rauc-service,grub-common,gpiod
+	local pkgs=systemd-sysv,udev,dbus,kmod,softhsm2,libpcsclite1,pcscd,libccid,mosquitto,rauc,rauc-service,gpiod
 	# procps: /bin/kill, which the unit's ExecReload= runs.
 	pkgs=$pkgs,procps,linux-image-$ARCH,initramfs-tools,zstd
 	# squashfs-tools: unsquashfs, with which RAUC reads a plain bundle's manifest.
 	pkgs=$pkgs,squashfs-tools
-	[ -z "$FOREIGN" ] || pkgs=$pkgs,grub-efi-$ARCH-bin
+	local components=main late=()
 	local ex=(--dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-exclude=/usr/share/man/*'
 		--dpkgopt='path-exclude=/usr/share/locale/*' --dpkgopt='path-include=/usr/share/locale/locale.alias'
 		# The newer kernel's hooks there would make its scripts call run-parts with two
 		# directories, which Debian 12's refuses; 00-iot-hsm-boot does their work.
 		--dpkgopt='path-exclude=/usr/share/kernel/*')
+	local skip=(drivers/gpu drivers/media drivers/net/wireless drivers/infiniband
+		drivers/scsi drivers/staging drivers/iio drivers/bluetooth drivers/isdn drivers/mtd
+		drivers/input/touchscreen drivers/hwmon drivers/net/can drivers/thunderbolt
+		net/wireless net/mac80211 net/bluetooth sound)
+	# Only what boots a virtio disk goes into the initrd (6 MB instead of 60); a Pi's
+	# initrd has what Debian's own Pi images have (MODULES=most: the SD card's
+	# controllers and their regulators and clocks differ between the Pi 3 and 4).
+	local modules=list
+	case $FLAVOR in
+	efi)
+		pkgs=$pkgs,grub-common
+		[ -z "$FOREIGN" ] || pkgs=$pkgs,grub-efi-$ARCH-bin
+		skip+=(drivers/net/ethernet)
+		;;
+	raspi)
+		# U-Boot, which make_firmware copies to the FAT partition; fw_setenv for RAUC's
+		# uboot backend. The Pi's firmware is only downloaded (into $OUT/raspi-firmware):
+		# installed, raspi-firmware's hooks would copy every new kernel onto the FAT
+		# partition, but here the kernel is the slot's, loaded by U-Boot.
+		pkgs=$pkgs,u-boot-rpi,libubootenv-tool
+		components="main non-free-firmware"
+		# shellcheck disable=SC2016 # expanded by mmdebstrap's hook, not here
+		late+=(--customize-hook='chroot "$1" sh -c "cd /tmp && apt-get download -q raspi-firmware"'
+			--customize-hook="rm -rf '$OUT/raspi-firmware' && dpkg-deb -x \"\$1\"/tmp/raspi-firmware_*.deb '$OUT/raspi-firmware'"
+			--customize-hook='rm "$1"/tmp/raspi-firmware_*.deb')
+		modules=most
+		;;
+	esac
 	local t
-	for t in drivers/gpu drivers/media drivers/net/wireless drivers/net/ethernet drivers/infiniband \
-		drivers/scsi drivers/staging drivers/iio drivers/bluetooth drivers/isdn drivers/mtd \
-		drivers/input/touchscreen drivers/hwmon drivers/net/can drivers/infiniband drivers/thunderbolt \
-		net/wireless net/mac80211 net/bluetooth sound; do
+	for t in "${skip[@]}"; do
 		# dpkg sees the packages' own paths (/usr/lib since the kernel's 7.2).
 		ex+=(--dpkgopt="path-exclude=/usr/lib/modules/*/kernel/$t/*")
 	done
-	# Only what boots a virtio disk goes into the initrd (6 MB instead of 60).
 	# shellcheck disable=SC2016 # expanded by mmdebstrap's hook, not here
 	local setup='mkdir -p "$1/etc/initramfs-tools/conf.d" "$1/usr/share/initramfs-tools/modules.d" "$1/etc/kernel/postinst.d"
-		echo MODULES=list >"$1/etc/initramfs-tools/conf.d/iot-hsm.conf"
+		echo MODULES='$modules' >"$1/etc/initramfs-tools/conf.d/iot-hsm.conf"
 		printf "%s\n" virtio_pci virtio_blk ext4 >"$1/usr/share/initramfs-tools/modules.d/iot-hsm"'
 	# The kernel's pin and its /boot files are needed while the packages install.
 	local early=(--setup-hook="$setup"
@@ -117,8 +156,8 @@ bootstrap() {
 	rm -rf "$root"
 	[ -z "$FOREIGN" ] || binfmt
 	nice -n 10 mmdebstrap --mode=root --variant=apt --architectures="$ARCH" --include="$pkgs" \
-		--aptopt='APT::Install-Recommends "false"' "${ex[@]}" "${early[@]}" \
-		"$SUITE" "$root" "deb $MIRROR $SUITE main" "deb $MIRROR $KERNEL_SUITE main" >"$OUT/mmdebstrap.log" 2>&1 || {
+		--aptopt='APT::Install-Recommends "false"' "${ex[@]}" "${early[@]}" "${late[@]}" \
+		"$SUITE" "$root" "deb $MIRROR $SUITE $components" "deb $MIRROR $KERNEL_SUITE main" >"$OUT/mmdebstrap.log" 2>&1 || {
 		tail -30 "$OUT/mmdebstrap.log" >&2
 		return 1
 	}
@@ -141,10 +180,18 @@ configure() {
 	install -m 0644 "$here/../dist/iot-hsm.service" "$root/usr/lib/systemd/system/iot-hsm.service"
 	cp -a "$here/rootfs/." "$root/"
 	install -d -m 0755 "$root/etc/mosquitto/iot-hsm" "$root/etc/rauc" "$root/boot/efi"
+	if [ "$FLAVOR" = raspi ]; then
+		cp -a "$here/raspi/rootfs/." "$root/"
+		install -d -m 0755 "$root/boot/firmware"
+	fi
 	install -m 0644 "$here/../dist/mosquitto/iot-hsm.conf" "$root/etc/mosquitto/conf.d/iot-hsm.conf"
 	install -m 0644 "$here/../dist/mosquitto/iot-hsm.acl" "$root/etc/mosquitto/iot-hsm/iot-hsm.acl"
 	install -m 0644 "$OUT/keys/rauc-ca.pem" "$root/etc/rauc/keyring.pem"
-	sed "s/#ARCH#/$ARCH/" "$here/system.conf.in" >"$root/etc/rauc/system.conf"
+	case $FLAVOR in
+	efi) sed "s/#COMPATIBLE#/$COMPATIBLE/" "$here/system.conf.in" >"$root/etc/rauc/system.conf" ;;
+	raspi) sed -e "s/#COMPATIBLE#/$COMPATIBLE/" -e "s/#DISKID#/$RASPI_DISKID/" "$here/raspi/system.conf" \
+		>"$root/etc/rauc/system.conf" ;;
+	esac
 	echo iot-hsm >"$root/etc/hostname"
 	: >"$root/etc/machine-id"
 	systemctl --root="$root" enable iot-hsm.service pcscd.socket mosquitto.service systemd-networkd.service \
@@ -159,7 +206,7 @@ test_overlay() {
 	local root=$1 k=$OUT/keys
 	cp -a "$here/test/." "$root/"
 	local unit=$root/usr/lib/systemd/system/iot-hsm-vmtest-shell.service
-	if [ "$SHELL_TTY" != ttyS1 ]; then
+	if [ -n "$SHELL_TTY" ] && [ "$SHELL_TTY" != ttyS1 ]; then
 		sed -i -e "s/ttyS1/$SHELL_TTY/g" \
 			-e "/^\[Unit\]/a BindsTo=dev-$SHELL_TTY.device\nAfter=dev-$SHELL_TTY.device" "$unit"
 	fi
@@ -171,8 +218,11 @@ test_overlay() {
 	install -m 0600 "$k/appliance.key" "$root/etc/iot-hsm/client.key"
 	chmod 0600 "$root/etc/iot-hsm/vmtest.pin"
 	chmod 0750 "$root/etc/iot-hsm"
-	systemctl --root="$root" enable iot-hsm-vmtest-token.service iot-hsm-vmtest-shell.service \
-		iot-hsm-vmtest-gpio.service >/dev/null 2>&1
+	systemctl --root="$root" enable iot-hsm-vmtest-token.service iot-hsm-vmtest-gpio.service >/dev/null 2>&1
+	# Without a port for the shell, the test reads a report on the console instead.
+	local probe=iot-hsm-vmtest-shell.service
+	[ -n "$SHELL_TTY" ] || probe=iot-hsm-vmtest-report.service
+	systemctl --root="$root" enable "$probe" >/dev/null 2>&1
 }
 
 # The EFI system partition: a standalone GRUB, its A/B script and environment.
@@ -192,6 +242,21 @@ make_esp() {
 	mcopy -i "$img" "$tmp/$EFI_NAME" "$tmp/grub.cfg" "$tmp/grubenv" ::/EFI/BOOT/
 }
 
+# The Pi's FAT partition: its GPU firmware, the kernel's device trees under the names
+# the firmware looks for (upstream_kernel=1), U-Boot and its boot script. U-Boot
+# writes its environment (uboot.env) here on the first boot.
+make_firmware() {
+	local img=$OUT/esp.img tmp=$OUT/firmware root=$OUT/rootfs
+	rm -rf "$tmp" "$img" && mkdir -p "$tmp"
+	cp "$OUT"/raspi-firmware/usr/lib/raspi-firmware/* "$tmp/"
+	cp "$root"/usr/lib/linux-image-*/broadcom/bcm27*.dtb "$root"/usr/lib/linux-image-*/broadcom/bcm283*.dtb "$tmp/"
+	cp "$root/usr/lib/u-boot/rpi_arm64/u-boot.bin" "$here/raspi/config.txt" "$tmp/"
+	sed -e "s/#DISKID#/$RASPI_DISKID/" -e "s/#CONSOLE#/$CONSOLE/" "$here/raspi/boot.cmd" >"$tmp/boot.cmd"
+	mkimage -A arm64 -T script -C none -n "iot-hsm A/B" -d "$tmp/boot.cmd" "$tmp/boot.scr" >/dev/null
+	mkfs.vfat -n RASPIFIRM -C "$img" $((ESP_MB * 1024)) >/dev/null
+	mcopy -i "$img" "$tmp"/* ::/
+}
+
 # One file system per partition (no loop devices), then the disk around them.
 make_disk() {
 	local disk=$OUT/disk.img
@@ -199,17 +264,32 @@ make_disk() {
 	local mb
 	mb=$(du -sm "$OUT/rootfs" | cut -f1)
 	rm -f "$OUT/rootfs.ext4"
-	mke2fs -q -t ext4 -L rootfs -d "$OUT/rootfs" "$OUT/rootfs.ext4" "$((mb * 5 / 4 + 64))M"
+	local fs_mb=$((mb * 5 / 4 + 64))
+	[ "$fs_mb" -le "$SLOT_MB" ] || die "the root filesystem needs $fs_mb MiB, more than a slot's $SLOT_MB MiB"
+	mke2fs -q -t ext4 -L rootfs -d "$OUT/rootfs" "$OUT/rootfs.ext4" "${fs_mb}M"
 	mke2fs -q -t ext4 -L iot-hsm-data "$OUT/data.ext4" "${DATA_MB}M"
 	rm -f "$disk"
 	truncate -s $((1 + ESP_MB + 2 * SLOT_MB + DATA_MB + 1))M "$disk"
-	sfdisk -q "$disk" <<-SFDISK
-		label: gpt
-		start=1MiB, size=${ESP_MB}MiB, type=uefi, name=esp
-		size=${SLOT_MB}MiB, type=linux, name=rootfs-a
-		size=${SLOT_MB}MiB, type=linux, name=rootfs-b
-		size=${DATA_MB}MiB, type=linux, name=data
-	SFDISK
+	if [ "$FLAVOR" = raspi ]; then
+		# MBR: the Pi 3's boot ROM reads nothing else. The FAT partition is active,
+		# which is where U-Boot looks for boot.scr.
+		sfdisk -q "$disk" <<-SFDISK
+			label: dos
+			label-id: 0x$RASPI_DISKID
+			start=1MiB, size=${ESP_MB}MiB, type=c, bootable
+			size=${SLOT_MB}MiB, type=83
+			size=${SLOT_MB}MiB, type=83
+			size=${DATA_MB}MiB, type=83
+		SFDISK
+	else
+		sfdisk -q "$disk" <<-SFDISK
+			label: gpt
+			start=1MiB, size=${ESP_MB}MiB, type=uefi, name=esp
+			size=${SLOT_MB}MiB, type=linux, name=rootfs-a
+			size=${SLOT_MB}MiB, type=linux, name=rootfs-b
+			size=${DATA_MB}MiB, type=linux, name=data
+		SFDISK
+	fi
 	local off=1
 	put() { dd if="$1" of="$disk" bs=1M seek="$off" conv=notrunc,sparse status=none; off=$((off + $2)); }
 	put "$OUT/esp.img" "$ESP_MB"
@@ -222,7 +302,7 @@ make_disk() {
 bundle() {
 	local dir=$OUT/bundle-$1
 	rm -rf "$dir" "$OUT/$1.raucb" && mkdir -p "$dir"
-	sed -e "s/#VERSION#/$3/" -e "s/#ARCH#/$ARCH/" "$here/manifest.raucm.in" >"$dir/manifest.raucm"
+	sed -e "s/#VERSION#/$3/" -e "s/#COMPATIBLE#/$COMPATIBLE/" "$here/manifest.raucm.in" >"$dir/manifest.raucm"
 	cp "$2" "$dir/rootfs.ext4"
 	rauc bundle --cert "$OUT/keys/rauc-signer.pem" --key "$OUT/keys/rauc-signer.key" \
 		"$dir" "$OUT/$1.raucb" >/dev/null
@@ -264,9 +344,10 @@ main() {
 	if [ "${REUSE_ROOTFS:-}" != 1 ] || [ ! -d "$OUT/rootfs/usr" ]; then bootstrap "$OUT/rootfs"; fi
 	log "bootstrap took $((SECONDS - t0)) s"
 	configure "$OUT/rootfs"
-	make_esp
+	if [ "$FLAVOR" = raspi ]; then make_firmware; else make_esp; fi
 	make_disk
-	make_bundles
+	# The test's bundles, signed with the test keys: a production image has none.
+	if [ "${TEST:-}" = 1 ]; then make_bundles; fi
 	echo "$h" >"$OUT/stamp"
 	log "built $OUT/disk.img in $((SECONDS - t0)) s"
 }

@@ -269,7 +269,8 @@ const piBootTimeout = 20 * time.Minute
 func (p *pi) booted(slot string) {
 	p.t.Helper()
 	start := time.Now()
-	m := p.waitFor(`iot-hsm: booting slot ([AB]) \(attempts left: A (\d+), B (\d+)\)`, 5*time.Minute)
+	// U-Boot's setexpr counts in hex: a counter taken below zero shows as ffff...
+	m := p.waitFor(`iot-hsm: booting slot ([AB]) \(attempts left: A (\w+), B (\w+)\)`, 5*time.Minute)
 	if m[1] != slot {
 		p.t.Fatalf("U-Boot chose slot %s, want %s (%s)", m[1], slot, m[0])
 	}

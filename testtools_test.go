@@ -38,18 +38,22 @@ var toolPackages = map[string]string{
 	"qemu-img":            "qemu-utils",
 	"qemu-system-x86_64":  "qemu-system-x86",
 	"qemu-system-aarch64": "qemu-system-arm",
+	"mcopy":               "mtools",
+	"mkimage":             "u-boot-tools",
 }
 
 // baseTools are in every Debian base system (their packages are Priority: required,
 // which the test checks), so make deps need not install them.
 var baseTools = map[string]string{
-	"sh":     "dash",
-	"bash":   "bash",
-	"cat":    "coreutils",
-	"echo":   "coreutils",
-	"mount":  "mount",
-	"nice":   "coreutils",
-	"umount": "mount",
+	"sh":       "dash",
+	"bash":     "bash",
+	"cat":      "coreutils",
+	"cp":       "coreutils",
+	"echo":     "coreutils",
+	"truncate": "coreutils",
+	"mount":    "mount",
+	"nice":     "coreutils",
+	"umount":   "mount",
 	// This test's own means of checking.
 	"dpkg":       "dpkg",
 	"dpkg-query": "dpkg",
@@ -81,20 +85,38 @@ func TestMakeDepsInstallsEveryTestTool(t *testing.T) {
 	}
 }
 
+// vmExtraTools are run only for one architecture or flavour of the image, and come
+// from its own list as well as VM_PACKAGES: arm64's emulator, the Pi's mkimage.
+var vmExtraTools = map[string]string{
+	"qemu-system-aarch64": "VM_PACKAGES_arm64",
+	"mkimage":             "VM_PACKAGES_raspi",
+}
+
 // The same for the VM test and `make vm-deps`; it starts QEMU through nice, the
-// emulator of the image's architecture: arm64's comes from VM_PACKAGES_arm64 too.
+// emulator of the image's architecture.
 func TestMakeVMDepsInstallsEveryVMTestTool(t *testing.T) {
-	tools := unique(append(scanTools(t, vmTestDir), "qemu-system-x86_64"))
+	tools := unique(append(scanTools(t, vmTestDir), "qemu-system-x86_64", "qemu-system-aarch64"))
 	t.Logf("programs the VM test runs: %v", tools)
-	debs := makefileList(t, "VM_PACKAGES")
-	checkTools(t, tools, debs, "VM_PACKAGES (make vm-deps)")
-	if len(tools) < 2 {
-		t.Fatalf("found only %d programs (%v): the source scan is broken", len(tools), tools)
+	var common []string
+	for _, tool := range tools {
+		if vmExtraTools[tool] == "" {
+			common = append(common, tool)
+		}
 	}
-	for p := range makefileList(t, "VM_PACKAGES_arm64") {
-		debs[p] = true
+	if len(common) < 2 {
+		t.Fatalf("found only %d programs (%v): the source scan is broken", len(common), common)
 	}
-	checkTools(t, []string{"qemu-system-aarch64"}, debs, "VM_PACKAGES_arm64 (make vm-deps ARCH=arm64)")
+	checkTools(t, common, makefileList(t, "VM_PACKAGES"), "VM_PACKAGES (make vm-deps)")
+	for tool, list := range vmExtraTools {
+		if !slices.Contains(tools, tool) {
+			continue
+		}
+		debs := makefileList(t, "VM_PACKAGES")
+		for p := range makefileList(t, list) {
+			debs[p] = true
+		}
+		checkTools(t, []string{tool}, debs, list+" (make vm-deps)")
+	}
 }
 
 // checkTools checks that each tool is Go's, in every base system, or in debs.

@@ -40,10 +40,10 @@ amd64) GRUB_TARGET=x86_64-efi EFI_NAME=BOOTX64.EFI CONSOLE=ttyS0 SHELL_TTY=ttyS1
 arm64) GRUB_TARGET=arm64-efi EFI_NAME=BOOTAA64.EFI CONSOLE=ttyAMA0 SHELL_TTY=hvc0 QEMU_USER=qemu-aarch64 ;;
 *) die "ARCH=$ARCH: only amd64 and arm64 are supported" ;;
 esac
-# The Pi's kernel console is its mini UART (ttyS1 with the upstream device trees);
-# there is no second port for the test shell.
 # RAUC's compatible: a bundle for one kind of appliance is refused by the others.
 COMPATIBLE=iot-hsm-$ARCH
+# The Pi's kernel console is its mini UART (ttyS1 with the upstream device trees);
+# there is no second port for the test shell.
 case $ARCH/$FLAVOR in
 */efi) ;;
 arm64/raspi) CONSOLE=ttyS1 SHELL_TTY='' COMPATIBLE=iot-hsm-rpi ;;

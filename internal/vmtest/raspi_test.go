@@ -62,7 +62,7 @@ func (p *pi) console() string { return filepath.Join(p.dir, "console.log") }
 // on starts the machine; what it writes on the console from now on is boot p.boots.
 func (p *pi) on() {
 	p.t.Helper()
-	fmt.Fprintf(p.appendConsole(), "\n@@POWER-ON %d@@\n", p.boots+1)
+	p.markConsole(fmt.Sprintf("\n@@POWER-ON %d@@\n", p.boots+1))
 	cmd := exec.Command("nice", "-n", "10", "qemu-system-aarch64", "-M", "raspi3b", "-no-reboot",
 		"-kernel", filepath.Join(p.firmware, "u-boot.bin"),
 		"-dtb", filepath.Join(p.firmware, "bcm2837-rpi-3-b.dtb"),
@@ -81,13 +81,16 @@ func (p *pi) on() {
 	go func(done chan struct{}) { cmd.Wait(); close(done) }(p.exited)
 }
 
-func (p *pi) appendConsole() *os.File {
+// markConsole appends a line of the test's own to the console file, between boots.
+func (p *pi) markConsole(line string) {
 	f, err := os.OpenFile(p.console(), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
 	if err != nil {
 		p.t.Fatal(err)
 	}
-	p.t.Cleanup(func() { f.Close() })
-	return f
+	defer f.Close()
+	if _, err := f.WriteString(line); err != nil {
+		p.t.Fatal(err)
+	}
 }
 
 // off cuts the power.
